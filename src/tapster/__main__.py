@@ -1,0 +1,5 @@
+"""``python -m tapster`` runs the same command as the ``tapster`` script."""
+
+from tapster.cli import main
+
+main()

@@ -1,0 +1,55 @@
+"""The ``tapster`` command: the only place that prints usage, maps exceptions to exit statuses and exits."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from tapster.errors import ExitStatus, HelpRequested, TapsterError, UsageError
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the console script; never returns."""
+    sys.exit(run_command(sys.argv[1:] if argv is None else argv))
+
+
+def run_command(argv: Sequence[str]) -> int:
+    """Run one ``tapster`` command line and return its exit status; errors become one line on stderr."""
+    show_traceback = "--traceback" in argv
+    try:
+        return _dispatch(list(argv))
+    except HelpRequested as request:
+        print(request.text)
+        return ExitStatus.OK
+    except UsageError as exc:
+        prog = exc.prog or "tapster"
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        if exc.usage:
+            print(exc.usage, file=sys.stderr)
+        return ExitStatus.USAGE
+    except TapsterError as exc:
+        if show_traceback:
+            import traceback
+
+            traceback.print_exception(exc)
+        print(f"tapster: {exc}", file=sys.stderr)
+        return int(exc.exit_status)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(argv: list[str]) -> int:
+    from tapster.runner._options import ServerOptions
+
+    options = ServerOptions("tapster")
+    options.parse_options(argv)
+    config = options.run_config()
+    if options["python"]:
+        from tapster.runner._appload import load_application_file
+
+        root = load_application_file(options["python"])
+    else:
+        raise UsageError("-f and plugins are not available yet", prog="tapster")
+    from tapster.runner._run import run
+
+    return run(config, root)

@@ -1,0 +1,208 @@
+"""The runner's entry to logging: turn a :class:`LogConfig` into the one handler on the root logger.
+
+The runner calls :func:`install` once, before daemonizing, and keeps the returned :class:`LogDestination` to
+rotate (``SIGUSR1``), reopen (``SIGHUP``) and close it. Services never touch handlers; they log with
+``logging.getLogger(__name__)`` and their lines end up here.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from tapster.errors import StartupError
+from tapster.log._capture import StreamToLogger
+from tapster.log._format import JsonFormatter, TextFormatter
+from tapster.log._rotate import RotatingFileHandler
+
+__all__ = ["LogConfig", "LogDestination", "install"]
+
+_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Where and how the process logs; built once from the command line.
+
+    Which destination is used: ``logger_factory`` if given, else syslog if ``syslog``, else the file
+    ``logfile``, else stdout. ``format`` applies to the file and to stdout (and to a custom handler that has
+    no formatter of its own); syslog lines have their own shape.
+
+    Attributes:
+        logfile: ``None`` or ``"-"``: stdout; otherwise the path of the log file.
+        max_bytes: rotate the file before it would grow past this many bytes; ``None`` or 0: never by size.
+        keep: how many rotated files to keep; ``None`` keeps all.
+        daily: also rotate at local midnight, naming old files by date.
+        syslog: log to the local syslog daemon instead of a file.
+        prefix: the program name in syslog lines.
+        format: ``"text"`` (twistd's lines) or ``"json"`` (one object per line).
+        logger_factory: ``"module.attr"`` or ``"module:attr"``, a callable that takes no argument and
+            returns a :class:`logging.Handler` to use instead of all of the above.
+        level: the root logger's level.
+    """
+
+    logfile: str | None
+    max_bytes: int | None = 1_000_000
+    keep: int | None = None
+    daily: bool = False
+    syslog: bool = False
+    prefix: str = "tapster"
+    format: str = "text"
+    logger_factory: str | None = None
+    level: int = logging.INFO
+
+
+class LogDestination:
+    """The handler :func:`install` put on the root logger, and what the runner may do with it.
+
+    Attributes:
+        handler: the handler on the root logger.
+        description: what the destination is, for the runner's messages: the file's path, ``stdout``,
+            ``syslog (prefix NAME)`` or the custom factory's name.
+    """
+
+    def __init__(self, handler: logging.Handler, description: str) -> None:
+        self.handler = handler
+        self.description = description
+
+    def __repr__(self) -> str:
+        return f"<LogDestination {self.description}>"
+
+    def rotate(self) -> bool:
+        """Rotate a log file now; returns ``False`` (and does nothing) for other destinations.
+
+        Raises:
+            OSError: the file could not be rotated; logging goes on to the current file.
+        """
+        if isinstance(self.handler, RotatingFileHandler):
+            self.handler.rotate()
+            return True
+        return False
+
+    def reopen(self) -> bool:
+        """Reopen a log file at its path (after logrotate moved it); returns ``False`` for other destinations.
+
+        Raises:
+            OSError: the file could not be opened; logging goes on to the current file.
+        """
+        if isinstance(self.handler, RotatingFileHandler):
+            self.handler.reopen()
+            return True
+        return False
+
+    def close(self) -> None:
+        """Take the handler off the root logger, flush and close it. Safe to call twice."""
+        logging.getLogger().removeHandler(self.handler)
+        with _installed_lock:
+            if self in _installed:
+                _installed.remove(self)
+        self.handler.flush()
+        self.handler.close()
+
+
+_installed: list[LogDestination] = []
+_installed_lock = threading.Lock()
+
+
+def install(config: LogConfig, *, stream: TextIO | None = None) -> LogDestination:
+    """Make ``config``'s destination the process's log; logs nothing itself.
+
+    The new handler is added to the root logger before the handlers of an earlier :func:`install` are removed
+    and closed, so no line falls between the two. Handlers put on the root logger by anything else are left
+    alone. The root logger's level is set to ``config.level``. With tapster's own formatters, the record
+    fields nobody shows (thread, process, multiprocessing names) are no longer collected, which makes every
+    log call cheaper.
+
+    Args:
+        config: the destination and its options.
+        stream: where stdout logging writes, instead of :data:`sys.stdout`.
+
+    Raises:
+        StartupError: the file cannot be opened, syslog is not there, the format is unknown, or the custom
+            handler factory cannot be loaded or does not return a handler. Earlier logging stays as it was.
+    """
+    if config.format not in _FORMATS:
+        raise StartupError(f"unknown log format {config.format!r}: expected 'text' or 'json'")
+    handler, description = _make_handler(config, stream)
+    if handler.formatter is None:
+        handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(config.level)
+    destination = LogDestination(handler, description)
+    with _installed_lock:
+        previous = list(_installed)
+        _installed.append(destination)
+    for old in previous:
+        old.close()
+    # logging.logThreads/logProcesses stay on: switching them off is ~8% faster, but a handler an application
+    # adds itself with %(process)d would then fail on every record.
+    return destination
+
+
+def _make_handler(config: LogConfig, stream: TextIO | None) -> tuple[logging.Handler, str]:
+    if config.logger_factory is not None:
+        return _from_factory(config.logger_factory), config.logger_factory
+    if config.syslog:
+        from tapster.log._syslog import make_syslog_handler  # imports logging.handlers: only when used
+
+        return make_syslog_handler(config.prefix), f"syslog (prefix {config.prefix})"
+    if config.logfile and config.logfile != "-":
+        handler = RotatingFileHandler(
+            config.logfile, max_bytes=config.max_bytes, keep=config.keep, daily=config.daily
+        )
+        if config.format == "json":
+            handler.setFormatter(JsonFormatter())
+        return handler, handler.path
+    if stream is None:
+        stream = sys.stdout
+        if isinstance(stream, StreamToLogger):
+            # stdout is being captured into the log: writing the log there would feed it back into itself.
+            stream = stream.fallback or sys.__stdout__
+    return logging.StreamHandler(stream), "stdout"
+
+
+def _from_factory(spec: str) -> logging.Handler:
+    factory = _load(spec)
+    try:
+        handler = factory()
+    except StartupError:
+        raise
+    except Exception as exc:
+        raise StartupError(f"log handler factory {spec!r} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(handler, logging.Handler):
+        raise StartupError(
+            f"log handler factory {spec!r} returned a {type(handler).__name__}, not a logging.Handler"
+        )
+    return handler
+
+
+def _load(spec: str) -> Callable[[], object]:
+    """Resolve ``module:attr.sub`` or ``module.attr`` to a callable."""
+    import importlib
+
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep:
+        module_name, _, attr_path = spec.rpartition(".")
+    if not module_name or not attr_path:
+        raise StartupError(f"bad log handler factory {spec!r}: expected 'module.attr' or 'module:attr'")
+    try:
+        obj: object = importlib.import_module(module_name)
+    except Exception as exc:
+        raise StartupError(
+            f"cannot import log handler factory {spec!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise StartupError(
+                f"log handler factory {spec!r} not found: {module_name!r} has no attribute {attr_path!r}"
+            ) from None
+    if not callable(obj):
+        raise StartupError(f"log handler factory {spec!r} is a {type(obj).__name__}, not callable")
+    return obj

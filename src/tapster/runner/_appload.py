@@ -1,0 +1,65 @@
+"""Loading the application: run a Python application file (``-y``) and take its ``application``."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+from tapster.errors import AppLoadError
+from tapster.service import Service
+
+
+def load_application_file(path: str) -> Service:
+    """Run the application file at ``path`` and return its ``application`` variable.
+
+    The file's directory goes first on ``sys.path`` while it runs, so a tac file can import the modules that sit
+    beside it (seed 004's ``reverse_app.py`` imports ``reverse``).
+
+    Raises:
+        AppLoadError: the file cannot be read, does not compile (message has file:line), raises while running,
+            defines no ``application``, or its ``application`` is not a Service.
+    """
+    try:
+        with open(path, "rb") as handle:
+            source = handle.read()
+    except OSError as exc:
+        raise AppLoadError(f"cannot read application file {path}: {exc.strerror or exc}") from exc
+    try:
+        code = compile(source, path, "exec")
+    except SyntaxError as exc:
+        where = f"{exc.filename or path}:{exc.lineno}" if exc.lineno else path
+        raise AppLoadError(f"syntax error in {where}: {exc.msg}") from exc
+    except ValueError as exc:  # null bytes and the like
+        raise AppLoadError(f"cannot compile application file {path}: {exc}") from exc
+    namespace: dict[str, Any] = {"__file__": os.path.abspath(path), "__name__": "__tapster_application__"}
+    directory = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, directory)
+    try:
+        exec(code, namespace)
+    except SystemExit as exc:
+        raise AppLoadError(f"application file {path} called sys.exit({exc.code!r}) while loading") from exc
+    except Exception as exc:
+        raise AppLoadError(
+            f"error in application file {_where(exc, path)}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if "application" not in namespace:
+        raise AppLoadError(f"application file {path} defines no 'application' variable")
+    application = namespace["application"]
+    if not isinstance(application, Service):
+        raise AppLoadError(
+            f"'application' in {path} is a {type(application).__qualname__}, not a tapster Service "
+            "(make it tapster.Application(NAME))"
+        )
+    return application
+
+
+def _where(exc: BaseException, path: str) -> str:
+    """``path:line`` of the deepest frame of ``exc`` that ran in the application file itself."""
+    target = os.path.abspath(path)
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if os.path.abspath(frame.filename) == target:
+            line = frame.lineno
+    return f"{path}:{line}" if line else path

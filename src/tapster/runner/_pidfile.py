@@ -1,0 +1,216 @@
+"""A pid file that is also a lock, so a dead server never blocks the next start.
+
+twistd decides whether a server runs by sending signal 0 to the pid in the file: a recycled pid then blocks
+every start, and a lock file left by a killed process stays stale. tapster instead holds ``flock(LOCK_EX)`` on
+the pid file's open descriptor for the life of the process. The kernel drops the lock when the process dies,
+however it dies, so a locked file means a live server and an unlocked one is a leftover to take over.
+
+The lock belongs to the open file description, which ``fork`` shares: the runner acquires before daemonizing
+and each parent that exits after a fork closes its copy with :meth:`PidFile.close_without_unlock`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+
+from tapster.errors import StartupError
+
+__all__ = ["PidFile", "read_pid_status"]
+
+# How often acquire() reopens the path when the file it locked was removed or replaced meanwhile (a stopping
+# server removes its file just before unlocking it). Each retry needs another process to win a race, so a few
+# are plenty.
+_ACQUIRE_ATTEMPTS = 5
+
+# A pid is at most a few digits; anything longer than this is not a pid file we wrote.
+_MAX_PID_BYTES = 32
+
+
+class PidFile:
+    """The pid file of one server process, held locked from :meth:`acquire` until :meth:`release`.
+
+    Args:
+        path: Absolute path of the pid file (the runner resolves it against the start directory).
+        display: The path as the user gave it, used in error messages (defaults to ``path``).
+    """
+
+    def __init__(self, path: str, *, display: str | None = None) -> None:
+        self._path = path
+        self._display = path if display is None else display
+        self._fd: int | None = None
+
+    @property
+    def path(self) -> str:
+        """The absolute path of the pid file."""
+        return self._path
+
+    @property
+    def display(self) -> str:
+        """The path as the user gave it; error messages use this."""
+        return self._display
+
+    @property
+    def fd(self) -> int | None:
+        """The locked descriptor while the file is held, else ``None``."""
+        return self._fd
+
+    def acquire(self) -> int | None:
+        """Open and lock the pid file, creating it if needed; the pid is not written yet.
+
+        Returns:
+            The pid found in the file when it was left behind by a process that died without removing it (the
+            runner logs it), or ``None`` when the file was new, empty or held no pid.
+
+        Raises:
+            StartupError: Another live process holds the file ("Another server is running, PID N (from F)"),
+                or the file cannot be created or opened.
+            RuntimeError: This object already holds the file.
+        """
+        if self._fd is not None:
+            raise RuntimeError(f"pid file {self._display} is already held by this process")
+        for _ in range(_ACQUIRE_ATTEMPTS):
+            try:
+                fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise StartupError(f"cannot write pid file {self._display}: {exc.strerror}") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                # The holder may be stopping: it removes the file before unlocking. If our inode is no longer
+                # the one at the path, the lock we lost is on a dead file; look again.
+                if _is_current(fd, self._path):
+                    pid = _read_pid(fd)
+                    os.close(fd)
+                    shown = "unknown" if pid is None else str(pid)
+                    raise StartupError(
+                        f"Another server is running, PID {shown} (from {self._display})"
+                    ) from None
+                os.close(fd)
+                continue
+            except OSError as exc:
+                os.close(fd)
+                raise StartupError(f"cannot lock pid file {self._display}: {exc.strerror}") from exc
+            # We may have opened the file just before a stopping server removed it, then locked the removed
+            # inode once it unlocked: that lock guards nothing. Only a lock on the file at the path counts.
+            if _is_current(fd, self._path):
+                self._fd = fd
+                return _read_pid(fd)
+            os.close(fd)
+        raise StartupError(f"cannot lock pid file {self._display}: it was replaced while being locked")
+
+    def write(self, pid: int | None = None) -> None:
+        """Replace the file's content with ``pid`` (default: this process) as bare digits, like twistd.
+
+        Raises:
+            StartupError: The write failed (disk full, for instance).
+            RuntimeError: The file is not held.
+        """
+        fd = self._held()
+        data = str(os.getpid() if pid is None else pid).encode("ascii")
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+        except OSError as exc:
+            raise StartupError(f"cannot write pid file {self._display}: {exc.strerror}") from exc
+
+    def release(self) -> None:
+        """Remove the pid file, then unlock and close it; does nothing unless the file is held.
+
+        The file goes first so that no starter ever finds it unlocked while it still names this process. A
+        file that has been replaced by someone else's is left alone.
+
+        Raises:
+            StartupError: The file could not be removed (typically: privileges were dropped and the directory
+                is not writable). Its content is cleared and the lock released all the same, so the next start
+                takes it over; the runner should log this as a warning.
+        """
+        fd = self._fd
+        if fd is None:
+            return
+        error: OSError | None = None
+        if _is_current(fd, self._path):
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                error = exc
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)  # a leftover then names no process
+        self._fd = None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        if error is not None:
+            raise StartupError(f"cannot remove pid file {self._display}: {error.strerror}") from error
+
+    def close_without_unlock(self) -> None:
+        """Close this process's descriptor but keep the lock, which a forked child still shares.
+
+        For a parent that exits after forking: ``LOCK_UN`` would unlock the child's shared lock too.
+        """
+        fd = self._fd
+        if fd is not None:
+            self._fd = None
+            os.close(fd)
+
+    def _held(self) -> int:
+        if self._fd is None:
+            raise RuntimeError(f"pid file {self._display} is not held by this process")
+        return self._fd
+
+
+def read_pid_status(path: str) -> tuple[str, int | None]:
+    """Tell whether a server holds the pid file at ``path``, without creating or changing it.
+
+    Returns:
+        ``("running", pid)`` when a live process holds the file's lock (``pid`` is ``None`` if the content is
+        not a pid yet, as between acquire and write), ``("stale", pid)`` when the file exists but nobody holds
+        it, ``("absent", None)`` when there is no file.
+
+    Raises:
+        StartupError: The file exists but cannot be opened (permission denied, for instance).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return ("absent", None)
+    except OSError as exc:
+        raise StartupError(f"cannot read pid file {path}: {exc.strerror}") from exc
+    try:
+        pid = _read_pid(fd)
+        try:
+            # A shared lock conflicts with the server's exclusive one but not with another status probe.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return ("running", pid)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return ("stale", pid)
+    finally:
+        os.close(fd)
+
+
+def _read_pid(fd: int) -> int | None:
+    """The positive pid the file holds (surrounding whitespace allowed), or ``None`` for anything else."""
+    try:
+        data = os.pread(fd, _MAX_PID_BYTES + 1, 0)
+    except OSError:
+        return None
+    text = data.strip()
+    if not text or len(data) > _MAX_PID_BYTES or not text.isdigit():
+        return None
+    pid = int(text)
+    return pid if pid > 0 else None
+
+
+def _is_current(fd: int, path: str) -> bool:
+    """Whether ``fd`` is still the file found at ``path`` (not removed, not replaced by another file)."""
+    try:
+        at_path = os.stat(path)
+    except OSError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (at_path.st_dev, at_path.st_ino)

@@ -1,0 +1,72 @@
+"""The event loops tapster can run on (``--reactor``), kept in twistd's vocabulary."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from dataclasses import dataclass
+
+from tapster.errors import StartupError
+
+
+@dataclass(frozen=True)
+class Reactor:
+    name: str
+    description: str
+    module: str | None  # the module that must be importable, None for the standard library
+    extra: str | None  # the tapster extra that installs it
+
+    @property
+    def installed(self) -> bool:
+        """Whether the loop's module imports here (a broken install counts as not installed)."""
+        if self.module is None:
+            return True
+        try:
+            importlib.import_module(self.module)
+        except ImportError:
+            return False
+        return True
+
+
+REACTORS: dict[str, Reactor] = {
+    "asyncio": Reactor("asyncio", "the standard library's asyncio event loop (epoll)", None, None),
+    "uvloop": Reactor("uvloop", "uvloop, asyncio's loop on libuv: faster sockets", "uvloop", "uvloop"),
+}
+
+
+def reactors_help() -> str:
+    """The text of ``--help-reactors``: every loop, and whether it can be used here."""
+    lines = ["Event loops (--reactor NAME):"]
+    for reactor in REACTORS.values():
+        state = "installed" if reactor.installed else f"not installed: pip install 'tapster[{reactor.extra}]'"
+        lines.append(f"  {reactor.name:<10} {reactor.description} ({state})")
+    return "\n".join(lines)
+
+
+def check_reactor(name: str) -> Reactor:
+    """The reactor called ``name``, or a StartupError saying what is wrong and what to do."""
+    reactor = REACTORS.get(name)
+    if reactor is None:
+        raise StartupError(
+            f"unknown reactor {name!r} (choose from: {', '.join(REACTORS)}; see --help-reactors)"
+        )
+    if not reactor.installed:
+        raise StartupError(f"reactor {name!r} is not installed: pip install 'tapster[{reactor.extra}]'")
+    return reactor
+
+
+def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
+    """A fresh event loop of the named kind; the standard loop needs no import beyond asyncio."""
+    check_reactor(name)
+    if name == "uvloop":
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
+    return asyncio.new_event_loop()
+
+
+def describe_loop(loop: asyncio.AbstractEventLoop) -> str:
+    """What ``event loop: ...`` says at start-up (twistd's ``reactor class: ...`` line)."""
+    kind = type(loop)
+    return f"{kind.__module__}.{kind.__qualname__}"

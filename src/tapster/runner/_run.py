@@ -1,0 +1,171 @@
+"""The whole run of one server process, in the order docs/architecture.md gives ("The flow of one run").
+
+log -> pid file -> daemonize -> chroot/chdir/umask -> loop: privileged_start, drop privileges, start -> ready ->
+wait for a signal -> stop -> save state -> remove the pid file -> "Server Shut Down."
+
+Any failure before "ready" is logged with its traceback, reported to the launcher (or raised to the CLI in the
+foreground) as one line, and leaves no pid file behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tapster.errors import StartupError, TapsterError
+from tapster.log import LogConfig, LogDestination, capture_stdio, install
+from tapster.runner._config import RunConfig
+from tapster.runner._daemon import StartupPipe, daemonize
+from tapster.runner._pidfile import PidFile
+from tapster.runner._privileges import (
+    Identity,
+    check_can_switch,
+    drop_privileges,
+    enter_chroot,
+    resolve_identity,
+)
+from tapster.runner._reactors import check_reactor
+from tapster.runner._serve import Hooks, Outcome, run_loop
+from tapster.service import Application, Service
+
+logger = logging.getLogger("tapster")
+
+
+@dataclass
+class RunHooks:
+    """Work around the loop that later features plug in (saving state, profiling, process title)."""
+
+    before_loop: Callable[[], None] | None = None
+    after_stop: Callable[[], None] | None = None
+
+
+def run(config: RunConfig, root: Service, hooks: RunHooks | None = None) -> int:
+    """Run ``root`` as configured and return the exit status of this process.
+
+    Raises:
+        TapsterError: a failure before the service was ready (in the launching process).
+    """
+    hooks = hooks or RunHooks()
+    check_reactor(config.reactor)
+    identity = _identity(config, root)
+    if identity is not None:
+        check_can_switch(identity)
+    if not config.nodaemon and config.logfile is None and config.logger is None and not config.syslog:
+        raise StartupError("a daemon has no standard output: give --logfile PATH, --syslog, or -n")
+    destination = install(_log_config(config))
+    logger.info("Log opened.")
+    pidfile = PidFile(config.pidfile, display=config.pidfile_display) if config.pidfile else None
+    try:
+        stale = pidfile.acquire() if pidfile is not None else None
+    except TapsterError:
+        destination.close()
+        raise
+    pipe: StartupPipe | None = None
+    if not config.nodaemon:
+        try:
+            pipe = daemonize()
+        except BaseException:
+            if pidfile is not None:
+                pidfile.close_without_unlock()
+            destination.close()
+            raise
+        if pipe is None:  # the launcher: the daemon has started
+            if pidfile is not None:
+                pidfile.close_without_unlock()
+            return 0
+        capture_stdio()
+    return _serve(config, root, hooks, destination, pidfile, stale, pipe, identity)
+
+
+def _serve(
+    config: RunConfig,
+    root: Service,
+    hooks: RunHooks,
+    destination: LogDestination,
+    pidfile: PidFile | None,
+    stale: int | None,
+    pipe: StartupPipe | None,
+    identity: Identity | None,
+) -> int:
+    ready = False
+
+    def on_ready() -> None:
+        nonlocal ready
+        ready = True
+        if pipe is not None:
+            pipe.ready()
+
+    try:
+        if pidfile is not None:
+            if stale is not None:
+                logger.info("Removing stale pid file left by PID %d (%s).", stale, config.pidfile_display)
+            pidfile.write(os.getpid())
+        _process_setup(config)
+        if hooks.before_loop is not None:
+            hooks.before_loop()
+        loop_hooks = Hooks(
+            ready=on_ready,
+            rotate=destination.rotate,
+            reopen=destination.reopen,
+            drop_privileges=(lambda: drop_privileges(identity, euid_only=config.euid)) if identity else None,
+        )
+        outcome = run_loop(config, root, loop_hooks)
+        logger.info("Main loop terminated.")
+        if hooks.after_stop is not None:
+            hooks.after_stop()
+        return int(outcome)
+    except BaseException as exc:
+        if not ready:
+            reason = str(exc) if isinstance(exc, TapsterError) else f"{type(exc).__name__}: {exc}"
+            detailed = config.traceback or not config.nodaemon  # the terminal gets one line, a log file all
+            logger.error("Failed to start: %s", reason, exc_info=exc if detailed else None)
+            if pipe is not None:
+                pipe.failed(reason)
+                return int(Outcome.UNCLEAN)
+        raise
+    finally:
+        if pidfile is not None:
+            try:
+                pidfile.release()
+            except TapsterError as exc:  # e.g. root-owned directory after dropping privileges
+                logger.warning("%s", exc)
+        if ready:
+            logger.info("Server Shut Down.")
+        destination.close()
+
+
+def _process_setup(config: RunConfig) -> None:
+    """chroot, chdir to the run directory, umask: after the pid and log files are open, before the loop."""
+    if config.chroot:
+        enter_chroot(config.chroot)
+    try:
+        os.chdir(config.rundir)
+    except OSError as exc:
+        raise StartupError(f"cannot change to run directory {config.rundir}: {exc.strerror}") from exc
+    if config.umask is not None:
+        os.umask(config.umask)
+    elif not config.nodaemon:
+        os.umask(0o077)
+
+
+def _identity(config: RunConfig, root: Service) -> Identity | None:
+    uid: str | int | None = config.uid
+    gid: str | int | None = config.gid
+    if uid is None and gid is None and isinstance(root, Application):
+        uid, gid = root.uid, root.gid
+    return resolve_identity(uid, gid)
+
+
+def _log_config(config: RunConfig) -> LogConfig:
+    return LogConfig(
+        logfile=config.logfile,
+        max_bytes=config.log_max_bytes,
+        keep=config.log_keep,
+        daily=config.log_daily,
+        syslog=config.syslog,
+        prefix=config.prefix,
+        format=config.log_format,
+        logger_factory=config.logger,
+    )

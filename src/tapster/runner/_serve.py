@@ -1,0 +1,197 @@
+"""The serving process: start the tree, wait for a signal, stop it within the shutdown timeout.
+
+This module owns the event loop's whole life. Everything before it (parsing, loading, the pid file, the log,
+daemonizing) happened already; everything after (saving state, removing the pid file, "Server Shut Down.")
+happens once it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import platform
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tapster._version import __version__
+from tapster.errors import StartupError, TapsterError
+from tapster.runner._config import RunConfig
+from tapster.runner._reactors import describe_loop, new_event_loop
+from tapster.runner._signals import SignalHandlers, signal_name
+from tapster.service import Service, service_path, still_stopping
+
+logger = logging.getLogger("tapster")
+
+
+class Outcome(enum.IntEnum):
+    """How a run ended; the value is the process exit status."""
+
+    CLEAN = 0  # started, then stopped within the timeout (or stopped during start-up)
+    UNCLEAN = 1  # the stop timed out, was forced, or a stop raised
+
+
+class _Phase(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    FORCED = "forced"
+
+
+@dataclass
+class Hooks:
+    """What the runner around the loop wants to hear about. Each callback is optional."""
+
+    ready: Callable[[], None] | None = None  # the tree has started: tell the launcher / systemd
+    rotate: Callable[[], bool] | None = None  # SIGUSR1
+    reopen: Callable[[], bool] | None = None  # SIGHUP
+    drop_privileges: Callable[[], None] | None = None  # between privileged_start and start
+    extra_signals: dict[int, Callable[[], None]] = field(default_factory=dict)
+
+
+class StartFailed(StartupError):
+    """The tree failed to start; ``__cause__`` holds the original exception."""
+
+
+def run_loop(config: RunConfig, root: Service, hooks: Hooks) -> Outcome:
+    """Create the configured event loop, serve ``root`` on it until a stop signal, and close it."""
+    loop = new_event_loop(config.reactor)
+    asyncio.set_event_loop(loop)
+    if config.debug:
+        loop.set_debug(True)
+    try:
+        return loop.run_until_complete(_Server(config, root, hooks, loop).serve())
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+class _Server:
+    def __init__(
+        self, config: RunConfig, root: Service, hooks: Hooks, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.config = config
+        self.root = root
+        self.hooks = hooks
+        self.loop = loop
+        self.phase = _Phase.STARTING
+        self.stop_requested = asyncio.Event()
+        self.stop_task: asyncio.Task[None] | None = None
+
+    async def serve(self) -> Outcome:
+        logger.info("tapster %s (python %s) starting up.", __version__, platform.python_version())
+        logger.info("event loop: %s", describe_loop(self.loop))
+        signals = SignalHandlers(self.loop)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signals.install(signum, self._on_stop_signal)
+        signals.install(signal.SIGUSR1, self._on_rotate)
+        signals.install(signal.SIGHUP, self._on_reopen)
+        for extra, callback in self.hooks.extra_signals.items():
+            signals.install(extra, _ignore_signum(callback))
+        try:
+            if not await self._start():
+                return Outcome.CLEAN
+            self.phase = _Phase.RUNNING
+            if self.hooks.ready is not None:
+                self.hooks.ready()
+            await self.stop_requested.wait()
+            return await self._stop()
+        finally:
+            signals.restore()
+
+    async def _start(self) -> bool:
+        """Start the tree; False if a stop signal came first (what had started is stopped again)."""
+        start = asyncio.ensure_future(self._start_tree())
+        waiter = asyncio.ensure_future(self.stop_requested.wait())
+        try:
+            await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if start.done():
+            exc = start.exception()
+            if exc is not None:
+                if isinstance(exc, TapsterError):
+                    raise exc
+                raise StartFailed(f"{type(exc).__name__}: {exc}") from exc
+            return True
+        logger.info("Stopping during start-up: stopping the services that started.")
+        start.cancel()
+        try:
+            await start
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception("error while abandoning start-up")
+        return False
+
+    async def _start_tree(self) -> None:
+        await self.root.privileged_start()
+        if self.hooks.drop_privileges is not None:
+            self.hooks.drop_privileges()
+        await self.root.start()
+
+    async def _stop(self) -> Outcome:
+        self.phase = _Phase.STOPPING
+        self.stop_task = asyncio.ensure_future(self.root.stop())
+        timeout = self.config.shutdown_timeout
+        done, _ = await asyncio.wait({self.stop_task}, timeout=timeout if timeout > 0 else None)
+        if not done:
+            names = ", ".join(
+                f"{service_path(s)} ({type(s).__qualname__})" for s in still_stopping(self.root)
+            )
+            logger.error(
+                "Shutdown timeout (%s s) passed; still stopping: %s. Cancelling them.",
+                timeout,
+                names or "(unknown)",
+            )
+            return await self._cancel_stop()
+        if self.phase is _Phase.FORCED:
+            return Outcome.UNCLEAN
+        exc = self.stop_task.exception() if not self.stop_task.cancelled() else None
+        if exc is not None:
+            logger.error("error while stopping", exc_info=(type(exc), exc, exc.__traceback__))
+            return Outcome.UNCLEAN
+        return Outcome.CLEAN
+
+    async def _cancel_stop(self) -> Outcome:
+        assert self.stop_task is not None
+        self.stop_task.cancel()
+        done, _ = await asyncio.wait({self.stop_task}, timeout=2.0)
+        if not done:
+            logger.error("services ignored cancellation; exiting anyway")
+        return Outcome.UNCLEAN
+
+    def _on_stop_signal(self, signum: int) -> None:
+        name = signal_name(signum)
+        if self.phase in (_Phase.STARTING, _Phase.RUNNING) and not self.stop_requested.is_set():
+            logger.info("Received %s, shutting down.", name)
+            self.stop_requested.set()
+        elif self.phase is _Phase.STOPPING and self.stop_task is not None:
+            logger.warning("Received %s again: forcing shutdown.", name)
+            self.phase = _Phase.FORCED
+            self.stop_task.cancel()
+
+    def _on_rotate(self, _signum: int) -> None:
+        try:
+            if self.hooks.rotate is not None and self.hooks.rotate():
+                logger.info("Log rotated (SIGUSR1).")
+        except OSError as exc:  # the old file stays in use
+            logger.error("cannot rotate the log (SIGUSR1): %s", exc)
+
+    def _on_reopen(self, _signum: int) -> None:
+        try:
+            if self.hooks.reopen is not None and self.hooks.reopen():
+                logger.info("Log file reopened (SIGHUP).")
+        except OSError as exc:
+            logger.error("cannot reopen the log (SIGHUP): %s", exc)
+
+
+def _ignore_signum(callback: Callable[[], None]) -> Callable[[int], None]:
+    def handler(_signum: int) -> None:
+        callback()
+
+    return handler
