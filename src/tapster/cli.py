@@ -39,6 +39,8 @@ def run_command(argv: Sequence[str]) -> int:
 
 
 def _dispatch(argv: list[str]) -> int:
+    if argv[:1] == ["ctl"]:
+        return _ctl(argv[1:])
     from tapster.runner._options import ServerOptions
 
     options = ServerOptions("tapster")
@@ -53,3 +55,13 @@ def _dispatch(argv: list[str]) -> int:
     from tapster.runner._run import run
 
     return run(config, root)
+
+
+def _ctl(argv: list[str]) -> int:
+    from tapster.runner._ctl import CtlOptions, run_ctl
+
+    options = CtlOptions("tapster ctl")
+    options.parse_options(argv)
+    status, message = run_ctl(options)
+    print(message, file=sys.stdout if status in (ExitStatus.OK, ExitStatus.NOT_RUNNING) else sys.stderr)
+    return status

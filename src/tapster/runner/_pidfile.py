@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 
 from tapster.errors import StartupError
 
@@ -76,7 +77,7 @@ class PidFile:
             except OSError as exc:
                 raise StartupError(f"cannot write pid file {self._display}: {exc.strerror}") from exc
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _lock_exclusive(fd)
             except BlockingIOError:
                 # The holder may be stopping: it removes the file before unlocking. If our inode is no longer
                 # the one at the path, the lock we lost is on a dead file; look again.
@@ -161,6 +162,22 @@ class PidFile:
         if self._fd is None:
             raise RuntimeError(f"pid file {self._display} is not held by this process")
         return self._fd
+
+
+def _lock_exclusive(fd: int) -> None:
+    """Take the exclusive lock, allowing for a status probe that holds a shared lock for an instant.
+
+    ``read_pid_status`` (``tapster ctl status``) takes a shared lock for a few microseconds; a start racing with
+    it must not conclude that a server runs. A real server holds its lock for good, so a few short retries cost
+    nothing in the common case and only delay the "Another server is running" answer by ~50 ms.
+    """
+    for _ in range(10):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(0.005)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def read_pid_status(path: str) -> tuple[str, int | None]:

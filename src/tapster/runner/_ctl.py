@@ -1,0 +1,119 @@
+"""``tapster ctl``: status, stop, rotate and reopen for a server found through its pid file (twistd had none)."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+
+from tapster.errors import ExitStatus
+from tapster.options import Options
+from tapster.runner._pidfile import read_pid_status
+
+
+class _CtlCommand(Options):
+    parameters = (("pidfile", None, "tapster.pid", "The pid file of the server."),)
+
+
+class _StopOptions(_CtlCommand):
+    description = "Send SIGTERM and wait until the server has exited."
+    parameters = (
+        *_CtlCommand.parameters,
+        ("timeout", None, 15.0, "Seconds to wait for the server to exit.", float),
+    )
+
+
+class _StatusOptions(_CtlCommand):
+    description = (
+        "Say whether the server runs: exit 0 running, 3 not running, 1 not running with a stale pid file."
+    )
+
+
+class _RotateOptions(_CtlCommand):
+    description = "Rotate the server's log file now (SIGUSR1)."
+
+
+class _ReopenOptions(_CtlCommand):
+    description = "Reopen the server's log file (SIGHUP), after logrotate moved it away."
+
+
+class CtlOptions(Options):
+    """``tapster ctl COMMAND [--pidfile FILE]``."""
+
+    synopsis = "Usage: tapster ctl (status | stop | rotate | reopen) [--pidfile FILE]"
+    description = "Control a running tapster server through its pid file."
+    subcommands = (
+        ("status", None, _StatusOptions, "Is the server running? (LSB exit codes 0 / 3 / 1)"),
+        ("stop", None, _StopOptions, "Stop the server and wait until it has exited."),
+        ("rotate", None, _RotateOptions, "Rotate the log file now (SIGUSR1)."),
+        ("reopen", None, _ReopenOptions, "Reopen the log file (SIGHUP)."),
+    )
+
+    def post_options(self) -> None:
+        if self.subcommand is None:
+            from tapster.errors import UsageError
+
+            raise UsageError("give a command: status, stop, rotate or reopen")
+
+
+def run_ctl(options: CtlOptions) -> tuple[int, str]:
+    """Carry out the parsed ctl command; return the exit status and the line to print."""
+    sub = options.sub_options
+    assert sub is not None and options.subcommand is not None
+    shown = sub["pidfile"]
+    state, pid = read_pid_status(os.path.abspath(shown))
+    command = options.subcommand
+    if command == "status":
+        if state == "running":
+            return ExitStatus.OK, f"running (pid {pid})" if pid is not None else "running"
+        if state == "stale":
+            return ExitStatus.FAILURE, "not running, stale pid file"
+        return ExitStatus.NOT_RUNNING, "not running"
+    if state != "running" or pid is None:
+        if command == "stop":
+            return ExitStatus.OK, "not running"
+        return ExitStatus.FAILURE, f"not running (no live server holds {shown})"
+    if command in ("rotate", "reopen"):
+        signum = signal.SIGUSR1 if command == "rotate" else signal.SIGHUP
+        os.kill(pid, signum)
+        return ExitStatus.OK, f"sent {signum.name} to pid {pid}"
+    return _stop(pid, sub["timeout"], shown)
+
+
+def _stop(pid: int, timeout: float, shown: str) -> tuple[int, str]:
+    try:
+        watcher = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return ExitStatus.OK, "stopped"
+    except OSError:  # no pidfd support: fall back to watching the process with signal 0
+        watcher = None
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return ExitStatus.OK, "stopped"
+    if _wait_gone(pid, watcher, timeout):
+        return ExitStatus.OK, "stopped"
+    return ExitStatus.FAILURE, (
+        f"pid {pid} is still running {timeout:g} s after SIGTERM (from {shown}); its log says which service "
+        f"has not stopped; run 'tapster ctl stop' again to force it, or kill -KILL {pid}"
+    )
+
+
+def _wait_gone(pid: int, watcher: int | None, timeout: float) -> bool:
+    """Wait until ``pid`` has exited: a pidfd becomes readable then; without one, probe with signal 0."""
+    if watcher is not None:
+        try:
+            poller = select.poll()
+            poller.register(watcher, select.POLLIN)
+            return bool(poller.poll(timeout * 1000))
+        finally:
+            os.close(watcher)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.02)
+    return False
