@@ -96,7 +96,7 @@ def short_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A self-signed certificate for 127.0.0.1/localhost: separate key and cert, and one PEM with both."""
+    """A self-signed certificate for 127.0.0.1/localhost: key and cert, one PEM with both, an encrypted key."""
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("the openssl command is not available")
@@ -111,7 +111,12 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if result.returncode != 0:
         pytest.skip(f"openssl cannot make a test certificate: {result.stderr.strip()}")
     both.write_bytes(key.read_bytes() + cert.read_bytes())
-    return {"key": key, "cert": cert, "both": both}
+    encrypted = folder / "encrypted.pem"
+    command = [openssl, "pkey", "-in", str(key), "-aes256", "-passout", "pass:secret", "-out", str(encrypted)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"openssl cannot encrypt a test key: {result.stderr.strip()}")
+    return {"key": key, "cert": cert, "both": both, "encrypted": encrypted}
 
 
 # ------------------------------------------------------------------------------------------------- parsing
@@ -511,6 +516,17 @@ def test_ssl_bad_key_names_the_file(tmp_path: Path) -> None:
     )
 
 
+def test_ssl_encrypted_key_is_refused_without_prompting(certs: dict[str, Path]) -> None:
+    """An encrypted private key fails the listen with a message, instead of prompting for a passphrase."""
+    description = f"ssl:0:privateKey={certs['encrypted']}:certKey={certs['cert']}:interface=127.0.0.1"
+    with pytest.raises(ListenError) as caught:
+        asyncio.run(parse_server(description).listen(Echo))
+    assert str(caught.value) == (
+        f"cannot listen on {description}: the private key in {str(certs['encrypted'])!r} is encrypted; "
+        "give an unencrypted key"
+    )
+
+
 def test_tls_bad_ca_file_names_the_file(tmp_path: Path) -> None:
     """A tls client whose ca= file is unreadable raises OSError naming the file."""
     missing = tmp_path / "ca.pem"
@@ -683,6 +699,15 @@ def start_activated(
             os.close(fd)
 
 
+def stop(child: subprocess.Popen[str]) -> None:
+    """Make sure the child is gone and its pipe closed, whatever the test saw."""
+    if child.poll() is None:
+        child.kill()
+    child.wait()
+    if child.stdout is not None:
+        child.stdout.close()
+
+
 def first_report(child: subprocess.Popen[str]) -> dict[str, Any]:
     """The child's JSON line: what it bound, or the ListenError it got."""
     assert child.stdout is not None
@@ -714,8 +739,7 @@ def test_systemd_socket_serves() -> None:
             assert conn.recv(100) == b"activated"
         assert child.wait(timeout=10) == 0
     finally:
-        child.kill()
-        child.wait()
+        stop(child)
 
 
 def test_systemd_socket_by_name(short_dir: Path) -> None:
@@ -734,8 +758,7 @@ def test_systemd_socket_by_name(short_dir: Path) -> None:
             assert conn.recv(100) == b"by name"
         assert child.wait(timeout=10) == 0
     finally:
-        child.kill()
-        child.wait()
+        stop(child)
 
 
 @pytest.mark.parametrize(
@@ -758,8 +781,7 @@ def test_systemd_errors(description: str, own_pid: bool, reason: str) -> None:
         assert report["env"] == []
         assert child.wait(timeout=10) == 0
     finally:
-        child.kill()
-        child.wait()
+        stop(child)
 
 
 def test_systemd_without_listen_fds_in_this_process() -> None:

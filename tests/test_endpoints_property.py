@@ -60,6 +60,36 @@ def descriptions(types: list[str], keys: list[str]) -> st.SearchStrategy[str]:
     return st.builds(lambda t, fields: ":".join([t, *fields]), type_field, st.lists(field, max_size=5))
 
 
+SERVER_TYPE_KEYS = {
+    "tcp": ["port", "interface", "backlog"],
+    "tcp6": ["port", "interface", "backlog"],
+    "unix": ["address", "mode", "lockfile", "backlog"],
+    "ssl": ["port", "privateKey", "certKey", "interface", "backlog"],
+    "systemd": ["domain", "index", "name"],
+    "udp": ["port", "interface"],
+}
+CLIENT_TYPE_KEYS = {
+    "tcp": ["host", "port", "timeout"],
+    "tls": ["host", "port", "ca", "timeout"],
+    "unix": ["path"],
+}
+
+
+def near_valid(type_keys: dict[str, list[str]]) -> st.SearchStrategy[str]:
+    """Strings made only of a type's own keys and plausible values, so many of them parse."""
+
+    def build(type_name: str) -> st.SearchStrategy[str]:
+        keyword = st.builds(
+            lambda k, v: f"{k}={v}", st.sampled_from(type_keys[type_name]), st.sampled_from(GOOD_VALUES)
+        )
+        positional = st.lists(st.sampled_from(GOOD_VALUES), max_size=2)
+        return st.builds(
+            lambda pos, kws: ":".join([type_name, *pos, *kws]), positional, st.lists(keyword, max_size=4)
+        )
+
+    return st.sampled_from(sorted(type_keys)).flatmap(build)
+
+
 def outcome(parse: Callable[[str], object], description: str) -> object:
     """Parse, allowing only EndpointError, whose message must name the string and fit on one line."""
     try:
@@ -91,7 +121,7 @@ def test_random_text_client(description: str) -> None:
         assert result.description == description
 
 
-@given(descriptions(SERVER_TYPES, SERVER_KEYS))
+@given(st.one_of(descriptions(SERVER_TYPES, SERVER_KEYS), near_valid(SERVER_TYPE_KEYS)))
 def test_structured_server_strings(description: str) -> None:
     """Description-shaped server strings from valid and junk parts parse or raise EndpointError only."""
     result = outcome(parse_server, description)
@@ -100,7 +130,7 @@ def test_structured_server_strings(description: str) -> None:
         assert result.is_datagram == (result.kind == "udp")
 
 
-@given(descriptions(CLIENT_TYPES, CLIENT_KEYS))
+@given(st.one_of(descriptions(CLIENT_TYPES, CLIENT_KEYS), near_valid(CLIENT_TYPE_KEYS)))
 def test_structured_client_strings(description: str) -> None:
     """Description-shaped client strings from valid and junk parts parse or raise EndpointError only."""
     result = outcome(parse_client, description)

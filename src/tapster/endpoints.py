@@ -88,7 +88,8 @@ def _reason(exc: OSError) -> str:
 
 def _listen_error(description: str, reason: str, cause: OSError | None = None) -> ListenError:
     error = ListenError(f"cannot listen on {description}: {reason}")
-    error.errno = cause.errno if cause is not None else None
+    if cause is not None and not isinstance(cause, ssl.SSLError):  # an OpenSSL code is no errno
+        error.errno = cause.errno
     return error
 
 

@@ -392,7 +392,7 @@ def test_lock_lost_to_a_stopping_holder_is_retried(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(fcntl, "flock", flock_after_removal)
     pidfile = PidFile(str(path))
     assert pidfile.acquire() is None
-    assert calls == 2
+    assert calls > 1  # refused at first, then retried on the new file
     monkeypatch.undo()
     assert pidfile.fd is not None
     assert os.fstat(pidfile.fd).st_ino == os.stat(path).st_ino

@@ -6,6 +6,8 @@ import os
 import select
 import signal
 import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from tapster.errors import ExitStatus
 from tapster.options import Options
@@ -13,7 +15,9 @@ from tapster.runner._pidfile import read_pid_status
 
 
 class _CtlCommand(Options):
-    parameters = (("pidfile", None, "tapster.pid", "The pid file of the server."),)
+    parameters: ClassVar[Sequence[tuple[Any, ...]]] = (
+        ("pidfile", None, "tapster.pid", "The pid file of the server."),
+    )
 
 
 class _StopOptions(_CtlCommand):

@@ -133,11 +133,7 @@ class ServerOptions(Options):
             nodaemon=self["nodaemon"],
             no_save=self["no_save"] or bool(self["python"]),
             logfile=resolved_log,
-            # --log-daily rotates by date instead of size, unless a size is given as well
-            log_max_bytes=(
-                None if self["log-daily"] and "--log-max-size" not in self.given else self["log-max-size"]
-            )
-            or None,
+            log_max_bytes=self._log_max_bytes(),
             log_keep=self["log-keep"],
             log_daily=self["log-daily"],
             log_format=self["log-format"],
