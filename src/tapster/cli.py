@@ -63,5 +63,6 @@ def _ctl(argv: list[str]) -> int:
     options = CtlOptions("tapster ctl")
     options.parse_options(argv)
     status, message = run_ctl(options)
-    print(message, file=sys.stdout if status in (ExitStatus.OK, ExitStatus.NOT_RUNNING) else sys.stderr)
+    answer = options.subcommand == "status" or status == ExitStatus.OK  # a status is an answer, not an error
+    print(message, file=sys.stdout if answer else sys.stderr)
     return status

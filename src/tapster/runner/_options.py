@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tapster._version import __version__
-from tapster.errors import HelpRequested, UsageError
+from tapster.errors import HelpRequested, StartupError, UsageError
 from tapster.options import Options
 from tapster.runner._config import RunConfig
 from tapster.runner._reactors import reactors_help
@@ -32,6 +32,18 @@ def _log_format(text: str) -> str:
     if text not in ("text", "json"):
         raise ValueError(f"expected 'text' or 'json', got {text!r}")
     return text
+
+
+def _umask(text: str | None) -> int | None:
+    """The --umask value; a bad one fails the start (exit 1) like the other process settings."""
+    if text is None:
+        return None
+    from tapster.runner._privileges import parse_umask
+
+    try:
+        return parse_umask(text)
+    except UsageError as exc:
+        raise StartupError(str(exc)) from None
 
 
 class ServerOptions(Options):
@@ -120,8 +132,6 @@ class ServerOptions(Options):
 
     def run_config(self, launch_dir: str | None = None) -> RunConfig:
         """The RunConfig these options describe, with paths resolved against ``launch_dir`` (default: cwd)."""
-        from tapster.runner._privileges import parse_umask
-
         base = launch_dir or os.getcwd()
         logfile = self["logfile"]
         if logfile == "-" or (logfile is None and self["nodaemon"]):
@@ -147,7 +157,7 @@ class ServerOptions(Options):
             euid=self["euid"],
             chroot=os.path.join(base, self["chroot"]) if self["chroot"] else None,
             rundir=os.path.join(base, self["rundir"]),
-            umask=parse_umask(self["umask"]) if self["umask"] is not None else None,
+            umask=_umask(self["umask"]),
             reactor=self["reactor"],
             shutdown_timeout=self["shutdown-timeout"],
             traceback=self["traceback"],

@@ -131,7 +131,13 @@ class PidFile:
         if fd is None:
             return
         error: OSError | None = None
-        if _is_current(fd, self._path):
+        try:
+            current = _is_current(fd, self._path, strict=True)
+        except OSError as exc:  # the path cannot even be looked at any more (privileges dropped)
+            current, error = False, exc
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # a leftover then names no process
+        if current:
             try:
                 os.unlink(self._path)
             except FileNotFoundError:
@@ -223,11 +229,18 @@ def _read_pid(fd: int) -> int | None:
     return pid if pid > 0 else None
 
 
-def _is_current(fd: int, path: str) -> bool:
-    """Whether ``fd`` is still the file found at ``path`` (not removed, not replaced by another file)."""
+def _is_current(fd: int, path: str, *, strict: bool = False) -> bool:
+    """Whether ``fd`` is still the file found at ``path`` (not removed, not replaced by another file).
+
+    With ``strict``, an error other than "no such file" (permission denied) is raised instead of answering no.
+    """
     try:
         at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
     except OSError:
+        if strict:
+            raise
         return False
     mine = os.fstat(fd)
     return (mine.st_dev, mine.st_ino) == (at_path.st_dev, at_path.st_ino)
