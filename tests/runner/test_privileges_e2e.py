@@ -56,9 +56,10 @@ def write_tac(tmp_path: Path, port: int, uid: str = "None", gid: str = "None") -
     return "priv.tac"
 
 
-@pytest.mark.skipif(not low_port_free(), reason="port 80 on 127.0.0.1 is taken on this machine")
 def test_binds_port_80_then_runs_as_nobody(tapster, tmp_path: Path) -> None:
     """privileged_start binds port 80 as root; after the drop the process is nobody and cannot regain root."""
+    if not low_port_free():
+        pytest.skip("port 80 on 127.0.0.1 is taken on this machine")
     proc = tapster(["-n", "-y", write_tac(tmp_path, 80), "-u", "nobody", "--pidfile="])
     line = proc.wait_for(r"uid=\d+ euid=\d+ .*; .*").group(0)
     assert line.startswith("uid=65534 euid=65534 gid=65534 groups=[65534]; setuid(0) refused"), line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from typing import Any, cast
@@ -29,8 +30,13 @@ Connection = asyncio.BaseProtocol | tuple[asyncio.StreamReader, asyncio.StreamWr
 class _Session:
     """One live client connection: its transport, what to hand to callers, and a future done when it ends."""
 
-    def __init__(self, transport: asyncio.BaseTransport, value: Connection, ended: asyncio.Future[None],
-                 task: asyncio.Task[None] | None = None) -> None:
+    def __init__(
+        self,
+        transport: asyncio.BaseTransport,
+        value: Connection,
+        ended: asyncio.Future[None],
+        task: asyncio.Task[None] | None = None,
+    ) -> None:
         self.transport = transport
         self.value = value
         self.ended = ended
@@ -110,7 +116,9 @@ class StreamClient(Service):
 
     transient = ("_session",)
 
-    def __init__(self, endpoint: str, factory: Factory, *, name: str | None = None, limit: int = 2**16) -> None:
+    def __init__(
+        self, endpoint: str, factory: Factory, *, name: str | None = None, limit: int = 2**16
+    ) -> None:
         self.endpoint: ClientEndpoint = parse_client(endpoint)
         self.factory = factory
         self.name = name
@@ -123,8 +131,9 @@ class StreamClient(Service):
         return self._session.value if self._session is not None else None
 
     async def start(self) -> None:
-        self._session = await _connect(self.endpoint, self.factory, self.name or callable_label(self.factory),
-                                       self.limit)
+        self._session = await _connect(
+            self.endpoint, self.factory, self.name or callable_label(self.factory), self.limit
+        )
         await super().start()
 
     async def stop(self) -> None:
@@ -172,7 +181,10 @@ class ClientService(Service):
 
     def delay_after(self, failures: int) -> float:
         """The pause before the next attempt after ``failures`` consecutive failures."""
-        base = min(self.initial_delay * self.factor ** max(failures - 1, 0), self.max_delay)
+        try:
+            base = min(self.initial_delay * self.factor ** max(failures - 1, 0), self.max_delay)
+        except OverflowError:  # a peer down for a very long time: float power overflows, the cap applies
+            base = self.max_delay
         return base * random.uniform(0.5, 1.0)
 
     async def when_connected(self) -> Any:
@@ -186,8 +198,11 @@ class ClientService(Service):
             if connected is None:
                 raise RuntimeError(f"{self.name or callable_label(self.factory)} is not running")
             await connected.wait()
-            if self._session is not None and self._connected is connected:
-                return self._session.value
+            session = self._session
+            if session is not None and self._connected is connected:
+                if not session.ended.done():
+                    return session.value
+                await asyncio.sleep(0)  # lost just now; let _keep_connected notice before waiting again
 
     async def start(self) -> None:
         self._connected = asyncio.Event()
@@ -205,17 +220,31 @@ class ClientService(Service):
             except OSError as exc:
                 failures += 1
                 delay = self.delay_after(failures)
-                logger.info("%s: cannot connect to %s (%s); retrying in %.1f s", label,
-                            self.endpoint.description, exc, delay)
+                logger.info(
+                    "%s: cannot connect to %s (%s); retrying in %.2f s",
+                    label,
+                    self.endpoint.description,
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 continue
-            failures = 0
             self._session = session
             self._connected.set()
-            await session.ended
+            connected_at = asyncio.get_running_loop().time()
+            # Shielded: cancelling this task at stop must not cancel the future that close() waits on.
+            await asyncio.shield(session.ended)
             self._connected.clear()
             self._session = None
-            logger.info("%s: connection to %s lost; reconnecting", label, self.endpoint.description)
+            # A peer that accepts and hangs up at once must not make us reconnect in a tight loop: only a
+            # connection that lasted at least max_delay resets the backoff.
+            lived = asyncio.get_running_loop().time() - connected_at
+            failures = 1 if lived >= self.max_delay else failures + 1
+            delay = self.delay_after(failures)
+            logger.info(
+                "%s: connection to %s lost; reconnecting in %.2f s", label, self.endpoint.description, delay
+            )
+            await asyncio.sleep(delay)
 
     async def stop(self) -> None:
         await super().stop()
@@ -227,10 +256,8 @@ class ClientService(Service):
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         session, self._session = self._session, None
         if session is not None:
             await session.close()

@@ -89,7 +89,9 @@ class ConnectionTracker:
 
         return make_protocol
 
-    def _watch(self, protocol: asyncio.BaseProtocol, context: ConnectionContext, per_connection: bool) -> None:
+    def _watch(
+        self, protocol: asyncio.BaseProtocol, context: ConnectionContext, per_connection: bool
+    ) -> None:
         original_made = protocol.connection_made
         original_lost = protocol.connection_lost
         transports = self.transports
@@ -121,7 +123,9 @@ class ConnectionTracker:
         try:
             protocol.connection_made = connection_made  # type: ignore[method-assign]
             protocol.connection_lost = connection_lost  # type: ignore[method-assign]
-        except AttributeError:  # a protocol with __slots__: it works, untracked and without a peer in its context
+        except (
+            AttributeError
+        ):  # a protocol with __slots__: it works, untracked and without a peer in its context
             pass
 
     def wrap_handler(self, handler: StreamHandler) -> StreamHandler:
@@ -137,9 +141,9 @@ class ConnectionTracker:
             try:
                 await handler(reader, writer)
             except asyncio.CancelledError:
-                # Only abort_all cancels this task, and nobody awaits it. Ending it normally keeps Python
-                # 3.11's StreamReaderProtocol (which calls task.exception() on it) from logging a traceback
-                # for every aborted handler.
+                # Cancelled by abort_all (or a loop shutting down), and nobody awaits this task. Ending it
+                # normally keeps Python 3.11's StreamReaderProtocol (which calls task.exception() on it) from
+                # logging a traceback for every aborted handler.
                 return
             except Exception:
                 logger.exception("unhandled error in connection handler %s", self.label)
@@ -179,7 +183,9 @@ class ConnectionTracker:
                 await asyncio.wait(cancelled)
         except asyncio.CancelledError:
             left = self.abort_all()
-            logger.warning("%s: aborted %d connection(s) still open at the shutdown deadline", self.label, left)
+            logger.warning(
+                "%s: aborted %d connection(s) still open at the shutdown deadline", self.label, left
+            )
             raise
         finally:
             self._idle = None

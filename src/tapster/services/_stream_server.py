@@ -13,7 +13,6 @@ from tapster.services._connection import (
     ConnectionTracker,
     Factory,
     ProtocolFactory,
-    StreamHandler,
     callable_label,
     is_stream_handler,
 )
@@ -56,7 +55,9 @@ class StreamServer(Service):
     ) -> None:
         self.endpoint: ServerEndpoint = parse_server(endpoint)
         if self.endpoint.is_datagram:
-            raise ValueError(f"StreamServer needs a stream endpoint, not {self.endpoint.description!r}: use UDPServer")
+            raise ValueError(
+                f"StreamServer needs a stream endpoint, not {self.endpoint.description!r}: use UDPServer"
+            )
         self.factory = factory
         self.name = name
         self.drain_timeout = drain_timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Callable
@@ -51,10 +52,8 @@ class TimerService(Service):
             due += self.seconds
             if due < now:  # skip the ticks missed while the call ran
                 due += ((now - due) // self.seconds + 1) * self.seconds
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), due - now)
-            except TimeoutError:
-                pass
 
     async def _call_once(self) -> None:
         self.calls += 1

@@ -21,8 +21,13 @@ class UDPServer(Service):
 
     transient = ("transport", "protocol")
 
-    def __init__(self, endpoint: str, protocol_factory: Callable[[], asyncio.DatagramProtocol], *,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        protocol_factory: Callable[[], asyncio.DatagramProtocol],
+        *,
+        name: str | None = None,
+    ) -> None:
         self.endpoint: ServerEndpoint = parse_server(endpoint)
         if not self.endpoint.is_datagram:
             raise ValueError(f"UDPServer needs a udp: endpoint, not {self.endpoint.description!r}")
