@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from tapster.errors import StartupError, TapsterError
 from tapster.log import LogConfig, LogDestination, capture_stdio, install
+from tapster.persist import StateNotSaved, save_state, state_file_name
 from tapster.runner._config import RunConfig
 from tapster.runner._daemon import StartupPipe, daemonize
+from tapster.runner._debug import break_now, post_mortem, start_spewing
 from tapster.runner._pidfile import PidFile
 from tapster.runner._privileges import (
     Identity,
@@ -26,6 +29,8 @@ from tapster.runner._privileges import (
     enter_chroot,
     resolve_identity,
 )
+from tapster.runner._proctitle import set_process_title
+from tapster.runner._profile import run_profiled
 from tapster.runner._reactors import check_reactor
 from tapster.runner._serve import Hooks, Outcome, run_loop
 from tapster.service import Application, Service
@@ -103,6 +108,8 @@ def _serve(
                 logger.info("Removing stale pid file left by PID %d (%s).", stale, config.pidfile_display)
             pidfile.write(os.getpid())
         _process_setup(config)
+        if not config.originalname:
+            set_process_title(f"tapster: {root.name or 'tapster'}")
         if hooks.before_loop is not None:
             hooks.before_loop()
         loop_hooks = Hooks(
@@ -111,8 +118,12 @@ def _serve(
             reopen=destination.reopen,
             drop_privileges=(lambda: drop_privileges(identity, euid_only=config.euid)) if identity else None,
         )
-        outcome = run_loop(config, root, loop_hooks)
+        if config.debug:
+            loop_hooks.extra_signals[signal.SIGUSR2] = break_now
+        outcome = _run_loop_instrumented(config, root, loop_hooks)
         logger.info("Main loop terminated.")
+        if not config.no_save:
+            _save(root)
         if hooks.after_stop is not None:
             hooks.after_stop()
         return int(outcome)
@@ -121,6 +132,8 @@ def _serve(
             reason = str(exc) if isinstance(exc, TapsterError) else f"{type(exc).__name__}: {exc}"
             detailed = config.traceback or not config.nodaemon  # the terminal gets one line, a log file all
             logger.error("Failed to start: %s", reason, exc_info=exc if detailed else None)
+            if config.debug and not isinstance(exc, KeyboardInterrupt):
+                post_mortem((exc.__cause__ or exc).__traceback__)
             if pipe is not None:
                 pipe.failed(reason)
                 return int(Outcome.UNCLEAN)
@@ -134,6 +147,31 @@ def _serve(
         if ready:
             logger.info("Server Shut Down.")
         destination.close()
+
+
+def _run_loop_instrumented(config: RunConfig, root: Service, hooks: Hooks) -> Outcome:
+    """The serving loop, under the profiler and the spewer when asked for."""
+    stop_spewing = start_spewing() if config.spew else None
+    try:
+        if config.profile:
+            return run_profiled(
+                config.profile, config.profiler, config.savestats, lambda: run_loop(config, root, hooks)
+            )
+        return run_loop(config, root, hooks)
+    finally:
+        if stop_spewing is not None:
+            stop_spewing()
+
+
+def _save(root: Service) -> None:
+    """Save the tree as NAME-shutdown.tap in the run directory; a failure is a warning, not a lost shutdown."""
+    path = state_file_name(root)
+    try:
+        save_state(root, path)
+    except StateNotSaved as exc:
+        logger.warning("%s", exc)
+    else:
+        logger.info("Saved application state to %s.", path)
 
 
 def _process_setup(config: RunConfig) -> None:

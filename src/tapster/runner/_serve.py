@@ -59,7 +59,10 @@ def run_loop(config: RunConfig, root: Service, hooks: Hooks) -> Outcome:
     loop = new_event_loop(config.reactor)
     asyncio.set_event_loop(loop)
     if config.debug:
+        from tapster.runner._debug import install_debug_exception_handler
+
         loop.set_debug(True)
+        install_debug_exception_handler(loop)
     try:
         return loop.run_until_complete(_Server(config, root, hooks, loop).serve())
     finally:
