@@ -13,11 +13,9 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from tapster.errors import StartupError, TapsterError
 from tapster.log import LogConfig, LogDestination, capture_stdio, install
-from tapster.persist import StateNotSaved, save_state, state_file_name
 from tapster.runner._config import RunConfig
 from tapster.runner._daemon import StartupPipe, daemonize
 from tapster.runner._debug import break_now, post_mortem, start_spewing
@@ -38,12 +36,14 @@ from tapster.service import Application, Service
 logger = logging.getLogger("tapster")
 
 
-@dataclass
 class RunHooks:
-    """Work around the loop that later features plug in (saving state, profiling, process title)."""
+    """Work around the loop that callers plug in (the CLI's extras); a plain class to keep imports cheap."""
 
-    before_loop: Callable[[], None] | None = None
-    after_stop: Callable[[], None] | None = None
+    def __init__(
+        self, *, before_loop: Callable[[], None] | None = None, after_stop: Callable[[], None] | None = None
+    ) -> None:
+        self.before_loop = before_loop
+        self.after_stop = after_stop
 
 
 def run(config: RunConfig, root: Service, hooks: RunHooks | None = None) -> int:
@@ -165,6 +165,8 @@ def _run_loop_instrumented(config: RunConfig, root: Service, hooks: Hooks) -> Ou
 
 def _save(root: Service) -> None:
     """Save the tree as NAME-shutdown.tap in the run directory; a failure is a warning, not a lost shutdown."""
+    from tapster.persist import StateNotSaved, save_state, state_file_name  # pickle & co. only when saving
+
     path = state_file_name(root)
     try:
         save_state(root, path)

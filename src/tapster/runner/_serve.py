@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import platform
 import signal
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from tapster._version import __version__
 from tapster.errors import StartupError, TapsterError
@@ -39,15 +38,26 @@ class _Phase(enum.Enum):
     FORCED = "forced"
 
 
-@dataclass
 class Hooks:
-    """What the runner around the loop wants to hear about. Each callback is optional."""
+    """What the runner around the loop wants to hear about. Each callback is optional.
 
-    ready: Callable[[], None] | None = None  # the tree has started: tell the launcher / systemd
-    rotate: Callable[[], bool] | None = None  # SIGUSR1
-    reopen: Callable[[], bool] | None = None  # SIGHUP
-    drop_privileges: Callable[[], None] | None = None  # between privileged_start and start
-    extra_signals: dict[int, Callable[[], None]] = field(default_factory=dict)
+    A plain class rather than a dataclass: dataclasses generate code at import, and this module is on the
+    start-up path that bench/startup_echo.py measures.
+    """
+
+    def __init__(
+        self,
+        *,
+        ready: Callable[[], None] | None = None,
+        rotate: Callable[[], bool] | None = None,
+        reopen: Callable[[], bool] | None = None,
+        drop_privileges: Callable[[], None] | None = None,
+    ) -> None:
+        self.ready = ready  # the tree has started: tell the launcher / systemd
+        self.rotate = rotate  # SIGUSR1
+        self.reopen = reopen  # SIGHUP
+        self.drop_privileges = drop_privileges  # between privileged_start and start
+        self.extra_signals: dict[int, Callable[[], None]] = {}
 
 
 class StartFailed(StartupError):
@@ -86,7 +96,7 @@ class _Server:
         self.stop_task: asyncio.Task[None] | None = None
 
     async def serve(self) -> Outcome:
-        logger.info("tapster %s (python %s) starting up.", __version__, platform.python_version())
+        logger.info("tapster %s (python %d.%d.%d) starting up.", __version__, *sys.version_info[:3])
         logger.info("event loop: %s", describe_loop(self.loop))
         signals = SignalHandlers(self.loop)
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from typing import Any, cast
 
 from tapster.endpoints import ClientEndpoint, parse_client
@@ -185,6 +184,8 @@ class ClientService(Service):
             base = min(self.initial_delay * self.factor ** max(failures - 1, 0), self.max_delay)
         except OverflowError:  # a peer down for a very long time: float power overflows, the cap applies
             base = self.max_delay
+        import random  # not on the start-up path: only needed once a connection fails
+
         return base * random.uniform(0.5, 1.0)
 
     async def when_connected(self) -> Any:
