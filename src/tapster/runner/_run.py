@@ -9,6 +9,7 @@ foreground) as one line, and leaves no pid file behind.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ from tapster.runner._privileges import (
 from tapster.runner._proctitle import set_process_title
 from tapster.runner._profile import run_profiled
 from tapster.runner._reactors import check_reactor
+from tapster.runner._sdnotify import SystemdNotifier
 from tapster.runner._serve import Hooks, Outcome, run_loop
 from tapster.service import Application, Service
 
@@ -67,6 +69,7 @@ def run(config: RunConfig, root: Service, hooks: RunHooks | None = None) -> int:
     except TapsterError:
         destination.close()
         raise
+    notifier = SystemdNotifier.from_environment()
     pipe: StartupPipe | None = None
     if not config.nodaemon:
         try:
@@ -81,7 +84,7 @@ def run(config: RunConfig, root: Service, hooks: RunHooks | None = None) -> int:
                 pidfile.close_without_unlock()
             return 0
         capture_stdio()
-    return _serve(config, root, hooks, destination, pidfile, stale, pipe, identity)
+    return _serve(config, root, hooks, destination, pidfile, stale, pipe, identity, notifier)
 
 
 def _serve(
@@ -93,6 +96,7 @@ def _serve(
     stale: int | None,
     pipe: StartupPipe | None,
     identity: Identity | None,
+    notifier: SystemdNotifier,
 ) -> int:
     ready = False
 
@@ -101,6 +105,7 @@ def _serve(
         ready = True
         if pipe is not None:
             pipe.ready()
+        notifier.notify("READY=1", f"STATUS=serving {root.name or 'tapster'}", f"MAINPID={os.getpid()}")
 
     try:
         if pidfile is not None:
@@ -118,6 +123,7 @@ def _serve(
             reopen=destination.reopen,
             drop_privileges=(lambda: drop_privileges(identity, euid_only=config.euid)) if identity else None,
         )
+        loop_hooks.stopping = functools.partial(notifier.notify, "STOPPING=1", "STATUS=shutting down")
         if config.debug:
             loop_hooks.extra_signals[signal.SIGUSR2] = break_now
         outcome = _run_loop_instrumented(config, root, loop_hooks)

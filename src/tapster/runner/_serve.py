@@ -57,6 +57,7 @@ class Hooks:
         self.rotate = rotate  # SIGUSR1
         self.reopen = reopen  # SIGHUP
         self.drop_privileges = drop_privileges  # between privileged_start and start
+        self.stopping: Callable[[], object] | None = None  # a stop signal was received
         self.extra_signals: dict[int, Callable[[], None]] = {}
 
 
@@ -183,6 +184,8 @@ class _Server:
         if self.phase in (_Phase.STARTING, _Phase.RUNNING) and not self.stop_requested.is_set():
             logger.info("Received %s, shutting down.", name)
             self.stop_requested.set()
+            if self.hooks.stopping is not None:
+                self.hooks.stopping()
         elif self.phase is _Phase.STOPPING and self.stop_task is not None:
             logger.warning("Received %s again: forcing shutdown.", name)
             self.phase = _Phase.FORCED
