@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from tapster.errors import ExitStatus, HelpRequested, TapsterError, UsageError
+
+if TYPE_CHECKING:
+    from tapster.service import Service
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -50,8 +54,13 @@ def _dispatch(argv: list[str]) -> int:
         from tapster.runner._appload import load_application_file
 
         root = load_application_file(options["python"])
-    else:
-        raise UsageError("-f and plugins are not available yet", prog="tapster")
+    elif options["file"]:
+        root = _load_saved_state(options["file"], trust=options["trust-state-file"])
+    else:  # a plugin: its options are parsed and its module loaded; a failed one raised PluginError above
+        from tapster.plugin import build_application
+
+        assert options.service_maker is not None and options.sub_options is not None
+        root = build_application(options.service_maker, options.sub_options)
     from tapster.runner._run import run
 
     return run(config, root)
@@ -66,3 +75,14 @@ def _ctl(argv: list[str]) -> int:
     answer = options.subcommand == "status" or status == ExitStatus.OK  # a status is an answer, not an error
     print(message, file=sys.stdout if answer else sys.stderr)
     return status
+
+
+def _load_saved_state(path: str, *, trust: bool) -> Service:
+    """Load ``-f FILE``; the working directory joins sys.path so plugin classes saved in it can be found."""
+    import os
+
+    from tapster.persist import load_state
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return load_state(path, trust_any_owner=trust)

@@ -112,28 +112,14 @@ def _check_safe(path: str, info: os.stat_result) -> None:
 
 
 class _StateUnpickler(pickle.Unpickler):
-    """Finds classes of plugin modules, which live under private module names until discovery loads them."""
+    """Finds the classes of plugin modules, which live under private module names until discovery loads them."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if module.startswith(_PLUGIN_MODULE_PREFIX):
-            _load_plugin_module(module)
+        if module.startswith("_tapster_plugin_"):
+            from tapster.plugin import import_plugin_module
+
+            import_plugin_module(module)
         return super().find_class(module, name)
-
-
-_PLUGIN_MODULE_PREFIX = "tapster._plugin_modules."
-
-
-def _load_plugin_module(module: str) -> None:
-    """Import the plugin module a saved class came from, by running plugin discovery (imported lazily)."""
-    import sys
-
-    if module in sys.modules:
-        return
-    import importlib
-
-    load = getattr(importlib.import_module("tapster.plugin"), "load_plugin_module", None)
-    if load is not None:
-        load(module)
 
 
 def _find_unpicklable(root: Service) -> str:

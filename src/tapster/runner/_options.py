@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import platform
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tapster._version import __version__
 from tapster.errors import HelpRequested, StartupError, UsageError
 from tapster.options import Options
 from tapster.runner._config import RunConfig
 from tapster.runner._reactors import reactors_help
+
+if TYPE_CHECKING:
+    from tapster.plugin import Plugins, ServiceMaker
+
+_RESERVED = {"ctl": "the 'tapster ctl' command"}  # words the CLI handles before looking for a plugin
 
 
 def _positive_float(text: str) -> float:
@@ -46,6 +52,36 @@ def _umask(text: str | None) -> int | None:
         raise StartupError(str(exc)) from None
 
 
+def _plugin_table(rows: list[tuple[str, str]], width: int = 100) -> list[str]:
+    """Two columns, name and text; only long texts are wrapped, and never inside a word or a path."""
+    column = min(max(len(name) for name, _ in rows), 30)
+    indent = " " * (column + 4)
+    lines: list[str] = []
+    for name, text in rows:
+        if len(name) > column:
+            lines.append(f"  {name}")
+            parts = _wrap(text, width - len(indent))
+        else:
+            parts = _wrap(text, width - len(indent))
+            lines.append(f"  {name.ljust(column)}  {parts.pop(0) if parts else ''}".rstrip())
+        lines += [indent + part for part in parts]
+    return lines
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    if len(text) <= width:
+        return [text] if text else []
+    import textwrap
+
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
+
+
+def _profiler(text: str) -> str:
+    if text not in ("cprofile", "profile"):
+        raise ValueError(f"expected 'cprofile' or 'profile', got {text!r}")
+    return text
+
+
 class ServerOptions(Options):
     """``tapster [options] (-y FILE | -f FILE | PLUGIN [plugin options])``."""
 
@@ -53,7 +89,13 @@ class ServerOptions(Options):
     description = "Run a tapster application: a tac file (-y), a saved state (-f), or a plugin."
     parameters = (
         ("python", "y", None, "Read an application from a Python file (a .tac file); implies --no_save."),
-        ("file", "f", None, "Read a saved application state (.tap) written at an earlier shutdown."),
+        (
+            "file",
+            "f",
+            None,
+            "Read a saved application state (.tap) written at an earlier shutdown. Default: tapster.tap, when "
+            "it exists and no other application is given.",
+        ),
         ("logfile", "l", None, "Log to this file ('-' means stdout). Daemon default: tapster.log."),
         (
             "log-max-size",
@@ -91,9 +133,24 @@ class ServerOptions(Options):
             "Seconds to wait for services to stop before cancelling them.",
             _positive_float,
         ),
+        ("profile", "p", None, "Profile the whole run and write the profile to this file at shutdown."),
+        ("profiler", None, "cprofile", "The profiler for --profile: cprofile or profile.", _profiler),
     )
     flags = (
         ("nodaemon", "n", "Do not daemonize: run in the foreground and log to stdout."),
+        (
+            "trust-state-file",
+            None,
+            "Load a -f state file even if another user owns it or others may write it (a .tap file is code).",
+        ),
+        (
+            "debug",
+            "b",
+            "Run in the debugger: pdb on an unhandled error and on SIGUSR2, asyncio debug mode; implies -n.",
+        ),
+        ("savestats", None, "With --profile, save raw pstats data instead of a text report."),
+        ("spew", None, "Log every Python call and line executed (very slow; for finding hangs)."),
+        ("originalname", None, "Do not change the process title to 'tapster: NAME'."),
         ("no_save", "o", "Do not save the application state at shutdown."),
         ("syslog", None, "Log to the system log instead of a file."),
         ("log-daily", None, "Rotate the log file once a day, at midnight."),
@@ -103,14 +160,75 @@ class ServerOptions(Options):
 
     def opt_version(self) -> None:
         """Print the version and exit."""
-        raise HelpRequested(f"tapster {__version__} (python {platform.python_version()})")
+        raise HelpRequested(f"tapster {__version__} (python {'.'.join(map(str, sys.version_info[:3]))})")
 
     def opt_help_reactors(self) -> None:
         """List the event loops and whether each is installed."""
         raise HelpRequested(reactors_help())
 
+    def __init__(self, prog: str = "tapster") -> None:
+        super().__init__(prog)
+        self.service_maker: ServiceMaker | None = None  # the plugin chosen on the command line, once parsed
+        self._plugins: Plugins | None = None
+        self._listing = False
+
+    # -- plugins: discovered only when a positional argument or --help needs them, never for -y or -f --------
+
+    def plugins(self) -> Plugins:
+        """Discover the plugins once; the working directory goes first on ``sys.path``, as ``python -m`` does.
+
+        That makes a project root's ``tapster/plugins/`` folder count, and lets its plugins import the project.
+        """
+        if self._plugins is None:
+            from tapster.plugin import discover_plugins
+
+            cwd = os.getcwd()
+            if not any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path):
+                sys.path.insert(0, cwd)
+            self._plugins = discover_plugins(reserved=_RESERVED)
+        return self._plugins
+
     def get_subcommands(self) -> Sequence[tuple[Any, ...]]:
-        return ()
+        """Every plugin name that selects a plugin (a failed one selects its error)."""
+        if self._listing:
+            return ()  # format_help lists the plugins itself
+        return [
+            (info.name, info.alias, functools.partial(self._plugin_options, info.name), info.description)
+            for info in self.plugins().runnable()
+        ]
+
+    def _plugin_options(self, name: str) -> Options:
+        from tapster.plugin import make_options
+
+        maker = self.plugins().load(name)  # PluginError (exit 1) for a plugin that failed to load
+        self.service_maker = maker
+        return make_options(maker)
+
+    def unknown_subcommand(self, name: str, rest: list[str]) -> None:
+        """A positional argument that names no plugin: say so, with the closest plugin name."""
+        if name.endswith((".py", ".tac")) or os.path.isfile(name):
+            raise UsageError(f"Unknown command: {name}. To run an application file, use -y {name}")
+        close = self.plugins().suggest(name)
+        raise UsageError(f"Unknown command: {name}." + (f" Did you mean {close}?" if close else ""))
+
+    def format_help(self) -> str:
+        """The global options, then every plugin with its description, sorted, shadowed and failed ones marked."""
+        self._listing = True
+        try:
+            text = super().format_help()
+        finally:
+            self._listing = False
+        rows: list[tuple[str, str]] = []
+        for info in self.plugins():
+            note = info.description if info.error is None else f"(failed to load: {info.error})"
+            if info.shadowed_by is not None:
+                note = f"(shadowed by {info.shadowed_by}) {note} [{info.origin}]"
+            rows.append((info.name, note))
+        heading = (
+            "Plugins (tapster [options] PLUGIN [plugin options]; tapster PLUGIN --help for its options):"
+        )
+        listing = _plugin_table(rows) if rows else ["  none found (see docs/plugins.md)"]
+        return "\n".join([text.rstrip("\n"), "", heading, *listing]) + "\n"
 
     def post_options(self) -> None:
         sources = [
@@ -121,7 +239,14 @@ class ServerOptions(Options):
         if len(sources) > 1:
             raise UsageError(f"give only one of -y FILE, -f FILE or a plugin (got {' and '.join(sources)})")
         if not sources:
-            raise UsageError("nothing to run: give -y FILE, -f FILE or a plugin name (see tapster --help)")
+            if not os.path.exists("tapster.tap"):
+                raise UsageError(
+                    "nothing to run: give -y FILE, -f FILE or a plugin name, or have a tapster.tap here "
+                    "(see tapster --help)"
+                )
+            self["file"] = "tapster.tap"  # twistd loads twistd.tap when given nothing else
+        if self["debug"]:
+            self["nodaemon"] = True
 
     def _log_max_bytes(self) -> int | None:
         """--log-daily rotates by date instead of size, unless a size is given as well."""
@@ -161,4 +286,10 @@ class ServerOptions(Options):
             reactor=self["reactor"],
             shutdown_timeout=self["shutdown-timeout"],
             traceback=self["traceback"],
+            debug=self["debug"],
+            profile=os.path.join(base, self["profile"]) if self["profile"] else None,
+            profiler=self["profiler"],
+            savestats=self["savestats"],
+            spew=self["spew"],
+            originalname=self["originalname"],
         )

@@ -1,0 +1,1 @@
+"""tapster-hello: an example tapster plugin distributed with an entry point (see ``plugin.py``)."""

@@ -1,0 +1,304 @@
+"""Finding plugins: ``tapster/plugins/`` folders on ``sys.path``, then ``tapster.plugins`` entry points.
+
+The result is a list of :class:`Candidate`: a name, a description, where it came from, and either a way to load
+the ServiceMaker or the error that loading it gave. Whenever the cache vouches for a module, the module is not
+imported; the candidate's loader imports it only when that plugin is run.
+
+Plugin modules are loaded by file path under a private module name (``_tapster_plugin_<folder hash>_<stem>``),
+so a plugin file never clashes with a real package, ``tapster`` included, and two folders may hold files of the
+same name. The name is stable for a given folder, so the module's classes can be found again by name.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import types
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, NamedTuple
+
+from tapster._plugin_cache import ENTRY_POINTS, MODULES, FolderCache, PluginRecord, stamp_of
+from tapster._plugin_entry_points import EntryPointSpec, find_entry_points, load_entry_point
+from tapster.errors import PluginError
+
+GROUP = "tapster.plugins"
+_MODULE_PREFIX = "_tapster_plugin_"
+BUILTIN_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")
+
+
+class Candidate(NamedTuple):  # NamedTuple, not a dataclass: cheaper to create at import, which --help pays
+    """One plugin found (or one module that failed to load), before shadowing is worked out."""
+
+    name: str  # the tapname; for a failure, the module or entry point name
+    description: str
+    origin: str  # the file, or the entry point and its distribution
+    load: Callable[[], Any] | None = None  # imports what is needed and returns the ServiceMaker
+    error: str | None = None  # "ImportError: ..." when the module failed to load
+    alias: str | None = None  # for a failed "x_plugin.py": "x", so `tapster x` shows the error
+
+
+def is_service_maker(obj: object) -> bool:
+    """Whether ``obj`` is a plugin (a ServiceMaker), judged by its members alone.
+
+    It needs str ``tapname`` and ``description`` and callable ``options`` and ``make_service``. Classes and
+    modules do not count: a maker class carries all four as class attributes, but only its instance is a plugin.
+    """
+    if isinstance(obj, type | types.ModuleType):
+        return False
+    try:
+        return (
+            isinstance(getattr(obj, "tapname", None), str)
+            and isinstance(getattr(obj, "description", None), str)
+            and callable(getattr(obj, "options", None))
+            and callable(getattr(obj, "make_service", None))
+        )
+    except Exception:  # a property that raises: not a plugin
+        return False
+
+
+def check_tapname(tapname: str) -> None:
+    """Refuse a tapname nobody could type as a command.
+
+    Raises:
+        ValueError: it is empty, starts with a dash, or contains whitespace.
+    """
+    if not tapname or tapname.startswith("-") or any(char.isspace() for char in tapname):
+        raise ValueError(f"invalid tapname {tapname!r}: it must be one word that does not start with '-'")
+
+
+def makers_in(namespace: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``(variable name, maker)`` for each distinct ServiceMaker among a module's globals, in definition order."""
+    found: list[tuple[str, Any]] = []
+    seen: set[int] = set()
+    for attr, obj in list(namespace.items()):
+        if id(obj) not in seen and is_service_maker(obj):
+            seen.add(id(obj))
+            found.append((attr, obj))
+    return found
+
+
+def _records(pairs: list[tuple[str, Any]]) -> list[PluginRecord]:
+    records = []
+    for attr, maker in pairs:
+        check_tapname(maker.tapname)
+        records.append({"attr": attr, "tapname": maker.tapname, "description": maker.description})
+    return records
+
+
+def describe_error(exc: BaseException) -> str:
+    """The one-line form of an import failure: ``ImportError: No module named 'x'``."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+# -- tapster/plugins/ folders ----------------------------------------------------------------------------------
+
+
+def plugin_folders(path: Sequence[str]) -> list[str]:
+    """Every ``tapster/plugins`` folder without ``__init__.py`` under ``path``, then the built-in one, once each."""
+    folders: list[str] = []
+    seen: set[str] = set()
+    candidates = [os.path.join(entry or os.getcwd(), "tapster", "plugins") for entry in path]
+    for folder in [*candidates, BUILTIN_FOLDER]:
+        if not os.path.isdir(folder) or os.path.exists(os.path.join(folder, "__init__.py")):
+            continue
+        real = os.path.realpath(folder)
+        if real not in seen:
+            seen.add(real)
+            folders.append(os.path.abspath(folder))
+    return folders
+
+
+def module_name(folder: str, stem: str) -> str:
+    """The private, stable module name a plugin file is loaded under."""
+    import zlib
+
+    return f"{_MODULE_PREFIX}{zlib.crc32(os.path.realpath(folder).encode()):08x}_{stem}"
+
+
+def import_plugin_file(path: str) -> Any:
+    """Import the plugin module at ``path`` (once per process) and return it; its exceptions propagate."""
+    folder, file = os.path.split(path)
+    name = module_name(folder, file[:-3])
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def import_plugin_module(name: str, path: Sequence[str] | None = None) -> Any:
+    """Import a plugin module by the private name it was loaded under, e.g. to unpickle a saved state.
+
+    Raises:
+        ImportError: no plugin folder under ``path`` (default ``sys.path``; the built-in folder is always
+            searched) has that module.
+    """
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    stem = name.removeprefix(_MODULE_PREFIX).partition("_")[2]
+    if name.startswith(_MODULE_PREFIX) and stem:
+        for folder in plugin_folders(sys.path if path is None else path):
+            file = os.path.join(folder, f"{stem}.py")
+            if module_name(folder, stem) == name and os.path.isfile(file):
+                return import_plugin_file(file)
+    raise ImportError(f"no plugin module {name} in the tapster/plugins folders on sys.path", name=name)
+
+
+def scan_folder(folder: str, *, use_cache: bool = True) -> list[Candidate]:
+    """The plugins of every module in ``folder``, importing only modules the cache cannot vouch for."""
+    try:
+        files = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    cache = FolderCache(folder, enabled=use_cache)
+    found: list[Candidate] = []
+    present: set[str] = set()
+    for file in files:
+        stem = file[:-3]
+        if not file.endswith(".py") or not stem.isidentifier():
+            continue
+        path = os.path.join(folder, file)
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        present.add(file)
+        stamp = stamp_of(info)
+        records = cache.lookup(MODULES, file, stamp)
+        if records is None:
+            try:
+                records = _records(makers_in(vars(import_plugin_file(path))))
+            except (Exception, SystemExit) as exc:
+                cache.forget(MODULES, file)
+                alias = stem.removesuffix("_plugin")
+                found.append(
+                    Candidate(
+                        stem, "", path, error=describe_error(exc), alias=alias if alias != stem else None
+                    )
+                )
+                continue
+            cache.store(MODULES, file, stamp, records)
+        for record in records:
+            load = partial(_load_from_file, path, record["attr"], record["tapname"], use_cache)
+            found.append(Candidate(record["tapname"], record["description"], path, load))
+    cache.keep_only(MODULES, present)
+    cache.save()
+    return found
+
+
+def _load_from_file(path: str, attr: str, tapname: str, use_cache: bool) -> Any:
+    """Load one plugin the listing knew from the cache, now that it is run."""
+    try:
+        module = import_plugin_file(path)
+    except (Exception, SystemExit) as exc:
+        folder, file = os.path.split(path)
+        cache = FolderCache(folder, enabled=use_cache)  # it worked once; not any more
+        cache.forget(MODULES, file)
+        cache.save()
+        raise PluginError(f"plugin {tapname} failed to load: {describe_error(exc)} ({path})") from exc
+    return _pick(vars(module), attr, tapname, path)
+
+
+def _pick(namespace: dict[str, Any], attr: str, tapname: str, origin: str) -> Any:
+    """The maker named ``tapname``: under ``attr`` if it is still there, else wherever it is now."""
+    obj: Any = namespace.get(attr) if attr else None
+    if is_service_maker(obj) and obj.tapname == tapname:
+        return obj
+    for _, maker in makers_in(namespace):
+        if maker.tapname == tapname:
+            return maker
+    raise PluginError(f"plugin {tapname} is no longer defined in {origin}")
+
+
+# -- entry points ----------------------------------------------------------------------------------------------
+
+
+def scan_entry_points(path: Sequence[str], *, use_cache: bool = True) -> list[Candidate]:
+    """The plugins of the ``tapster.plugins`` entry points, each cached by distribution name and version."""
+    found: list[Candidate] = []
+    caches: dict[str, FolderCache] = {}
+    present: dict[str, set[str]] = {}
+    for spec in find_entry_points(GROUP, list(path)):
+        cache = caches.get(spec.location)
+        if cache is None:
+            cache = caches[spec.location] = FolderCache(spec.location, enabled=use_cache)
+            present[spec.location] = set()
+        key = _entry_point_key(spec)
+        present[spec.location].add(key)
+        records = cache.lookup(ENTRY_POINTS, key, spec.stamp) if spec.stamp != [0, 0] else None
+        if records is None:
+            try:
+                records = _records(_entry_point_makers(spec))
+            except (Exception, SystemExit) as exc:
+                cache.forget(ENTRY_POINTS, key)
+                found.append(Candidate(spec.name, "", spec.origin, error=describe_error(exc)))
+                continue
+            cache.store(ENTRY_POINTS, key, spec.stamp, records)
+        for record in records:
+            load = partial(_load_from_entry_point, spec, record["attr"], record["tapname"], use_cache)
+            found.append(Candidate(record["tapname"], record["description"], spec.origin, load))
+    for location, cache in caches.items():
+        cache.keep_only(ENTRY_POINTS, present[location])
+        cache.save()
+    return found
+
+
+def _entry_point_key(spec: EntryPointSpec) -> str:
+    """The cache key: distribution name and version, and the entry point's name."""
+    return f"{spec.dist_name} {spec.dist_version} {spec.name}"
+
+
+def _entry_point_makers(spec: EntryPointSpec) -> list[tuple[str, Any]]:
+    """A module entry point offers every maker in it; an object entry point must be a maker itself."""
+    obj = load_entry_point(spec.value)
+    if isinstance(obj, types.ModuleType):
+        return makers_in(vars(obj))
+    if not is_service_maker(obj):
+        raise TypeError(
+            f"{spec.value} is a {type(obj).__qualname__}, not a ServiceMaker "
+            "(it needs tapname, description, options and make_service)"
+        )
+    return [("", obj)]
+
+
+def _load_from_entry_point(spec: EntryPointSpec, attr: str, tapname: str, use_cache: bool) -> Any:
+    """Load one entry-point plugin the listing knew from the cache, now that it is run."""
+    try:
+        obj = load_entry_point(spec.value)
+    except (Exception, SystemExit) as exc:
+        cache = FolderCache(spec.location, enabled=use_cache)  # it worked once; not any more
+        cache.forget(ENTRY_POINTS, _entry_point_key(spec))
+        cache.save()
+        raise PluginError(f"plugin {tapname} failed to load: {describe_error(exc)} ({spec.origin})") from exc
+    if not attr:
+        if is_service_maker(obj) and obj.tapname == tapname:
+            return obj
+        raise PluginError(f"plugin {tapname} is no longer provided by {spec.origin}")
+    return _pick(vars(obj), attr, tapname, spec.origin)
+
+
+def discover(path: Sequence[str], *, entry_points: bool = True, use_cache: bool = True) -> list[Candidate]:
+    """Every candidate in discovery order: plugin folders in ``path`` order, the built-in folder, entry points."""
+    found: list[Candidate] = []
+    for folder in plugin_folders(path):
+        found += scan_folder(folder, use_cache=use_cache)
+    if entry_points:
+        found += scan_entry_points(path, use_cache=use_cache)
+    return found
