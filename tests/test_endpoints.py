@@ -3,10 +3,12 @@ r"""Endpoint strings: the grammar, its error messages, and real listeners and co
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import fcntl
 import json
 import os
+import pickle
 import shutil
 import socket
 import ssl
@@ -19,10 +21,13 @@ from typing import Any, cast
 
 import pytest
 
+from tapster import endpoints
+from tapster._record import FrozenInstanceError
 from tapster.endpoints import (
     ClientEndpoint,
     ServerEndpoint,
     SystemdServerEndpoint,
+    TCPServerEndpoint,
     parse_client,
     parse_server,
 )
@@ -287,6 +292,75 @@ def test_endpoints_print_as_their_description() -> None:
     """str() of an endpoint is the string it came from, so logs show what the user wrote."""
     assert str(parse_server("tcp:80:interface=127.0.0.1")) == "tcp:80:interface=127.0.0.1"
     assert str(parse_client("unix:/x")) == "unix:/x"
+
+
+def parse_any(description: str | int) -> ServerEndpoint | ClientEndpoint:
+    """Parse ``description`` as a client endpoint if it is one of VALID_CLIENTS, else as a server."""
+    if any(description == client for client, _ in VALID_CLIENTS):
+        return parse_client(cast(str, description))
+    return parse_server(description)
+
+
+@pytest.mark.parametrize("protocol", [0, pickle.HIGHEST_PROTOCOL])
+@pytest.mark.parametrize("description", [d for d, _ in VALID_SERVERS] + [d for d, _ in VALID_CLIENTS])
+def test_parsed_endpoints_pickle_round_trip(description: str | int, protocol: int) -> None:
+    """Every kind of parsed endpoint survives pickling (saved application state) as an equal endpoint."""
+    endpoint = parse_any(description)
+    loaded = pickle.loads(pickle.dumps(endpoint, protocol=protocol))
+    assert type(loaded) is type(endpoint)
+    assert loaded == endpoint
+    assert loaded == parse_any(description)
+    assert repr(loaded) == repr(endpoint)
+
+
+def test_endpoints_are_immutable_values() -> None:
+    """Endpoints compare and hash by class and fields, show their fields in repr, and refuse changes."""
+    text = "tcp:80:interface=127.0.0.1"
+    endpoint = parse_server(text)
+    assert isinstance(endpoint, TCPServerEndpoint)
+    assert endpoint == parse_server(text)
+    assert hash(endpoint) == hash(parse_server(text))
+    assert len({endpoint, parse_server(text)}) == 1
+    assert endpoint != parse_server("tcp:81:interface=127.0.0.1")
+    assert endpoint != parse_server("udp:80:interface=127.0.0.1")
+
+    class Sub(TCPServerEndpoint):
+        __slots__ = ()
+
+    fields: dict[str, Any] = {"description": text, "kind": "tcp", "port": 80, "interface": "127.0.0.1"}
+    assert TCPServerEndpoint(**fields) == endpoint
+    assert Sub(**fields) != endpoint  # same fields, another class
+    assert repr(endpoint) == (
+        f"TCPServerEndpoint(description={text!r}, kind='tcp', port=80, interface='127.0.0.1', backlog=128)"
+    )
+    with pytest.raises(FrozenInstanceError, match="cannot assign to field 'port'"):
+        endpoint.port = 81  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError, match="cannot delete field 'description'"):
+        del endpoint.description
+    with pytest.raises(AttributeError):
+        endpoint.extra = 1
+    assert endpoint.port == 80
+    assert issubclass(FrozenInstanceError, AttributeError)
+
+
+def test_endpoint_pickled_by_the_dataclass_version_still_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state saved when endpoints were dataclasses (pickled with a __dict__) loads as the same endpoint."""
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class OldTCPServerEndpoint:
+        description: str
+        kind: str
+        port: int
+        interface: str = ""
+        backlog: int = 128
+
+    OldTCPServerEndpoint.__module__ = "tapster.endpoints"
+    OldTCPServerEndpoint.__qualname__ = "TCPServerEndpoint"
+    old = OldTCPServerEndpoint(description="tcp:80", kind="tcp", port=80)
+    with monkeypatch.context() as patch:
+        patch.setattr(endpoints, "TCPServerEndpoint", OldTCPServerEndpoint)
+        data = pickle.dumps(old, protocol=pickle.HIGHEST_PROTOCOL)
+    assert pickle.loads(data) == parse_server("tcp:80")
 
 
 # ------------------------------------------------------------------------------------------------- tcp

@@ -8,15 +8,17 @@ exception type for any malformed string.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
+from tapster._record import Record
 from tapster.errors import EndpointError
+
+if TYPE_CHECKING:
+    import ipaddress
 
 __all__ = [
     "CLIENT_GRAMMARS",
@@ -65,8 +67,7 @@ REQUIRED: Any = _Required()
 """The default of a parameter that must be given."""
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(Record):
     """One parameter: how its text is checked and converted, its default, and its attribute name.
 
     Attributes:
@@ -76,13 +77,21 @@ class Param:
             ``private_key``).
     """
 
-    convert: Callable[[str, str], object]
-    default: object = REQUIRED
-    attribute: str | None = None
+    __slots__ = ("attribute", "convert", "default")
+
+    convert: Final[Callable[[str, str], object]]
+    default: Final[object]
+    attribute: Final[str | None]
+
+    def __init__(
+        self, convert: Callable[[str, str], object], default: object = REQUIRED, attribute: str | None = None
+    ) -> None:
+        self.convert = convert
+        self.default = default
+        self.attribute = attribute
 
 
-@dataclass(frozen=True)
-class Grammar:
+class Grammar(Record):
     """What one endpoint type accepts.
 
     Attributes:
@@ -92,10 +101,24 @@ class Grammar:
         finish: a last check or completion of the attribute values, for rules across parameters.
     """
 
-    kind: str
-    positional: tuple[str, ...]
-    params: Mapping[str, Param]
-    finish: Callable[[dict[str, Any]], None] | None = None
+    __slots__ = ("finish", "kind", "params", "positional")
+
+    kind: Final[str]
+    positional: Final[tuple[str, ...]]
+    params: Final[Mapping[str, Param]]
+    finish: Final[Callable[[dict[str, Any]], None] | None]
+
+    def __init__(
+        self,
+        kind: str,
+        positional: tuple[str, ...],
+        params: Mapping[str, Param],
+        finish: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.positional = positional
+        self.params = params
+        self.finish = finish
 
 
 def parse(
@@ -251,6 +274,8 @@ def to_timeout(name: str, text: str) -> float:
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    import ipaddress  # ~0.8 ms, and only a description with an address needs it: not at import
+
     try:
         return ipaddress.ip_address(text)
     except ValueError:
@@ -266,7 +291,8 @@ def to_interface(name: str, text: str) -> str:
 
 def to_interface6(name: str, text: str) -> str:
     """An IPv6 address to listen on, or empty for the default."""
-    if text and not isinstance(_ip(text), ipaddress.IPv6Address):
+    address = _ip(text) if text else None
+    if text and (address is None or address.version != 6):
         raise Fault(f"{name} must be an IPv6 address, not {text!r}")
     return text
 
@@ -406,8 +432,7 @@ CLIENT_GRAMMARS: Mapping[str, Grammar] = {
 # --------------------------------------------------------------------------------------------------- systemd
 
 
-@dataclass(frozen=True)
-class PassedSockets:
+class PassedSockets(Record):
     """The sockets systemd passed to this process.
 
     Attributes:
@@ -416,9 +441,16 @@ class PassedSockets:
         note: how the environment looked, for error messages ("LISTEN_FDS=2", "LISTEN_FDS is not set").
     """
 
-    fds: tuple[int, ...]
-    names: tuple[str, ...]
-    note: str
+    __slots__ = ("fds", "names", "note")
+
+    fds: Final[tuple[int, ...]]
+    names: Final[tuple[str, ...]]
+    note: Final[str]
+
+    def __init__(self, fds: tuple[int, ...], names: tuple[str, ...], note: str) -> None:
+        self.fds = fds
+        self.names = names
+        self.note = note
 
 
 def read_listen_env(pid: str | None, count: str | None, names: str | None, my_pid: int) -> PassedSockets:

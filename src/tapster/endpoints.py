@@ -35,10 +35,10 @@ import stat
 import threading
 from asyncio import AbstractEventLoop, AbstractServer, DatagramTransport, Transport
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Final, Literal, TypeVar, cast
 
 from tapster import _endpoint_parse as _p
+from tapster._record import Record
 from tapster.errors import EndpointError, ListenError
 
 __all__ = [
@@ -108,17 +108,25 @@ def _format_address(address: Any) -> str:
 # --------------------------------------------------------------------------------------------------- servers
 
 
-@dataclass(frozen=True, kw_only=True)
-class ServerEndpoint:
+class ServerEndpoint(Record):
     """Where and how to listen; made by :func:`parse_server`, immutable, reusable for many listens.
+
+    Endpoints compare equal when they are of the same class with the same attributes, and pickle (they are part
+    of a saved application state).
 
     Attributes:
         description: the string as given (a bare int port becomes ``"tcp:PORT"``).
         kind: ``tcp``, ``tcp6``, ``unix``, ``ssl``, ``systemd`` or ``udp``.
     """
 
-    description: str
-    kind: ServerKind
+    __slots__ = ("description", "kind")
+
+    description: Final[str]
+    kind: Final[ServerKind]
+
+    def __init__(self, *, description: str, kind: ServerKind) -> None:
+        self.description = description
+        self.kind = kind
 
     def __str__(self) -> str:
         return self.description
@@ -167,13 +175,28 @@ class ServerEndpoint:
         return _listen_error(self.description, _reason(exc), exc)
 
 
-@dataclass(frozen=True, kw_only=True)
 class TCPServerEndpoint(ServerEndpoint):
     """``tcp:`` / ``tcp6:``: an empty ``interface`` means every IPv4 (tcp) or IPv6 (tcp6) address."""
 
-    port: int
-    interface: str = ""
-    backlog: int = DEFAULT_BACKLOG
+    __slots__ = ("backlog", "interface", "port")
+
+    port: Final[int]
+    interface: Final[str]
+    backlog: Final[int]
+
+    def __init__(
+        self,
+        *,
+        description: str,
+        kind: ServerKind,
+        port: int,
+        interface: str = "",
+        backlog: int = DEFAULT_BACKLOG,
+    ) -> None:
+        super().__init__(description=description, kind=kind)
+        self.port = port
+        self.interface = interface
+        self.backlog = backlog
 
     def _host(self) -> tuple[str, socket.AddressFamily]:
         host = self.interface or ("::" if self.kind == "tcp6" else "0.0.0.0")
@@ -209,12 +232,28 @@ def _no_passphrase() -> bytes:
     raise _NeedsPassphrase
 
 
-@dataclass(frozen=True, kw_only=True)
 class SSLServerEndpoint(TCPServerEndpoint):
     """``ssl:`` / ``tls:``: TCP with TLS; ``cert_key`` defaults to ``private_key`` (one PEM holding both)."""
 
-    private_key: str
-    cert_key: str
+    __slots__ = ("cert_key", "private_key")
+
+    private_key: Final[str]
+    cert_key: Final[str]
+
+    def __init__(
+        self,
+        *,
+        description: str,
+        kind: ServerKind,
+        port: int,
+        interface: str = "",
+        backlog: int = DEFAULT_BACKLOG,
+        private_key: str,
+        cert_key: str,
+    ) -> None:
+        super().__init__(description=description, kind=kind, port=port, interface=interface, backlog=backlog)
+        self.private_key = private_key
+        self.cert_key = cert_key
 
     def _ssl_context(self) -> ssl.SSLContext:
         """Load the key pair at listen time, so a bad file fails the listen, naming the file."""
@@ -243,12 +282,18 @@ class SSLServerEndpoint(TCPServerEndpoint):
         return context
 
 
-@dataclass(frozen=True, kw_only=True)
 class UDPServerEndpoint(ServerEndpoint):
     """``udp:``: a datagram socket; an empty ``interface`` means every IPv4 address."""
 
-    port: int
-    interface: str = ""
+    __slots__ = ("interface", "port")
+
+    port: Final[int]
+    interface: Final[str]
+
+    def __init__(self, *, description: str, kind: ServerKind, port: int, interface: str = "") -> None:
+        super().__init__(description=description, kind=kind)
+        self.port = port
+        self.interface = interface
 
     @property
     def is_datagram(self) -> bool:
@@ -349,7 +394,6 @@ def _unlink_if_same(path: str, identity: os.stat_result | None) -> None:
             os.unlink(path)
 
 
-@dataclass(frozen=True, kw_only=True)
 class UNIXServerEndpoint(ServerEndpoint):
     """``unix:``: a socket file; removed again when the server closes.
 
@@ -359,10 +403,28 @@ class UNIXServerEndpoint(ServerEndpoint):
             file from a dead server is removed. Without it, an existing path is "address already in use".
     """
 
-    path: str
-    mode: int | None = None
-    lockfile: bool = False
-    backlog: int = DEFAULT_BACKLOG
+    __slots__ = ("backlog", "lockfile", "mode", "path")
+
+    path: Final[str]
+    mode: Final[int | None]
+    lockfile: Final[bool]
+    backlog: Final[int]
+
+    def __init__(
+        self,
+        *,
+        description: str,
+        kind: ServerKind,
+        path: str,
+        mode: int | None = None,
+        lockfile: bool = False,
+        backlog: int = DEFAULT_BACKLOG,
+    ) -> None:
+        super().__init__(description=description, kind=kind)
+        self.path = path
+        self.mode = mode
+        self.lockfile = lockfile
+        self.backlog = backlog
 
     async def listen(
         self, protocol_factory: ProtocolFactory, *, start_serving: bool = True
@@ -440,16 +502,31 @@ def claim_systemd_sockets() -> None:
 _DOMAINS = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
 
 
-@dataclass(frozen=True, kw_only=True)
 class SystemdServerEndpoint(ServerEndpoint):
     """``systemd:``: a listening socket passed by systemd, chosen by ``index`` (0 is fd 3) or by ``name``.
 
     The passed fd is duplicated, never consumed, so the same endpoint can be listened on again after a close.
     """
 
-    domain: str
-    index: int | None = None
-    name: str | None = None
+    __slots__ = ("domain", "index", "name")
+
+    domain: Final[str]
+    index: Final[int | None]
+    name: Final[str | None]
+
+    def __init__(
+        self,
+        *,
+        description: str,
+        kind: ServerKind,
+        domain: str,
+        index: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(description=description, kind=kind)
+        self.domain = domain
+        self.index = index
+        self.name = name
 
     def _fd(self) -> int:
         claim_systemd_sockets()
@@ -505,9 +582,8 @@ class SystemdServerEndpoint(ServerEndpoint):
 # --------------------------------------------------------------------------------------------------- clients
 
 
-@dataclass(frozen=True, kw_only=True)
-class ClientEndpoint:
-    """Where to connect; made by :func:`parse_client`.
+class ClientEndpoint(Record):
+    """Where to connect; made by :func:`parse_client`, immutable; equality and pickling as for servers.
 
     Attributes:
         description: the string as given.
@@ -515,9 +591,18 @@ class ClientEndpoint:
         timeout: seconds to wait for the connection (and the TLS handshake).
     """
 
-    description: str
-    kind: ClientKind
-    timeout: float = DEFAULT_CONNECT_TIMEOUT
+    __slots__ = ("description", "kind", "timeout")
+
+    description: Final[str]
+    kind: Final[ClientKind]
+    timeout: Final[float]
+
+    def __init__(
+        self, *, description: str, kind: ClientKind, timeout: float = DEFAULT_CONNECT_TIMEOUT
+    ) -> None:
+        self.description = description
+        self.kind = kind
+        self.timeout = timeout
 
     def __str__(self) -> str:
         return self.description
@@ -543,12 +628,26 @@ class ClientEndpoint:
         raise NotImplementedError
 
 
-@dataclass(frozen=True, kw_only=True)
 class TCPClientEndpoint(ClientEndpoint):
     """``tcp:``: a host name or IP literal and a port."""
 
-    host: str
-    port: int
+    __slots__ = ("host", "port")
+
+    host: Final[str]
+    port: Final[int]
+
+    def __init__(
+        self,
+        *,
+        description: str,
+        kind: ClientKind,
+        timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        host: str,
+        port: int,
+    ) -> None:
+        super().__init__(description=description, kind=kind, timeout=timeout)
+        self.host = host
+        self.port = port
 
     async def _connect(
         self, loop: AbstractEventLoop, protocol_factory: Callable[[], _P]
@@ -556,11 +655,25 @@ class TCPClientEndpoint(ClientEndpoint):
         return await loop.create_connection(protocol_factory, self.host, self.port)
 
 
-@dataclass(frozen=True, kw_only=True)
 class TLSClientEndpoint(TCPClientEndpoint):
     """``tls:`` / ``ssl:``: TCP with TLS; the server certificate is checked against ``ca`` or the system's."""
 
-    ca: str | None = None
+    __slots__ = ("ca",)
+
+    ca: Final[str | None]
+
+    def __init__(
+        self,
+        *,
+        description: str,
+        kind: ClientKind,
+        timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        host: str,
+        port: int,
+        ca: str | None = None,
+    ) -> None:
+        super().__init__(description=description, kind=kind, timeout=timeout, host=host, port=port)
+        self.ca = ca
 
     def _context(self) -> ssl.SSLContext:
         try:
@@ -576,11 +689,18 @@ class TLSClientEndpoint(TCPClientEndpoint):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
 class UNIXClientEndpoint(ClientEndpoint):
     """``unix:``: a socket file."""
 
-    path: str
+    __slots__ = ("path",)
+
+    path: Final[str]
+
+    def __init__(
+        self, *, description: str, kind: ClientKind, timeout: float = DEFAULT_CONNECT_TIMEOUT, path: str
+    ) -> None:
+        super().__init__(description=description, kind=kind, timeout=timeout)
+        self.path = path
 
     async def _connect(
         self, loop: AbstractEventLoop, protocol_factory: Callable[[], _P]

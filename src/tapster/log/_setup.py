@@ -11,9 +11,9 @@ import logging
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TextIO
+from typing import Final, TextIO
 
+from tapster._record import Record
 from tapster.errors import StartupError
 from tapster.log._capture import StreamToLogger
 from tapster.log._format import JsonFormatter, TextFormatter
@@ -24,9 +24,8 @@ __all__ = ["LogConfig", "LogDestination", "install"]
 _FORMATS = ("text", "json")
 
 
-@dataclass(frozen=True)
-class LogConfig:
-    """Where and how the process logs; built once from the command line.
+class LogConfig(Record):
+    """Where and how the process logs; built once from the command line, immutable, compared by value.
 
     Which destination is used: ``logger_factory`` if given, else syslog if ``syslog``, else the file
     ``logfile``, else stdout. ``format`` applies to the file and to stdout (and to a custom handler that has
@@ -45,15 +44,49 @@ class LogConfig:
         level: the root logger's level.
     """
 
-    logfile: str | None
-    max_bytes: int | None = 1_000_000
-    keep: int | None = None
-    daily: bool = False
-    syslog: bool = False
-    prefix: str = "tapster"
-    format: str = "text"
-    logger_factory: str | None = None
-    level: int = logging.INFO
+    __slots__ = (
+        "daily",
+        "format",
+        "keep",
+        "level",
+        "logfile",
+        "logger_factory",
+        "max_bytes",
+        "prefix",
+        "syslog",
+    )
+
+    logfile: Final[str | None]
+    max_bytes: Final[int | None]
+    keep: Final[int | None]
+    daily: Final[bool]
+    syslog: Final[bool]
+    prefix: Final[str]
+    format: Final[str]
+    logger_factory: Final[str | None]
+    level: Final[int]
+
+    def __init__(
+        self,
+        logfile: str | None,
+        max_bytes: int | None = 1_000_000,
+        keep: int | None = None,
+        daily: bool = False,
+        syslog: bool = False,
+        prefix: str = "tapster",
+        format: str = "text",
+        logger_factory: str | None = None,
+        level: int = logging.INFO,
+    ) -> None:
+        self.logfile = logfile
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.daily = daily
+        self.syslog = syslog
+        self.prefix = prefix
+        self.format = format
+        self.logger_factory = logger_factory
+        self.level = level
 
 
 class LogDestination:
@@ -113,9 +146,8 @@ def install(config: LogConfig, *, stream: TextIO | None = None) -> LogDestinatio
 
     The new handler is added to the root logger before the handlers of an earlier :func:`install` are removed
     and closed, so no line falls between the two. Handlers put on the root logger by anything else are left
-    alone. The root logger's level is set to ``config.level``. With tapster's own formatters, the record
-    fields nobody shows (thread, process, multiprocessing names) are no longer collected, which makes every
-    log call cheaper.
+    alone. The root logger's level is set to ``config.level``. Log records keep all their fields
+    (thread, process, ...), so a handler an application adds itself can show them with ``%(process)d``.
 
     Args:
         config: the destination and its options.

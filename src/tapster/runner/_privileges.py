@@ -11,8 +11,9 @@ import grp
 import os
 import pwd
 import re
-from dataclasses import dataclass
+from typing import Final
 
+from tapster._record import Record
 from tapster.errors import StartupError, UsageError
 
 __all__ = [
@@ -30,17 +31,23 @@ _MAX_ID = 2**32 - 2
 _UMASK = re.compile(r"(?:0[oO])?([0-7]+)")
 
 
-@dataclass(frozen=True)
-class Identity:
-    """The user and group a server runs as.
+class Identity(Record):
+    """The user and group a server runs as; immutable, compared by value.
 
     ``user_name`` is the passwd name used to load the supplementary groups; it is ``None`` for a numeric uid
     without a passwd entry, or when only a group was asked for, and the group list is then just ``gid``.
     """
 
-    uid: int
-    gid: int
-    user_name: str | None
+    __slots__ = ("gid", "uid", "user_name")
+
+    uid: Final[int]
+    gid: Final[int]
+    user_name: Final[str | None]
+
+    def __init__(self, uid: int, gid: int, user_name: str | None) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.user_name = user_name
 
 
 def resolve_identity(uid: str | int | None, gid: str | int | None) -> Identity | None:

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
+from tapster._record import Record
 from tapster.errors import StartupError
 
+if TYPE_CHECKING:
+    import asyncio
 
-@dataclass(frozen=True)
-class Reactor:
-    name: str
-    description: str
-    module: str | None  # the module that must be importable, None for the standard library
-    extra: str | None  # the tapster extra that installs it
+
+class Reactor(Record):
+    """One event loop ``--reactor`` can name; immutable."""
+
+    __slots__ = ("description", "extra", "module", "name")
+
+    name: Final[str]
+    description: Final[str]
+    module: Final[str | None]  # the module that must be importable, None for the standard library
+    extra: Final[str | None]  # the tapster extra that installs it
+
+    def __init__(self, name: str, description: str, module: str | None, extra: str | None) -> None:
+        self.name = name
+        self.description = description
+        self.module = module
+        self.extra = extra
 
     @property
     def installed(self) -> bool:
@@ -63,6 +75,8 @@ def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
 
         loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         return loop
+    import asyncio
+
     return asyncio.new_event_loop()
 
 
