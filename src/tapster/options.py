@@ -572,7 +572,9 @@ class Options(collections.abc.MutableMapping[str, Any]):
     @staticmethod
     def _invocation(opt: _Option) -> str:
         # an opt_ method's name has underscores only because Python needs them; show it as users type it
-        longs = [long.replace("_", "-") for long in opt.longs] if opt.method and opt.key is None else opt.longs
+        longs = (
+            [long.replace("_", "-") for long in opt.longs] if opt.method and opt.key is None else opt.longs
+        )
         names = [f"-{s}" for s in opt.shorts] + [f"--{long}" for long in longs]
         text = ", ".join(names) if opt.shorts else "    " + ", ".join(names)
         if opt.takes_value:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import EXAMPLES, REPO, TAPSTER, connect, read_all, run_tapster
 
 FIXTURES = str(REPO / "tests" / "persist")
@@ -21,7 +22,7 @@ ENV = {"PYTHONPATH": FIXTURES}
 
 
 def make_state(tmp_path: Path, name: str = "counting.tap") -> str:
-    script = f"import statefixtures; from tapster.persist import save_state; save_state(statefixtures.build(), {name!r})"
+    script = f"import statefixtures as f; import tapster.persist as p; p.save_state(f.build(), {name!r})"
     subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, **ENV}, check=True)
     return name
 
