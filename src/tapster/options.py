@@ -600,7 +600,9 @@ class Options(collections.abc.MutableMapping[str, Any]):
         indent = " " * (2 + column + 2)
         lines: list[str] = []
         for left, text in rows:
-            wrapped = textwrap.wrap(text, _WIDTH - len(indent)) or [""]
+            wrapped = textwrap.wrap(
+                text, _WIDTH - len(indent), break_on_hyphens=False, break_long_words=False
+            ) or [""]
             if len(left) > column:
                 lines.append(f"  {left}")
                 lines += [indent + part for part in wrapped if part]

@@ -43,6 +43,8 @@ PRIV_TAC = textwrap.dedent("""
 
 def low_port_free(port: int = 80) -> bool:
     with socket.socket() as sock:
+        # as the server will: a connection the last run closed may hold the port in TIME_WAIT for a minute
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
