@@ -1,0 +1,124 @@
+"""echo: seed 000's plugin, ported: an HTTP echo at /echo, and a manhole with the echo service in it.
+
+    cd examples
+    tapster -n echo --port 8080 --service-port 8081 --auth memory:admin:secret
+    curl -d hello http://127.0.0.1:8080/echo           # -> hello
+    telnet 127.0.0.1 8081                              # Username: admin, Password: secret
+    >>> service
+    <EchoService 'echo': 1 request(s)>
+
+Add ``--ssh-port 8022`` for an SSH manhole as well (``ssh -p 8022 admin@127.0.0.1``). Without ``--auth`` the
+manhole is not started: nobody could log in. The HTTP side needs aiohttp (``pip install 'tapster[web]'``), which
+is imported only when the service starts, so listing plugins never needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tapster import MultiService, Service
+from tapster.auth import AuthOptions
+from tapster.services import StreamServer
+
+logger = logging.getLogger(__name__)
+
+
+class EchoService(Service):
+    """The application object: answers with what it was sent, and counts requests (something live to inspect)."""
+
+    def __init__(self) -> None:
+        self.name = "echo"
+        self.requests = 0
+
+    async def echo(self, body: bytes) -> bytes:
+        self.requests += 1
+        return body
+
+    def __repr__(self) -> str:
+        return f"<EchoService {self.name!r}: {self.requests} request(s)>"
+
+
+class EchoWeb(MultiService):
+    """Serves ``echo`` over HTTP at ``/echo`` (POST echoes the body, GET the query string), with aiohttp."""
+
+    transient = ("_web",)
+
+    def __init__(self, port: int | str, echo: EchoService) -> None:
+        super().__init__()
+        self.name = "http"
+        self.echo = echo
+        self._web: Any = None
+        StreamServer(port, self._protocol, name="EchoHTTP").set_parent(self)
+
+    def _protocol(self) -> Any:
+        return self._web()
+
+    async def start(self) -> None:
+        from aiohttp import web  # the `web` extra; imported only when the server starts
+
+        self._web = web.Server(self._handle)
+        await super().start()
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._web is not None:
+            await self._web.shutdown(1.0)
+            self._web = None
+
+    async def _handle(self, request: Any) -> Any:
+        from aiohttp import web
+
+        if request.path != "/echo":
+            return web.Response(status=404, text="not found: try /echo\n")
+        body = await request.read() if request.can_read_body else request.query_string.encode()
+        return web.Response(body=await self.echo.echo(body))
+
+
+class Notice(Service):
+    """Logs a message when the server starts (make_service runs before logging is set up)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    async def start(self) -> None:
+        await super().start()
+        logger.warning("%s", self.message)
+
+
+class EchoOptions(AuthOptions):
+    description = "Sample Echo service: HTTP at /echo, and a manhole to look inside it."
+    parameters = [
+        ("port", "p", 8080, "HTTP port (the echo is at /echo).", int),
+        ("service-port", "s", 8081, "Manhole telnet port, on 127.0.0.1 (0: pick a free port).", int),
+        ("ssh-port", None, None, "Also serve the manhole over SSH on this port, on 127.0.0.1.", int),
+        ("host-key", None, "echo_host_key", "SSH host key file (created if missing)."),
+    ]
+
+
+class EchoServiceMaker:
+    tapname = "echo"
+    description = "Sample Echo service"
+    options = EchoOptions
+
+    def make_service(self, options: Any) -> Service:
+        srv = EchoService()
+        svc = MultiService()
+        srv.set_parent(svc)
+        EchoWeb(options["port"], srv).set_parent(svc)
+        if options["checkers"]:
+            from tapster.manhole import ManholeService
+
+            ManholeService(
+                {"service": srv},
+                telnet=options["service-port"],
+                ssh=options["ssh-port"],
+                checkers=options["checkers"],
+                host_key=options["host-key"],
+            ).set_parent(svc)
+        else:
+            Notice("echo: no --auth given, so no manhole (see --help-auth)").set_parent(svc)
+        return svc
+
+
+serviceMaker = EchoServiceMaker()

@@ -1,0 +1,182 @@
+"""Password hashes: recognising the scheme of a stored value and verifying a password against it.
+
+A stored value that starts with ``$ID$`` is a hash; anything else is a plaintext password. Supported:
+
+- bcrypt (``$2a$``, ``$2b$``, ``$2y$``), through the ``bcrypt`` package;
+- argon2 (``$argon2id$``, ``$argon2i$``, ``$argon2d$``), through ``argon2-cffi``;
+- sha512-crypt (``$6$``), sha256-crypt (``$5$``) and md5-crypt (``$1$``), through the standard library's
+  :mod:`crypt` module where present (Python < 3.13 with libc crypt), else through ``passlib``;
+- yescrypt (``$y$``, ``$gy$``) and scrypt (``$7$``), which only libc crypt verifies: through :mod:`crypt` when it is
+  available and the C library supports them. Newer Debian ``/etc/shadow`` files use yescrypt.
+
+Third-party packages are imported on first use, never at import time. Verifying is CPU work (tens to hundreds of
+milliseconds for bcrypt and argon2): callers in the event loop run :func:`verify` in a thread.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import warnings
+from types import ModuleType
+from typing import Any
+
+__all__ = ["UnsupportedHash", "check_supported", "hash_scheme", "verify"]
+
+_HASH_ID = re.compile(r"^\$([0-9a-z-]+)\$")
+
+_SCHEMES = {
+    "2a": "bcrypt",
+    "2b": "bcrypt",
+    "2y": "bcrypt",
+    "argon2id": "argon2",
+    "argon2i": "argon2",
+    "argon2d": "argon2",
+    "6": "sha512-crypt",
+    "5": "sha256-crypt",
+    "1": "md5-crypt",
+    "y": "yescrypt",
+    "gy": "gost-yescrypt",
+    "7": "scrypt",
+}
+_LIBC_ONLY = frozenset({"yescrypt", "gost-yescrypt", "scrypt"})
+_PASSLIB_NAMES = {"sha512-crypt": "sha512_crypt", "sha256-crypt": "sha256_crypt", "md5-crypt": "md5_crypt"}
+_BCRYPT_MAX = 72  # bcrypt looks at no more bytes than this; bcrypt >= 5 raises instead of truncating
+
+
+class UnsupportedHash(ValueError):
+    """A stored hash that cannot be verified here: unknown scheme, missing package, or malformed."""
+
+
+def hash_scheme(stored: str) -> str | None:
+    """The scheme name of ``stored`` (``"bcrypt"``, ``"sha512-crypt"``, ...), or None for plaintext.
+
+    Raises:
+        UnsupportedHash: ``stored`` looks like a ``$ID$`` hash of a scheme tapster does not know.
+    """
+    match = _HASH_ID.match(stored)
+    if match is None:
+        return None
+    scheme = _SCHEMES.get(match.group(1))
+    if scheme is None:
+        raise UnsupportedHash(f"unknown password hash scheme ${match.group(1)}$")
+    return scheme
+
+
+def _crypt_module() -> ModuleType | None:
+    """The standard library's :mod:`crypt`, or None where it is gone (Python 3.13+) or unusable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt
+    except ImportError:
+        return None
+    return crypt
+
+
+def _libc_crypt(password: str, stored: str) -> str | None:
+    module = _crypt_module()
+    if module is None:
+        return None
+    try:
+        result: Any = module.crypt(password, stored)
+    except OSError:  # the C library rejects the method
+        return None
+    if not isinstance(result, str) or result.startswith("*"):  # libxcrypt answers "*0" / "*1" on failure
+        return None
+    return result
+
+
+def check_supported(stored: str) -> str | None:
+    """Make sure ``stored`` can be verified; return its scheme (None for plaintext).
+
+    Called when a password file is loaded, so a missing package or an unusable hash is reported at start-up
+    rather than as a refused login later.
+
+    Raises:
+        UnsupportedHash: the scheme is unknown, its package is missing, or the hash is malformed.
+    """
+    scheme = hash_scheme(stored)
+    if scheme is None:
+        return None
+    if scheme == "bcrypt":
+        _require("bcrypt", "bcrypt", "bcrypt")
+        if len(stored) != 60:
+            raise UnsupportedHash("malformed bcrypt hash (expected 60 characters)")
+    elif scheme == "argon2":
+        argon2 = _require("argon2", "argon2-cffi", "argon2")
+        try:
+            argon2.extract_parameters(stored)
+        except Exception as exc:
+            raise UnsupportedHash(f"malformed argon2 hash ({exc})") from None
+    elif scheme in _LIBC_ONLY:
+        if _crypt_module() is None:
+            raise UnsupportedHash(
+                f"{scheme} hashes can only be verified by the C library's crypt(), through Python's crypt "
+                "module, which this Python does not have (it was removed in 3.13)"
+            )
+        if _libc_crypt("", stored) is None:
+            raise UnsupportedHash(
+                f"this system's crypt() cannot verify {scheme} hashes, or the hash is malformed"
+            )
+    elif _crypt_module() is None or _libc_crypt("", stored) is None:
+        handler = getattr(_require("passlib.hash", "passlib", scheme), _PASSLIB_NAMES[scheme])
+        if not handler.identify(stored):
+            raise UnsupportedHash(f"malformed {scheme} hash")
+        try:
+            handler.verify("", stored)
+        except ValueError as exc:
+            raise UnsupportedHash(f"malformed {scheme} hash ({exc})") from None
+    return scheme
+
+
+def _require(module: str, package: str, scheme: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UnsupportedHash(
+            f"{scheme} hashes need the {package} package (pip install 'tapster[ssh]')"
+        ) from None
+
+
+def verify(stored: str, password: str) -> bool:
+    """Whether ``password`` matches ``stored`` (a hash, or a plaintext password compared in constant time).
+
+    Never raises for a wrong password; an unusable hash counts as no match (:func:`check_supported` is where
+    such hashes are reported).
+    """
+    try:
+        scheme = hash_scheme(stored)
+    except UnsupportedHash:
+        return False
+    if scheme is None:
+        return hmac.compare_digest(stored.encode("utf-8"), password.encode("utf-8"))
+    try:
+        return _verify_hash(scheme, stored, password)
+    except (UnsupportedHash, ValueError, TypeError):
+        return False
+
+
+def _verify_hash(scheme: str, stored: str, password: str) -> bool:
+    if scheme == "bcrypt":
+        import bcrypt
+
+        return bool(bcrypt.checkpw(password.encode("utf-8")[:_BCRYPT_MAX], stored.encode("ascii")))
+    if scheme == "argon2":
+        import argon2
+
+        try:
+            return bool(argon2.PasswordHasher().verify(stored, password))
+        except argon2.exceptions.VerificationError:
+            return False
+        except argon2.exceptions.InvalidHashError:
+            return False
+    result = _libc_crypt(password, stored)
+    if result is not None:
+        return hmac.compare_digest(result.encode("utf-8"), stored.encode("utf-8"))
+    if scheme in _LIBC_ONLY:
+        return False
+    handler = getattr(_require("passlib.hash", "passlib", scheme), _PASSLIB_NAMES[scheme])
+    return bool(handler.verify(password, stored))
