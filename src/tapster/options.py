@@ -34,7 +34,7 @@ _CO_VARARGS = 0x04  # code-object flag: the function takes *args
 class _Option:
     """One option as the scanner sees it, whatever declared it (a tuple or ``opt_`` methods)."""
 
-    __slots__ = ("coercer", "default", "help", "key", "longs", "method", "shorts", "takes_value")
+    __slots__ = ("coercer", "default", "help", "key", "longs", "metavar", "method", "shorts", "takes_value")
 
     def __init__(
         self,
@@ -55,6 +55,7 @@ class _Option:
         self.default = default
         self.coercer = coercer
         self.method = method  # name of the opt_ method to call instead of storing the value
+        self.metavar: str | None = None  # shown in help after the option; default: the option's name
 
     @property
     def display(self) -> str:
@@ -156,6 +157,10 @@ def _build_table(cls: type[Options]) -> _Table:
         opt = by_function.get(func)  # `opt_l = opt_logfile` makes -l a synonym, as in Twisted
         if opt is None:
             opt = _Option([], [], takes_value, _first_line(func.__doc__), method=attr)
+            params = _positional_params(func)
+            # def opt_auth(self, spec) shows --auth=SPEC; a generic name (value, arg) shows the option's name
+            if takes_value and params and params[0] and params[0][0] not in ("value", "arg", "argument"):
+                opt.metavar = params[0][0].strip("_").upper()
             by_function[func] = opt
             options.append(opt)
         (opt.shorts if len(name) == 1 else opt.longs).append(name)
@@ -578,7 +583,10 @@ class Options(collections.abc.MutableMapping[str, Any]):
         names = [f"-{s}" for s in opt.shorts] + [f"--{long}" for long in longs]
         text = ", ".join(names) if opt.shorts else "    " + ", ".join(names)
         if opt.takes_value:
-            metavar = _canonical(opt.longs[0] if opt.longs else opt.shorts[0]).replace("-", "_").upper()
+            metavar = (
+                opt.metavar
+                or _canonical(opt.longs[0] if opt.longs else opt.shorts[0]).replace("-", "_").upper()
+            )
             text += f"={metavar}" if opt.longs else f" {metavar}"
         return text
 

@@ -34,6 +34,6 @@ class AuthOptions(Options):
         """List the checker types --auth accepts, and exit."""
         raise HelpRequested(format_auth_types())
 
-    def opt_help_auth_type(self, name: str) -> None:
+    def opt_help_auth_type(self, type_: str) -> None:
         """Show the syntax and notes of one --auth checker type, and exit."""
-        raise HelpRequested(format_auth_type(name))
+        raise HelpRequested(format_auth_type(type_))
