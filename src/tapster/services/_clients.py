@@ -15,6 +15,7 @@ from tapster.services._connection import (
     ProtocolFactory,
     StreamHandler,
     callable_label,
+    check_factory,
     is_stream_handler,
     peer_host,
 )
@@ -119,6 +120,7 @@ class StreamClient(Service):
         self, endpoint: str, factory: Factory, *, name: str | None = None, limit: int = 2**16
     ) -> None:
         self.endpoint: ClientEndpoint = parse_client(endpoint)
+        check_factory(factory, type(self).__name__)
         self.factory = factory
         self.name = name
         self.limit = limit
@@ -167,6 +169,7 @@ class ClientService(Service):
         if initial_delay <= 0 or max_delay < initial_delay or factor < 1:
             raise ValueError("ClientService needs 0 < initial_delay <= max_delay and factor >= 1")
         self.endpoint: ClientEndpoint = parse_client(endpoint)
+        check_factory(factory, type(self).__name__)
         self.factory = factory
         self.name = name
         self.initial_delay = initial_delay

@@ -37,6 +37,29 @@ def is_stream_handler(factory: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+def check_factory(factory: object, owner: str) -> None:
+    """Refuse, when the service is built, a factory no connection could ever use.
+
+    Raises:
+        TypeError: not callable, or a plain ``def handle(reader, writer)`` that forgot ``async`` (asyncio
+            would call it, get None, and drop every connection silently).
+    """
+    if not callable(factory):
+        raise TypeError(f"{owner} needs a Protocol factory or an async handler, not {factory!r}")
+    target: Any = factory
+    while isinstance(target, functools.partial):
+        target = target.func
+    if inspect.isfunction(target) and not inspect.iscoroutinefunction(target):
+        code = target.__code__
+        bound = len(factory.args) if isinstance(factory, functools.partial) else 0
+        required = code.co_argcount - len(target.__defaults__ or ()) - bound
+        if required >= 2:
+            raise TypeError(
+                f"{owner}: {target.__qualname__}() takes (reader, writer) but is not 'async def': "
+                "a stream handler must be a coroutine function"
+            )
+
+
 def callable_label(factory: Callable[..., Any]) -> str:
     """The name twistd would show for a factory: its class or function name."""
     target: Any = factory
@@ -52,6 +75,17 @@ def peer_host(transport: asyncio.BaseTransport) -> str:
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
     return "unix" if isinstance(peer, str | bytes) else "-"
+
+
+class _HangUp(asyncio.Protocol):
+    """Stands in for a protocol the factory failed to make: drops the connection at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        abort = getattr(transport, "abort", None)
+        if abort is not None:
+            abort()
+        else:
+            transport.close()
 
 
 class ConnectionTracker:
@@ -83,7 +117,29 @@ class ConnectionTracker:
             per_connection = asyncio.current_task() is not None
             if per_connection:
                 log_context.set(context)
-            protocol = factory()
+            # asyncio would leave such a connection hanging with nothing in the log: say what failed (as twistd
+            # does) and hang up on the client at once. The traceback goes in as text: a record holding a live
+            # traceback (a handler that keeps records) would keep the accepting frame, and the socket, alive.
+            try:
+                protocol = factory()
+            except Exception:
+                import traceback
+
+                logger.error(
+                    "%s: the protocol factory raised; connection %d dropped\n%s",
+                    self.label,
+                    context.number,
+                    traceback.format_exc().rstrip(),
+                )
+                return _HangUp()
+            if not isinstance(protocol, asyncio.BaseProtocol):
+                logger.error(
+                    "%s: the protocol factory returned %r, not an asyncio Protocol; connection %d dropped",
+                    self.label,
+                    protocol,
+                    context.number,
+                )
+                return _HangUp()
             self._watch(protocol, context, per_connection)
             return protocol
 

@@ -14,6 +14,7 @@ from tapster.services._connection import (
     Factory,
     ProtocolFactory,
     callable_label,
+    check_factory,
     is_stream_handler,
 )
 
@@ -58,6 +59,7 @@ class StreamServer(Service):
             raise ValueError(
                 f"StreamServer needs a stream endpoint, not {self.endpoint.description!r}: use UDPServer"
             )
+        check_factory(factory, "StreamServer")
         self.factory = factory
         self.name = name
         self.drain_timeout = drain_timeout
