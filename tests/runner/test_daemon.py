@@ -199,8 +199,10 @@ def test_rotate_and_reopen_through_ctl(tmp_path: Path, stop_daemons) -> None:
     """ctl rotate moves the log to tapster.log.1; ctl reopen writes a new file after logrotate moved it."""
     start_daemon(tmp_path)
     log = tmp_path / "tapster.log"
+    mode = log.stat().st_mode & 0o777
     assert run_tapster(["ctl", "rotate"], cwd=tmp_path).returncode == 0
     wait_for_log(log, "Log rotated (SIGUSR1).")
+    assert log.stat().st_mode & 0o777 == mode  # the daemon's umask 077 does not narrow later files
     assert "starting on" in (tmp_path / "tapster.log.1").read_text()
     log.rename(tmp_path / "moved.log")
     assert run_tapster(["ctl", "reopen"], cwd=tmp_path).returncode == 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Callable
 
@@ -80,6 +81,7 @@ class RotatingFileHandler(logging.Handler):
         self._clock = clock
         self._fd = -1
         self._size = 0
+        self._rotation_broken = False
         self._day: Day = (0, 0, 0)
         self._next_midnight = 0.0
         self.setFormatter(TextFormatter())
@@ -117,6 +119,10 @@ class RotatingFileHandler(logging.Handler):
         st = os.fstat(fd)
         self._fd = fd
         self._size = st.st_size
+        if self.mode is None:
+            # Later files (rotation, reopen) get this file's mode, not whatever the umask is by then (a daemon
+            # sets 077 after opening its log): a log shipper that could read the first file can read them all.
+            self.mode = stat.S_IMODE(st.st_mode)
         if self.daily:
             today = self._date(self._clock())
             file_day = self._date(st.st_mtime)
@@ -146,18 +152,22 @@ class RotatingFileHandler(logging.Handler):
             return
         if self.daily and (now := self._clock()) >= self._next_midnight:
             today = self._date(now)
-            try:
-                if self._size > 0:
+            if self._size > 0 and not self._rotation_broken:
+                try:
                     self._rotate_locked()
-            except OSError:
-                self.handleError(record)
+                except OSError as exc:
+                    self._rotation_failed(exc, record)
             self._set_day(today)
-        if self.max_bytes and self._size and self._size + len(data) > self.max_bytes:
+        if (
+            self.max_bytes
+            and self._size
+            and self._size + len(data) > self.max_bytes
+            and not self._rotation_broken
+        ):
             try:
                 self._rotate_locked()
-            except OSError:
-                self._size = 0  # do not retry on every record: wait for another max_bytes
-                self.handleError(record)
+            except OSError as exc:
+                self._rotation_failed(exc, record)
         try:
             written = os.write(self._fd, data)
             while written < len(data):  # a short write: only on a full disk or an odd file system
@@ -166,6 +176,32 @@ class RotatingFileHandler(logging.Handler):
             self.handleError(record)
         else:
             self._size += len(data)
+
+    def _rotation_failed(self, exc: OSError, record: logging.LogRecord) -> None:
+        """Say once, in the log itself, that rotation fails, and stop trying until a rotate or reopen works.
+
+        Typically the server dropped privileges and can no longer create files in a root-owned log directory:
+        retrying would fail the same way, and a traceback per attempt on stderr (captured into this very log)
+        would flood it.
+        """
+        self._rotation_broken = True
+        notice = logging.makeLogRecord(
+            {
+                "name": "tapster",
+                "levelno": logging.WARNING,
+                "levelname": "WARNING",
+                "msg": "cannot rotate the log file %s: %s; automatic rotation is off until "
+                "'tapster ctl rotate' or 'tapster ctl reopen' succeeds (make the directory writable by the "
+                "server's user, or rotate with logrotate)",
+                "args": (self.path, exc.strerror or exc),
+                "created": record.created,
+                "msecs": record.msecs,
+            }
+        )
+        try:
+            os.write(self._fd, (self.format(notice) + "\n").encode("utf-8", "backslashreplace"))
+        except OSError:
+            self.handleError(record)
 
     def flush(self) -> None:
         """Nothing to do: every record is handed to the kernel by :meth:`emit`."""
@@ -194,6 +230,7 @@ class RotatingFileHandler(logging.Handler):
             if self._fd < 0:
                 return
             self._rotate_locked()
+            self._rotation_broken = False
             if self.daily:
                 self._set_day(self._date(self._clock()))
         finally:
@@ -212,6 +249,7 @@ class RotatingFileHandler(logging.Handler):
             fd = self._open_fd()
             old, self._fd = self._fd, fd
             self._size = os.fstat(fd).st_size
+            self._rotation_broken = False
             os.close(old)
         finally:
             self.release()
