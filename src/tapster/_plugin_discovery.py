@@ -156,6 +156,14 @@ def import_plugin_module(name: str, path: Sequence[str] | None = None) -> Any:
             file = os.path.join(folder, f"{stem}.py")
             if module_name(folder, stem) == name and os.path.isfile(file):
                 return import_plugin_file(file)
+        # The state was saved from another folder (a new release directory, a copied project): the same plugin
+        # file under the first plugin folder that has it, as discovery would pick it, stands in for it.
+        for folder in plugin_folders(sys.path if path is None else path):
+            file = os.path.join(folder, f"{stem}.py")
+            if os.path.isfile(file):
+                module = import_plugin_file(file)
+                sys.modules[name] = module
+                return module
     raise ImportError(f"no plugin module {name} in the tapster/plugins folders on sys.path", name=name)
 
 

@@ -291,3 +291,24 @@ def test_plugin_run_saves_state_and_dash_f_serves_the_same_poem_on_the_same_port
     assert fetch(port) == poem.read_bytes()
     second.signal(signal.SIGTERM)
     assert second.finish()[0] == 0
+
+
+def test_saved_plugin_state_loads_after_the_project_moves(tapster, tmp_path: Path) -> None:
+    """A plugin's saved state still loads when the plugin folder is somewhere else (a new release directory)."""
+    import shutil
+
+    for release in ("v1", "v2"):
+        shutil.copytree(EXAMPLES / "tapster", tmp_path / release / "tapster")
+    poem = EXAMPLES / "poetry" / "ecstasy.txt"
+    first = tapster(
+        ["-n", "--pidfile=", "fastpoetry", "--port", "0", "--poem", str(poem)], cwd=tmp_path / "v1"
+    )
+    first.port("PoetryProtocol")
+    first.signal(signal.SIGTERM)
+    assert first.finish()[0] == 0
+    shutil.move(tmp_path / "v1" / "fastpoetry-shutdown.tap", tmp_path / "v2")
+    shutil.rmtree(tmp_path / "v1")
+    second = tapster(["-n", "--pidfile=", "-o", "-f", "fastpoetry-shutdown.tap"], cwd=tmp_path / "v2")
+    assert fetch(second.port("PoetryProtocol")) == poem.read_bytes()
+    second.signal(signal.SIGTERM)
+    assert second.finish()[0] == 0
