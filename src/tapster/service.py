@@ -12,6 +12,7 @@ and stop. ``running`` is deliberately a plain attribute, so a subclass written i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Generator, Iterator
 from typing import Any, ClassVar
@@ -171,7 +172,14 @@ class MultiService(Service):
         started: list[Service] = []
         try:
             for child in list(self._children):
-                await child.start()
+                try:
+                    await child.start()
+                except Exception as exc:
+                    # the deepest service whose start raised: what the runner names in its one-line error
+                    if not hasattr(exc, "tapster_service_path"):
+                        with contextlib.suppress(AttributeError, TypeError):
+                            exc.tapster_service_path = service_path(child)  # type: ignore[attr-defined]
+                    raise
                 started.append(child)
         except BaseException:
             for child in reversed(started):

@@ -107,7 +107,9 @@ def test_start_failure_in_a_service_is_one_line(tmp_path: Path) -> None:
     """,
     )
     check_one_line(
-        run_tapster(["-n", "-y", "failing.tac"], cwd=tmp_path), 1, "FileNotFoundError: poetry/missing.txt"
+        run_tapster(["-n", "-y", "failing.tac"], cwd=tmp_path),
+        1,
+        "x/Broken: FileNotFoundError: poetry/missing.txt",
     )
 
 

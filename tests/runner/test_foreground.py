@@ -174,4 +174,5 @@ def test_signal_during_start_stops_what_started_and_exits_zero(tapster, tmp_path
     status, out, _ = proc.finish()
     assert status == 0, out
     assert "first stopped" in out
+    assert out.rstrip().endswith("Server Shut Down.")
     assert not (tmp_path / "tapster.pid").exists()

@@ -127,6 +127,7 @@ def _serve(
         if config.debug:
             loop_hooks.extra_signals[signal.SIGUSR2] = break_now
         outcome = _run_loop_instrumented(config, root, loop_hooks)
+        ready = True  # the loop ended normally, even if a signal came during start-up: "Server Shut Down."
         logger.info("Main loop terminated.")
         if not config.no_save:
             _save(root)

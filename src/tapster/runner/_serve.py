@@ -130,7 +130,9 @@ class _Server:
             if exc is not None:
                 if isinstance(exc, TapsterError):
                     raise exc
-                raise StartFailed(f"{type(exc).__name__}: {exc}") from exc
+                where = getattr(exc, "tapster_service_path", None)
+                prefix = f"{where}: " if where else ""
+                raise StartFailed(f"{prefix}{type(exc).__name__}: {exc}") from exc
             return True
         logger.info("Stopping during start-up: stopping the services that started.")
         start.cancel()
