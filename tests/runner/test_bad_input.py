@@ -33,7 +33,7 @@ def write(tmp_path: Path, name: str, text: str) -> str:
         (
             "notservice.tac",
             "application = 42\n",
-            ["'application' in notservice.tac is a int, not a tapster Service"],
+            ["'application' in notservice.tac is an int, not a tapster Service"],
         ),
         (
             "raises.tac",

@@ -49,7 +49,7 @@ def load_application_file(path: str) -> Service:
     application = namespace["application"]
     if not isinstance(application, Service):
         raise AppLoadError(
-            f"'application' in {path} is a {type(application).__qualname__}, not a tapster Service "
+            f"'application' in {path} is {_article(type(application).__qualname__)}, not a tapster Service "
             "(make it tapster.Application(NAME))"
         )
     return application
@@ -63,3 +63,7 @@ def _where(exc: BaseException, path: str) -> str:
         if os.path.abspath(frame.filename) == target:
             line = frame.lineno
     return f"{path}:{line}" if line else path
+
+
+def _article(noun: str) -> str:
+    return f"an {noun}" if noun[:1].lower() in "aeiou" else f"a {noun}"

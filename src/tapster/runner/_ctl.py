@@ -99,8 +99,9 @@ def _stop(pid: int, timeout: float, shown: str) -> tuple[int, str]:
     if _wait_gone(pid, watcher, timeout):
         return ExitStatus.OK, "stopped"
     return ExitStatus.FAILURE, (
-        f"pid {pid} is still running {timeout:g} s after SIGTERM (from {shown}); its log says which service "
-        f"has not stopped; run 'tapster ctl stop' again to force it, or kill -KILL {pid}"
+        f"pid {pid} is still running {timeout:g} s after SIGTERM (from {shown}); once its --shutdown-timeout "
+        f"passes, its log names the services still stopping; run 'tapster ctl stop' again to force it, "
+        f"or kill -KILL {pid}"
     )
 
 
