@@ -111,6 +111,23 @@ def plugin_folders(path: Sequence[str]) -> list[str]:
     return folders
 
 
+def package_plugin_folders(path: Sequence[str]) -> list[str]:
+    """The ``tapster/plugins`` folders under ``path`` that discovery skips because they hold ``__init__.py``.
+
+    Adding one is a common packaging reflex; the CLI names them so the plugins inside do not vanish silently.
+    """
+    found: list[str] = []
+    for entry in path:
+        folder = os.path.join(entry or os.getcwd(), "tapster", "plugins")
+        if (
+            os.path.exists(os.path.join(folder, "__init__.py"))
+            and os.path.abspath(folder) not in found
+            and os.path.realpath(folder) != os.path.realpath(BUILTIN_FOLDER)
+        ):
+            found.append(os.path.abspath(folder))
+    return found
+
+
 def module_name(folder: str, stem: str) -> str:
     """The private, stable module name a plugin file is loaded under."""
     import zlib

@@ -236,3 +236,17 @@ def test_plugin_runs_as_a_daemon_without_n(examples: Path) -> None:
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pid_alive(pid)
+
+
+def test_plugins_folder_with_init_is_named_not_silently_skipped(tmp_path: Path) -> None:
+    """A tapster/plugins folder holding __init__.py is skipped, and --help and the unknown-name error say why."""
+    folder = tmp_path / "tapster" / "plugins"
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text("")
+    (folder / "counter_plugin.py").write_text("raise RuntimeError('never imported')\n")
+    listing = run_tapster(["--help"], cwd=tmp_path)
+    assert listing.returncode == 0
+    assert f"Ignored {folder}: a plugins folder must not have an __init__.py" in listing.stdout
+    unknown = run_tapster(["-n", "counter"], cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert "Unknown command: counter." in unknown.stderr and "must not have an __init__.py" in unknown.stderr

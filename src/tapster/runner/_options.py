@@ -82,6 +82,18 @@ def _profiler(text: str) -> str:
     return text
 
 
+def _ignored_folders_note() -> str:
+    """Name plugin folders skipped for holding an __init__.py, so their plugins do not vanish silently."""
+    from tapster._plugin_discovery import package_plugin_folders
+
+    folders = package_plugin_folders(sys.path)
+    if not folders:
+        return ""
+    return (
+        f" Ignored {', '.join(folders)}: a plugins folder must not have an __init__.py (see docs/plugins.md)."
+    )
+
+
 class ServerOptions(Options):
     """``tapster [options] (-y FILE | -f FILE | PLUGIN [plugin options])``."""
 
@@ -209,7 +221,11 @@ class ServerOptions(Options):
         if name.endswith((".py", ".tac")) or os.path.isfile(name):
             raise UsageError(f"Unknown command: {name}. To run an application file, use -y {name}")
         close = self.plugins().suggest(name)
-        raise UsageError(f"Unknown command: {name}." + (f" Did you mean {close}?" if close else ""))
+        raise UsageError(
+            f"Unknown command: {name}."
+            + (f" Did you mean {close}?" if close else "")
+            + _ignored_folders_note()
+        )
 
     def format_help(self) -> str:
         """The global options, then every plugin with its description, sorted, shadowed and failed ones marked."""
@@ -228,6 +244,8 @@ class ServerOptions(Options):
             "Plugins (tapster [options] PLUGIN [plugin options]; tapster PLUGIN --help for its options):"
         )
         listing = _plugin_table(rows) if rows else ["  none found (see docs/plugins.md)"]
+        if note := _ignored_folders_note():
+            listing.append(" " + note)
         return "\n".join([text.rstrip("\n"), "", heading, *listing]) + "\n"
 
     def post_options(self) -> None:
