@@ -18,6 +18,7 @@ import hmac
 import logging
 import os
 from collections.abc import Callable, Mapping
+from typing import ClassVar
 
 from tapster.auth._base import Checker
 from tapster.auth._hashes import UnsupportedHash, check_supported, hash_scheme, verify
@@ -145,7 +146,26 @@ def _add(table: Table, path: str, number: int, user: str, stored: str) -> None:
     table[user] = stored
 
 
-class FileChecker(Checker):
+class _PasswordFileChecker(Checker):
+    """A table of user -> stored password read from a file, re-read when the file changes."""
+
+    accepts_passwords = True
+    _type: ClassVar[str]
+
+    @staticmethod
+    def _parse(path: str, text: str) -> Table:
+        raise NotImplementedError
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self.description = f"{self._type}:{self.path}"
+        self._file = _WatchedFile(self.path, type(self)._parse)
+
+    async def check_password(self, username: str, password: str) -> bool:
+        return await _verify(self._file.current().get(username), password)
+
+
+class FileChecker(_PasswordFileChecker):
     """A file of ``user:password`` lines (``--auth file:PATH``); ``#`` starts a comment line.
 
     The password is everything after the first colon: a bcrypt, argon2, sha512-crypt or sha256-crypt hash, or
@@ -155,15 +175,8 @@ class FileChecker(Checker):
         StartupError: the file cannot be read, or a line is malformed (the message names path and line).
     """
 
-    accepts_passwords = True
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-        self.description = f"file:{self.path}"
-        self._file = _WatchedFile(self.path, _parse_user_file)
-
-    async def check_password(self, username: str, password: str) -> bool:
-        return await _verify(self._file.current().get(username), password)
+    _type = "file"
+    _parse = staticmethod(_parse_user_file)
 
 
 def _locked(field: str) -> bool:
@@ -184,7 +197,7 @@ def _parse_passwd(path: str, text: str) -> Table:
     return table
 
 
-class PasswdChecker(Checker):
+class PasswdChecker(_PasswordFileChecker):
     """A passwd-style file (``--auth passwd:PATH``): colon-separated fields, the second a crypt hash or plaintext.
 
     Only the first two fields are read. A second field of ``x``, ``*``, empty, or starting with ``!`` or ``*``
@@ -195,15 +208,8 @@ class PasswdChecker(Checker):
         StartupError: the file cannot be read, or a line is malformed (the message names path and line).
     """
 
-    accepts_passwords = True
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-        self.description = f"passwd:{self.path}"
-        self._file = _WatchedFile(self.path, _parse_passwd)
-
-    async def check_password(self, username: str, password: str) -> bool:
-        return await _verify(self._file.current().get(username), password)
+    _type = "passwd"
+    _parse = staticmethod(_parse_passwd)
 
 
 def _parse_shadow(path: str, text: str) -> Table:
