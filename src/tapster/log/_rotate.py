@@ -15,6 +15,8 @@ Rotated files, in the directory of the log:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import re
@@ -22,7 +24,9 @@ import stat
 import time
 from collections.abc import Callable
 
+from tapster._safefile import UnsafeFileError, create_exclusive, open_regular
 from tapster.errors import StartupError
+from tapster.log._dropped import DroppedLines, describe
 from tapster.log._format import TextFormatter
 
 __all__ = ["RotatingFileHandler"]
@@ -30,6 +34,9 @@ __all__ = ["RotatingFileHandler"]
 _DATED = re.compile(r"(\d{4})_(\d{1,2})_(\d{1,2})(?:\.(\d+))?")
 
 Day = tuple[int, int, int]
+
+_TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EIO})
+"""Rotation failures that may pass by themselves: retried (at most once a second) rather than given up."""
 
 
 class RotatingFileHandler(logging.Handler):
@@ -52,9 +59,14 @@ class RotatingFileHandler(logging.Handler):
             leaves new files to the umask and existing files alone.
         clock: the time source for daily rotation (tests pass a fake one).
 
+    The file is never opened through a symbolic link, nor when it is a device, a FIFO or has other hard links;
+    new files (a missing log, each rotation) are created with ``O_EXCL``, so nobody who can write the directory
+    can steer a root process into appending to another file.
+
     Raises:
-        StartupError: the file cannot be opened, or its directory is not writable (rotation creates files
-            there), or ``max_bytes``/``keep`` is negative. The message names the path or value.
+        StartupError: the file cannot be opened or was refused (a symbolic link, not a regular file, other hard
+            links), or its directory is not writable (rotation creates files there), or ``max_bytes``/``keep``
+            is negative. The message names the path or value.
     """
 
     def __init__(
@@ -81,7 +93,12 @@ class RotatingFileHandler(logging.Handler):
         self._clock = clock
         self._fd = -1
         self._size = 0
+        self._spare = -1
         self._rotation_broken = False
+        self._rotation_trouble = False  # said in the log already; cleared when a rotation works
+        self._rotation_retry_at = 0.0
+        self._pending = b""  # notices of our own, written with the next line
+        self._dropped = DroppedLines(f"log file {self.path}")
         self._day: Day = (0, 0, 0)
         self._next_midnight = 0.0
         self.setFormatter(TextFormatter())
@@ -92,12 +109,33 @@ class RotatingFileHandler(logging.Handler):
 
     # -- opening ---------------------------------------------------------------------------------------------
 
-    def _open_fd(self) -> int:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    def _open_path(self) -> int:
+        """Open ``path`` to append, creating it (``O_EXCL``) if missing: never through a symbolic link, never
+        a device, a FIFO or a file with other hard links (:func:`~tapster._safefile.open_regular`)."""
+        flags = os.O_WRONLY | os.O_APPEND
+        try:
+            fd = self._spared(lambda: open_regular(self.path, flags, what="log file"))
+        except FileNotFoundError:
+            try:
+                return self._spared(lambda: self._create(self.path))
+            except UnsafeFileError:
+                # Something appeared at the path between the two opens: open it if it passes the same checks.
+                fd = self._spared(lambda: open_regular(self.path, flags, what="log file"))
+        if self.mode is not None:
+            try:
+                os.fchmod(fd, self.mode)
+            except OSError:
+                os.close(fd)
+                raise
+        return fd
+
+    def _create(self, path: str) -> int:
+        """Create a new file at ``path`` (``O_EXCL``: nothing planted there is followed) with :attr:`mode`."""
+        flags = os.O_WRONLY | os.O_APPEND
         if self.mode is None:
-            return os.open(self.path, flags, 0o666)
+            return create_exclusive(path, flags, 0o666, what="log file")
         # Create it private, then widen to the requested mode: never more open than asked, not even briefly.
-        fd = os.open(self.path, flags, 0o600)
+        fd = create_exclusive(path, flags, 0o600, what="log file")
         try:
             os.fchmod(fd, self.mode)
         except OSError:
@@ -105,9 +143,31 @@ class RotatingFileHandler(logging.Handler):
             raise
         return fd
 
+    def _spared(self, open_file: Callable[[], int]) -> int:
+        """Call ``open_file``; if the process is out of descriptors (``EMFILE``), give up the spare one and try
+        again, so that rotating and reopening still work when a flood of connections took every other."""
+        try:
+            return open_file()
+        except OSError as exc:
+            if exc.errno != errno.EMFILE or self._spare < 0:
+                raise
+        os.close(self._spare)
+        self._spare = -1
+        return open_file()
+
+    def _refresh_spare(self) -> None:
+        """Hold one descriptor in reserve (a duplicate of the current file's) for :meth:`_spared`."""
+        if self._spare >= 0:
+            os.close(self._spare)
+            self._spare = -1
+        with contextlib.suppress(OSError):  # out of descriptors: the next open will have to do without
+            self._spare = os.dup(self._fd)
+
     def _open_first(self) -> None:
         try:
-            fd = self._open_fd()
+            fd = self._open_path()
+        except UnsafeFileError as exc:
+            raise StartupError(str(exc)) from None
         except OSError as exc:
             raise StartupError(f"cannot open log file {self.path}: {exc.strerror or exc}") from exc
         if not os.access(self.directory, os.W_OK | os.X_OK):
@@ -119,6 +179,7 @@ class RotatingFileHandler(logging.Handler):
         st = os.fstat(fd)
         self._fd = fd
         self._size = st.st_size
+        self._refresh_spare()
         if self.mode is None:
             # Later files (rotation, reopen) get this file's mode, not whatever the umask is by then (a daemon
             # sets 077 after opening its log): a log shipper that could read the first file can read them all.
@@ -130,6 +191,8 @@ class RotatingFileHandler(logging.Handler):
                 self._day = file_day
                 try:
                     self._rotate_locked()
+                except UnsafeFileError as exc:
+                    raise StartupError(f"cannot rotate log file {self.path}: {exc}") from None
                 except OSError as exc:
                     raise StartupError(f"cannot rotate log file {self.path}: {exc.strerror or exc}") from exc
             self._set_day(today)
@@ -139,69 +202,130 @@ class RotatingFileHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Write ``record`` as one line, rotating first if it is due. Called with the handler lock held.
 
-        A failed rotation is reported like any logging error (on stderr) and the line is written to the
-        current file; rotation is tried again after another ``max_bytes`` bytes or at the next midnight.
-        Records logged after :meth:`close` are dropped.
+        A line is written whole or not at all. A write that fails (full disk, I/O error) drops the line, counts
+        it and is reported once on file descriptor 2 (never through ``sys.stderr``, which a daemon captures
+        into this log); for the next second lines are dropped unformatted, then one write is tried again. The
+        first line that gets through is preceded by a line giving the count of dropped lines.
+
+        A failed rotation is said once in the log and the line goes to the current file: a transient failure
+        (out of descriptors or space) is retried at most once a second, any other switches automatic rotation
+        off until :meth:`rotate` or :meth:`reopen` works. Records logged after :meth:`close` are dropped.
         """
         if self._fd < 0:
             return
+        dropped = self._dropped
+        if not dropped.may_write():
+            dropped.drop()
+            return
         try:
-            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            data = self._encode(record)
         except Exception:
-            self.handleError(record)
+            self.handleError(record)  # a bad record (format arguments): logging's report names the call
             return
         if self.daily and (now := self._clock()) >= self._next_midnight:
             today = self._date(now)
-            if self._size > 0 and not self._rotation_broken:
-                try:
-                    self._rotate_locked()
-                except OSError as exc:
-                    self._rotation_failed(exc, record)
+            if self._size > 0 and self._may_rotate():
+                self._try_rotate()
             self._set_day(today)
-        if (
-            self.max_bytes
-            and self._size
-            and self._size + len(data) > self.max_bytes
-            and not self._rotation_broken
-        ):
-            try:
-                self._rotate_locked()
-            except OSError as exc:
-                self._rotation_failed(exc, record)
-        try:
-            written = os.write(self._fd, data)
-            while written < len(data):  # a short write: only on a full disk or an odd file system
-                written += os.write(self._fd, data[written:])
-        except OSError:
-            self.handleError(record)
-        else:
-            self._size += len(data)
+        if self.max_bytes and self._size and self._size + len(data) > self.max_bytes and self._may_rotate():
+            self._try_rotate()
+        prefix = self._pending
+        notice = dropped.notice()
+        if notice is not None:
+            prefix += self._encode(self._notice(logging.WARNING, notice, record))
+        if self._write_whole(prefix + data):
+            self._pending = b""
+            if dropped.failing:
+                dropped.recovered()
 
-    def _rotation_failed(self, exc: OSError, record: logging.LogRecord) -> None:
-        """Say once, in the log itself, that rotation fails, and stop trying until a rotate or reopen works.
+    def _encode(self, record: logging.LogRecord) -> bytes:
+        return (self.format(record) + "\n").encode("utf-8", "backslashreplace")
 
-        Typically the server dropped privileges and can no longer create files in a root-owned log directory:
-        retrying would fail the same way, and a traceback per attempt on stderr (captured into this very log)
-        would flood it.
-        """
-        self._rotation_broken = True
-        notice = logging.makeLogRecord(
+    def _notice(self, level: int, message: str, record: logging.LogRecord) -> logging.LogRecord:
+        """A record of the handler's own, stamped with the time of the record that prompted it."""
+        return logging.makeLogRecord(
             {
                 "name": "tapster",
-                "levelno": logging.WARNING,
-                "levelname": "WARNING",
-                "msg": "cannot rotate the log file %s: %s; automatic rotation is off until "
-                "'tapster ctl rotate' or 'tapster ctl reopen' succeeds (make the directory writable by the "
-                "server's user, or rotate with logrotate)",
-                "args": (self.path, exc.strerror or exc),
+                "levelno": level,
+                "levelname": logging.getLevelName(level),
+                "msg": message,
                 "created": record.created,
                 "msecs": record.msecs,
             }
         )
+
+    def _write_whole(self, data: bytes) -> bool:
+        """Hand ``data`` to the kernel whole, or leave the file as it was; ``False`` (counted) if it failed.
+
+        A regular file takes a write partly when it runs out of space in the middle of it; the part that went
+        in is cut off again (``ftruncate``), so no half line is left to be glued to the next one.
+        """
+        written = 0
         try:
-            os.write(self._fd, (self.format(notice) + "\n").encode("utf-8", "backslashreplace"))
+            written = os.write(self._fd, data)
+            while written < len(data):
+                more = os.write(self._fd, data[written:])
+                if more <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                written += more
+        except OSError as exc:
+            if written:
+                self._cut_back(written)
+            self._dropped.failed(describe(exc))
+            return False
+        self._size += len(data)
+        return True
+
+    def _cut_back(self, written: int) -> None:
+        """Remove the last ``written`` bytes of the file (ours: the handler lock is held), or end the line."""
+        try:
+            end = os.fstat(self._fd).st_size
+            os.ftruncate(self._fd, max(0, end - written))
         except OSError:
-            self.handleError(record)
+            with contextlib.suppress(OSError):  # at least do not glue the next line to this half of one
+                os.write(self._fd, b"\n")
+
+    def _may_rotate(self) -> bool:
+        return not self._rotation_broken and time.monotonic() >= self._rotation_retry_at
+
+    def _try_rotate(self) -> None:
+        try:
+            self._rotate_locked()
+        except OSError as exc:
+            self._rotation_failed(exc)
+        else:
+            self._rotation_trouble = False
+
+    def _rotation_failed(self, exc: OSError) -> None:
+        """Say once, in the log itself, that rotation fails; retry each second if it may pass, else stop.
+
+        Out of descriptors, space or memory passes: the log goes on into the current file and rotation is tried
+        again at most once a second. Anything else (typically the server dropped privileges and can no longer
+        create files in a root-owned log directory, or a planted link was refused) would fail the same way
+        every time: automatic rotation stays off until a :meth:`rotate` or :meth:`reopen` works. Never a
+        traceback on stderr, which a daemon captures into this very log.
+        """
+        reason = str(exc) if isinstance(exc, UnsafeFileError) else (exc.strerror or str(exc))
+        if exc.errno in _TRANSIENT and not isinstance(exc, UnsafeFileError):
+            self._rotation_retry_at = time.monotonic() + 1.0
+            if self._rotation_trouble:
+                return
+            self._rotation_trouble = True
+            message = (
+                f"cannot rotate the log file {self.path}: {reason}; the log goes on into the current file and"
+                " rotation is tried again at most once a second"
+            )
+        else:
+            self._rotation_broken = True
+            self._rotation_trouble = True
+            message = (
+                f"cannot rotate the log file {self.path}: {reason}; automatic rotation is off until"
+                " 'tapster ctl rotate' or 'tapster ctl reopen' succeeds (make the directory writable by the"
+                " server's user, or rotate with logrotate)"
+            )
+        notice = self._notice(logging.WARNING, message, logging.makeLogRecord({}))
+        with contextlib.suppress(Exception):
+            self._pending += self._encode(notice)
 
     def flush(self) -> None:
         """Nothing to do: every record is handed to the kernel by :meth:`emit`."""
@@ -213,6 +337,9 @@ class RotatingFileHandler(logging.Handler):
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+            if self._spare >= 0:
+                os.close(self._spare)
+                self._spare = -1
         finally:
             self.release()
         super().close()
@@ -223,7 +350,8 @@ class RotatingFileHandler(logging.Handler):
         """Rotate now (``SIGUSR1``): the current file becomes ``NAME.1`` (or ``NAME.YYYY_MM_DD``).
 
         Raises:
-            OSError: a file could not be renamed or created; logging goes on to the file it went to before.
+            OSError: a file could not be renamed or created (:class:`~tapster._safefile.UnsafeFileError` if
+                something planted was refused); logging goes on to the file it went to before.
         """
         self.acquire()
         try:
@@ -231,6 +359,8 @@ class RotatingFileHandler(logging.Handler):
                 return
             self._rotate_locked()
             self._rotation_broken = False
+            self._rotation_trouble = False
+            self._rotation_retry_at = 0.0
             if self.daily:
                 self._set_day(self._date(self._clock()))
         finally:
@@ -240,34 +370,48 @@ class RotatingFileHandler(logging.Handler):
         """Close and open ``path`` again (``SIGHUP``): after logrotate moved the file away, write a new one.
 
         Raises:
-            OSError: the file could not be opened; logging goes on to the file it went to before.
+            OSError: the file could not be opened, or was refused (a symbolic link, a device, another hard
+                link: :class:`~tapster._safefile.UnsafeFileError`); logging goes on to the file it went to before.
         """
         self.acquire()
         try:
             if self._fd < 0:
                 return
-            fd = self._open_fd()
+            fd = self._open_path()
             old, self._fd = self._fd, fd
             self._size = os.fstat(fd).st_size
             self._rotation_broken = False
+            self._rotation_trouble = False
+            self._rotation_retry_at = 0.0
             os.close(old)
+            self._refresh_spare()
         finally:
             self.release()
 
     def _rotate_locked(self) -> None:
-        """Move the current file aside and open a fresh one; the caller holds the lock (or is __init__).
+        """Move the current file aside and put a fresh one at ``path``; the caller holds the lock (or is __init__).
 
-        The old descriptor stays in use until the new file is open, so a failure at any step leaves a working
-        handler behind.
+        The fresh file is created first under a random name with ``O_EXCL`` and renamed over ``path`` last, so
+        nothing planted at either name is ever opened and ``path`` is missing only between the two renames.
+        The old descriptor stays in use until then, so a failure at any step leaves a working handler behind.
         """
-        if self.daily:
-            self._move_dated()
-        else:
-            self._move_numbered()
-        fd = self._open_fd()
+        temp = os.path.join(self.directory, f".{self._base}.{os.urandom(4).hex()}.new")
+        fd = self._spared(lambda: self._create(temp))
+        try:
+            if self.daily:
+                self._move_dated()
+            else:
+                self._move_numbered()
+            os.rename(temp, self.path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
         old, self._fd = self._fd, fd
         self._size = 0
         os.close(old)
+        self._refresh_spare()
         if self.daily:
             self._prune_dated()
 
@@ -285,9 +429,7 @@ class RotatingFileHandler(logging.Handler):
                 os.unlink(self._aside(str(number)))
             else:
                 os.rename(self._aside(str(number)), self._aside(str(number + 1)))
-        if self.keep == 0:
-            os.unlink(self.path)
-        else:
+        if self.keep != 0:  # with keep 0 the fresh file simply replaces it
             os.rename(self.path, self._aside("1"))
 
     def _dated(self) -> list[tuple[Day, int, str]]:

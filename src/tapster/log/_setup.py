@@ -8,6 +8,8 @@ rotate (``SIGUSR1``), reopen (``SIGHUP``) and close it. Services never touch han
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -184,9 +186,14 @@ def _make_handler(config: LogConfig, stream: TextIO | None) -> tuple[logging.Han
 
         return make_syslog_handler(config.prefix), f"syslog (prefix {config.prefix})"
     if config.logfile and config.logfile != "-":
-        handler = RotatingFileHandler(
-            config.logfile, max_bytes=config.max_bytes, keep=config.keep, daily=config.daily
-        )
+        try:
+            handler = RotatingFileHandler(
+                config.logfile, max_bytes=config.max_bytes, keep=config.keep, daily=config.daily
+            )
+        except StartupError as exc:
+            if _is_device(config.logfile):  # /dev/stdout in a container: refused, '-' is the way
+                raise StartupError(f"{exc} (log to standard output with '-')") from None
+            raise
         if config.format == "json":
             handler.setFormatter(JsonFormatter())
         return handler, handler.path
@@ -196,6 +203,14 @@ def _make_handler(config: LogConfig, stream: TextIO | None) -> tuple[logging.Han
             # stdout is being captured into the log: writing the log there would feed it back into itself.
             stream = stream.fallback or sys.__stdout__
     return logging.StreamHandler(stream), "stdout"
+
+
+def _is_device(path: str) -> bool:
+    try:
+        mode = os.stat(path).st_mode  # followed: /dev/stdout is a link to a terminal, a pipe or a socket
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def _from_factory(spec: str) -> logging.Handler:

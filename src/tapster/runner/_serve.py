@@ -17,6 +17,7 @@ from collections.abc import Callable
 from tapster._version import __version__
 from tapster.errors import StartupError, TapsterError
 from tapster.runner._config import RunConfig
+from tapster.runner._loop_errors import guard_accept_errors
 from tapster.runner._reactors import describe_loop, new_event_loop
 from tapster.runner._signals import SignalHandlers, signal_name
 from tapster.service import Service, service_path, still_stopping
@@ -74,6 +75,7 @@ def run_loop(config: RunConfig, root: Service, hooks: Hooks) -> Outcome:
 
         loop.set_debug(True)
         install_debug_exception_handler(loop)
+    guard_accept_errors(loop)  # out of descriptors: pause listeners quietly (docs/running.md, "Logs")
     try:
         return loop.run_until_complete(_Server(config, root, hooks, loop).serve())
     finally:
