@@ -23,6 +23,7 @@ import re
 import stat
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from tapster._safefile import UnsafeFileError, create_exclusive, open_regular
 from tapster.errors import StartupError
@@ -34,6 +35,7 @@ __all__ = ["RotatingFileHandler"]
 _DATED = re.compile(r"(\d{4})_(\d{1,2})_(\d{1,2})(?:\.(\d+))?")
 
 Day = tuple[int, int, int]
+_T = TypeVar("_T")
 
 _TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EIO})
 """Rotation failures that may pass by themselves: retried (at most once a second) rather than given up."""
@@ -143,23 +145,29 @@ class RotatingFileHandler(logging.Handler):
             raise
         return fd
 
-    def _spared(self, open_file: Callable[[], int]) -> int:
-        """Call ``open_file``; if the process is out of descriptors (``EMFILE``), give up the spare one and try
-        again, so that rotating and reopening still work when a flood of connections took every other."""
+    def _spared(self, call: Callable[[], _T]) -> _T:
+        """Run ``call`` (which needs a descriptor); if the process is out of them (``EMFILE``), give up the
+        spare one and try again, so that rotating and reopening still work when a flood of connections took
+        every other. The spare is taken back at once if ``call`` left its descriptor free (``listdir``)."""
         try:
-            return open_file()
+            return call()
         except OSError as exc:
             if exc.errno != errno.EMFILE or self._spare < 0:
                 raise
         os.close(self._spare)
         self._spare = -1
-        return open_file()
+        try:
+            return call()
+        finally:
+            self._refresh_spare()
 
     def _refresh_spare(self) -> None:
         """Hold one descriptor in reserve (a duplicate of the current file's) for :meth:`_spared`."""
         if self._spare >= 0:
             os.close(self._spare)
             self._spare = -1
+        if self._fd < 0:
+            return
         with contextlib.suppress(OSError):  # out of descriptors: the next open will have to do without
             self._spare = os.dup(self._fd)
 
@@ -395,13 +403,14 @@ class RotatingFileHandler(logging.Handler):
         nothing planted at either name is ever opened and ``path`` is missing only between the two renames.
         The old descriptor stays in use until then, so a failure at any step leaves a working handler behind.
         """
+        names = self._names()  # first: listing the directory needs a descriptor too, the spare perhaps
         temp = os.path.join(self.directory, f".{self._base}.{os.urandom(4).hex()}.new")
         fd = self._spared(lambda: self._create(temp))
         try:
             if self.daily:
-                self._move_dated()
+                self._move_dated(names)
             else:
-                self._move_numbered()
+                self._move_numbered(names)
             os.rename(temp, self.path)
         except BaseException:
             os.close(fd)
@@ -417,13 +426,14 @@ class RotatingFileHandler(logging.Handler):
 
     def _names(self) -> list[str]:
         prefix = self._base + "."
-        return [name[len(prefix) :] for name in os.listdir(self.directory or ".") if name.startswith(prefix)]
+        found = self._spared(lambda: os.listdir(self.directory or "."))
+        return [name[len(prefix) :] for name in found if name.startswith(prefix)]
 
     def _aside(self, suffix: str) -> str:
         return f"{self.path}.{suffix}"
 
-    def _move_numbered(self) -> None:
-        numbers = sorted((int(s) for s in self._names() if s.isascii() and s.isdigit()), reverse=True)
+    def _move_numbered(self, names: list[str]) -> None:
+        numbers = sorted((int(s) for s in names if s.isascii() and s.isdigit()), reverse=True)
         for number in numbers:
             if self.keep is not None and number + 1 > self.keep:
                 os.unlink(self._aside(str(number)))
@@ -432,10 +442,10 @@ class RotatingFileHandler(logging.Handler):
         if self.keep != 0:  # with keep 0 the fresh file simply replaces it
             os.rename(self.path, self._aside("1"))
 
-    def _dated(self) -> list[tuple[Day, int, str]]:
-        """Existing date-named files as ((year, month, day), piece, suffix), oldest first."""
+    def _dated(self, names: list[str]) -> list[tuple[Day, int, str]]:
+        """Date-named files among ``names`` as ((year, month, day), piece, suffix), oldest first."""
         found = []
-        for suffix in self._names():
+        for suffix in names:
             match = _DATED.fullmatch(suffix)
             if match:
                 year, month, day, piece = match.groups()
@@ -443,10 +453,10 @@ class RotatingFileHandler(logging.Handler):
         found.sort()
         return found
 
-    def _move_dated(self) -> None:
+    def _move_dated(self, names: list[str]) -> None:
         year, month, day = self._day
         name = f"{year:04d}_{month:02d}_{day:02d}"
-        pieces = [piece for date, piece, _ in self._dated() if date == self._day]
+        pieces = [piece for date, piece, _ in self._dated(names) if date == self._day]
         if pieces:
             name = f"{name}.{max(pieces) + 1}"
         os.rename(self.path, self._aside(name))
@@ -454,7 +464,7 @@ class RotatingFileHandler(logging.Handler):
     def _prune_dated(self) -> None:
         if self.keep is None:
             return
-        dated = self._dated()
+        dated = self._dated(self._names())
         for _, _, suffix in dated[: max(0, len(dated) - self.keep)]:
             os.unlink(self._aside(suffix))
 

@@ -20,6 +20,7 @@ from tapster.errors import StartupError
 from tapster.log._capture import StreamToLogger
 from tapster.log._format import JsonFormatter, TextFormatter
 from tapster.log._rotate import RotatingFileHandler
+from tapster.log._stream import StreamHandler
 
 __all__ = ["LogConfig", "LogDestination", "install"]
 
@@ -202,7 +203,7 @@ def _make_handler(config: LogConfig, stream: TextIO | None) -> tuple[logging.Han
         if isinstance(stream, StreamToLogger):
             # stdout is being captured into the log: writing the log there would feed it back into itself.
             stream = stream.fallback or sys.__stdout__
-    return logging.StreamHandler(stream), "stdout"
+    return StreamHandler(stream), "stdout"
 
 
 def _is_device(path: str) -> bool:

@@ -14,6 +14,7 @@ import os
 
 from tapster.errors import StartupError
 from tapster.log._context import record_context
+from tapster.log._dropped import DroppedLines, describe
 from tapster.log._format import message_with_details
 
 __all__ = ["LOG_DAEMON", "SYSLOG_SOCKET", "make_syslog_handler"]
@@ -42,14 +43,43 @@ class _SyslogFormatter(logging.Formatter):
 class _SyslogHandler(logging.handlers.SysLogHandler):
     """The stdlib handler, sending each line of a formatted record as its own syslog message."""
 
+    def __init__(self, address: str, facility: int) -> None:
+        super().__init__(address=address, facility=facility)
+        self._dropped = DroppedLines(f"syslog socket {address}")
+
     def emit(self, record: logging.LogRecord) -> None:
+        """Send the record's lines; while the socket fails, drop and count them as a log file does."""
+        dropped = self._dropped
+        if not dropped.may_write():
+            dropped.drop()
+            return
         try:
-            priority = self.encodePriority(self.facility, self.mapPriority(record.levelname))
-            tail = "\000" if self.append_nul else ""
-            for line in self.format(record).split("\n"):
-                self._send(f"<{priority}>{line}{tail}".encode("utf-8", "backslashreplace"))
+            messages = self._messages(record)
+            notice = dropped.notice()
+            if notice is not None:
+                note = logging.makeLogRecord(
+                    {"name": "tapster", "levelno": logging.WARNING, "levelname": "WARNING", "msg": notice}
+                )
+                messages = self._messages(note) + messages
         except Exception:
-            self.handleError(record)
+            self.handleError(record)  # a bad record (format arguments): logging's report names the call
+            return
+        try:
+            for message in messages:
+                self._send(message)
+        except OSError as exc:
+            dropped.failed(describe(exc))
+            return
+        if dropped.failing:
+            dropped.recovered()
+
+    def _messages(self, record: logging.LogRecord) -> list[bytes]:
+        priority = self.encodePriority(self.facility, self.mapPriority(record.levelname))
+        tail = "\000" if self.append_nul else ""
+        return [
+            f"<{priority}>{line}{tail}".encode("utf-8", "backslashreplace")
+            for line in self.format(record).split("\n")
+        ]
 
     def _send(self, data: bytes) -> None:
         # ``socket`` and ``_connect_unixsocket`` are the stdlib handler's, missing from typeshed's stub.
