@@ -49,20 +49,16 @@ class DroppedLines:
         self.count = 0
         self.reason = ""
         self.since = 0.0
-        self._failing = False
+        self.failing = False
+        """True from a failed write until one works again (an attribute: handlers test it on every line)."""
         self._retry_at = 0.0
         self._report = report
         self._monotonic = monotonic
         self._wall = wall
 
-    @property
-    def failing(self) -> bool:
-        """True from a failed write until one works again."""
-        return self._failing
-
     def may_write(self) -> bool:
         """Whether to try a write now; when ``False`` the caller drops its line (and calls :meth:`drop`)."""
-        return not self._failing or self._monotonic() >= self._retry_at
+        return not self.failing or self._monotonic() >= self._retry_at
 
     def drop(self) -> None:
         """Count a line dropped without trying to write it."""
@@ -72,8 +68,8 @@ class DroppedLines:
         """Count a line whose write failed for ``reason``; the first failure of an episode is reported."""
         self.count += 1
         self._retry_at = self._monotonic() + RETRY_INTERVAL
-        if not self._failing:
-            self._failing = True
+        if not self.failing:
+            self.failing = True
             self.since = self._wall()
             self.reason = reason
             self._report(
@@ -95,7 +91,7 @@ class DroppedLines:
         """A write (carrying :meth:`notice`) worked: start counting afresh."""
         self.count = 0
         self.reason = ""
-        self._failing = False
+        self.failing = False
 
 
 def _clock(when: float) -> str:

@@ -222,11 +222,11 @@ class RotatingFileHandler(logging.Handler):
         if self._fd < 0:
             return
         dropped = self._dropped
-        if not dropped.may_write():
+        if dropped.failing and not dropped.may_write():
             dropped.drop()
             return
         try:
-            data = self._encode(record)
+            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
         except Exception:
             self.handleError(record)  # a bad record (format arguments): logging's report names the call
             return
@@ -237,6 +237,17 @@ class RotatingFileHandler(logging.Handler):
             self._set_day(today)
         if self.max_bytes and self._size and self._size + len(data) > self.max_bytes and self._may_rotate():
             self._try_rotate()
+        if not dropped.failing and not self._pending:  # the usual case, kept short: one write, whole
+            try:
+                written = os.write(self._fd, data)
+            except OSError as exc:
+                dropped.failed(describe(exc))
+                return
+            if written == len(data):
+                self._size += written
+            else:
+                self._write_whole(data, written)
+            return
         prefix = self._pending
         notice = dropped.notice()
         if notice is not None:
@@ -262,15 +273,17 @@ class RotatingFileHandler(logging.Handler):
             }
         )
 
-    def _write_whole(self, data: bytes) -> bool:
+    def _write_whole(self, data: bytes, written: int = -1) -> bool:
         """Hand ``data`` to the kernel whole, or leave the file as it was; ``False`` (counted) if it failed.
 
         A regular file takes a write partly when it runs out of space in the middle of it; the part that went
-        in is cut off again (``ftruncate``), so no half line is left to be glued to the next one.
+        in is cut off again (``ftruncate``), so no half line is left to be glued to the next one. ``written``:
+        how much of ``data`` a first write took already, if one was made.
         """
-        written = 0
         try:
-            written = os.write(self._fd, data)
+            if written < 0:
+                written = 0
+                written = os.write(self._fd, data)
             while written < len(data):
                 more = os.write(self._fd, data[written:])
                 if more <= 0:
