@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -176,6 +177,38 @@ def test_transient_rotation_failure_is_said_once_and_retried_later(
     assert text.count("cannot rotate the log file") == 1
     assert "tried again at most once a second" in text
     assert (tmp_path / "app.log").read_text() == "eee\n"
+
+
+def test_daily_rotation_that_failed_for_lack_of_space_is_retried_under_the_old_date(
+    tmp_path: Path, opened: list[RotatingFileHandler], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock(time.mktime((2026, 7, 4, 12, 0, 0, 0, 0, -1)))
+    handler = make(opened, tmp_path / "app.log", daily=True, clock=clock)
+    emit(handler, "on the 4th")
+    real = _rotate.create_exclusive
+
+    def full(path: str, flags: int, mode: int = 0o600, *, what: str = "file") -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(_rotate, "create_exclusive", full)
+    clock.now += 86400
+    emit(handler, "on the 5th, not rotated yet")
+    monkeypatch.setattr(_rotate, "create_exclusive", real)
+    handler._rotation_retry_at = 0.0  # a second has passed
+    emit(handler, "on the 5th, rotated")
+    old = (tmp_path / "app.log.2026_07_04").read_text().splitlines()
+    assert old[0] == "on the 4th"
+    assert "cannot rotate the log file" in old[1]
+    assert old[2] == "on the 5th, not rotated yet"
+    assert (tmp_path / "app.log").read_text() == "on the 5th, rotated\n"
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def run_child(tmp_path: Path, script: str) -> subprocess.CompletedProcess[str]:

@@ -230,11 +230,8 @@ class RotatingFileHandler(logging.Handler):
         except Exception:
             self.handleError(record)  # a bad record (format arguments): logging's report names the call
             return
-        if self.daily and (now := self._clock()) >= self._next_midnight:
-            today = self._date(now)
-            if self._size > 0 and self._may_rotate():
-                self._try_rotate()
-            self._set_day(today)
+        if self.daily and (now := self._clock()) >= self._next_midnight and self._day_done():
+            self._set_day(self._date(now))
         if self.max_bytes and self._size and self._size + len(data) > self.max_bytes and self._may_rotate():
             self._try_rotate()
         if not dropped.failing and not self._pending:  # the usual case, kept short: one write, whole
@@ -309,13 +306,20 @@ class RotatingFileHandler(logging.Handler):
     def _may_rotate(self) -> bool:
         return not self._rotation_broken and time.monotonic() >= self._rotation_retry_at
 
-    def _try_rotate(self) -> None:
+    def _day_done(self) -> bool:
+        """Midnight has passed: rotate the day's file if there is one. After a failure that may pass, the day
+        stays the old one, so the rotation is tried again (at most each second) under the old date."""
+        return self._size == 0 or self._rotation_broken or (self._may_rotate() and self._try_rotate())
+
+    def _try_rotate(self) -> bool:
+        """Rotate, saying once why not; ``True`` if done with: it worked, or it will not be tried again."""
         try:
             self._rotate_locked()
         except OSError as exc:
             self._rotation_failed(exc)
-        else:
-            self._rotation_trouble = False
+            return self._rotation_broken
+        self._rotation_trouble = False
+        return True
 
     def _rotation_failed(self, exc: OSError) -> None:
         """Say once, in the log itself, that rotation fails; retry each second if it may pass, else stop.
