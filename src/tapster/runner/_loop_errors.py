@@ -115,6 +115,8 @@ class _Guard:
                 return
             listener.protocol_factory, listener.args, listener.kwargs = protocol_factory, args, kwargs
         else:
+            for closed in [known for known in self.listeners.values() if known.sock.fileno() < 0]:
+                self._forget(closed)  # listeners closed since: do not keep their servers alive
             self.listeners[fd] = _Listener(sock, protocol_factory, args, kwargs)
         self.original(protocol_factory, sock, *args, **kwargs)
 
