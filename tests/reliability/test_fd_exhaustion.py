@@ -2,10 +2,11 @@
 
 The server runs with ``ulimit -n 256`` (set in the child before it starts) and 400 clients connect and stay.
 Meanwhile one connection opened before the flood keeps sending requests (each logged, so the log keeps growing
-and rotating by size) and a SIGUSR1 asks for a rotation. Measured: the log's size, the server's CPU time from
-``/proc/PID/stat``, the answers on the old connection, the size limit and rotations, and how soon a new
-connection is served once the 400 have left. Before the fix asyncio logged "Too many open files" 1.36 million
-times (583 MB in 130 s) at 99 % CPU, and rotation switched itself off.
+and rotating by size) and a SIGUSR1 asks for a rotation. Measured: the log's size (besides those request
+lines), the server's CPU time from ``/proc/PID/stat``, the answers on the old connection, the size limit and
+rotations, and how soon a new connection is served once the 400 have left. Before the fix asyncio logged "Too
+many open files" 1.36 million times (583 MB in 130 s) at 99 % CPU, and rotation switched itself off; with
+this test's 8 s: 3.7 MB, 10.7 % CPU, no rotation and no SIGUSR1 line.
 """
 
 from __future__ import annotations
@@ -171,13 +172,16 @@ def test_out_of_descriptors_is_quiet_and_recovers(
     total = sum(sizes.values())
     text = "".join(path.read_text(errors="replace") for path in files)
     accept_lines = [line for line in text.splitlines() if "accept" in line]
+    # The old connection's requests log a line each (~50 a second: the rotations' fodder); the rest is what the
+    # server wrote about its own state, the figure the goal is about.
+    own = len(re.sub(r"(?m)^.*\] echoing \d+ bytes\n", "", text).encode())
     over = {name: size for name, size in sizes.items() if size > MAX_BYTES}
     case = f"ulimit -n {LIMIT}, {CLIENTS} clients, {seconds} s, --reactor {reactor}"
     figures.record(
-        case + ": log written",
-        f"{total / 1024:.1f} KB ({len(accept_lines)} lines about accept)",
+        case + ": log written, besides the one line per request",
+        f"{own / 1024:.1f} KB ({len(accept_lines)} lines about accept; {total / 1024:.0f} KB in all)",
         "< 100 KB",
-        total < 100 * 1024,
+        own < 100 * 1024,
     )
     figures.record(case + ": server CPU while saturated", f"{cpu:.1%} of a core", "< 5 %", cpu < 0.05)
     figures.record(
@@ -196,7 +200,7 @@ def test_out_of_descriptors_is_quiet_and_recovers(
     figures.record(
         case + ": new connection served after the clients left", f"after {recovery:.2f} s", "served", served
     )
-    assert total < 100 * 1024, accept_lines[:20]
+    assert own < 100 * 1024, accept_lines[:20]
     assert cpu < 0.05
     assert answered == asked
     assert served
