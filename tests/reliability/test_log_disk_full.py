@@ -4,6 +4,8 @@ Two daemons serve the same echo protocol, which logs one line per request: one l
 to a 2 MiB tmpfs that is then filled. Their request rates are measured in alternation (so that a busy machine
 weighs on both alike). Then space is freed: the second log must hold only whole lines, no ``[stderr]``
 traceback fragments (a daemon captures its stderr into the log), and one line counting the dropped lines.
+Before the fix every failed write cost a traceback through the captured stderr: this test measured 0.00x
+(40 vs 16,271 requests a second).
 """
 
 from __future__ import annotations
