@@ -10,8 +10,12 @@ import contextlib
 import errno
 import logging
 import os
+import re
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -24,6 +28,7 @@ from tapster._safefile import UnsafeFileError
 from tapster.errors import StartupError
 from tapster.log import RotatingFileHandler, _rotate
 from tapster.log._stream import StreamHandler
+from tapster.log._syslog import make_syslog_handler
 
 
 class Plain(logging.Formatter):
@@ -315,3 +320,40 @@ def test_closed_pipe_on_stdout_is_dropped_and_reported_once(capfd: pytest.Captur
     assert err.count("tapster: cannot write the standard output: [Errno 32] Broken pipe") == 1
     assert "Traceback" not in err
     assert handler._dropped.count == 50
+
+
+def test_syslog_gone_is_dropped_counted_and_reported_once(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The syslog daemon goes away: lines are dropped and counted; when it is back the count is sent first."""
+    directory = tempfile.mkdtemp(prefix="tsl")  # short: a unix socket path has ~108 bytes
+    path = os.path.join(directory, "log")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    handler = make_syslog_handler("svc", address=path)
+    now = [1000.0]
+    handler._dropped._monotonic = lambda: now[0]  # type: ignore[attr-defined]
+    try:
+        server.close()
+        os.unlink(path)
+        for i in range(5):
+            emit(handler, f"lost {i}")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        server.bind(path)
+        server.settimeout(10)
+        emit(handler, "too soon")
+        now[0] += 1.0
+        emit(handler, "back")
+        notice = server.recv(4096).decode()
+        assert re.fullmatch(
+            rf"<28>svc\[{os.getpid()}\]: \[-\] 6 log lines were dropped from .* cannot write the syslog socket "
+            rf"{re.escape(path)}: \[Errno \d+\] .*\x00",
+            notice,
+        ), notice
+        assert server.recv(4096).decode() == f"<30>svc[{os.getpid()}]: [-] back\x00"
+    finally:
+        handler.close()
+        server.close()
+        shutil.rmtree(directory)
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"tapster: cannot write the syslog socket {path}: [Errno")
