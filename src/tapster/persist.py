@@ -137,7 +137,7 @@ def load_state(path: str, *, trust_any_owner: bool = False) -> Service:
     data = _read_checked(path, trust_any_owner)
     body, modules = _split_header(path, data, trust_any_owner)
     try:
-        if modules is None:
+        if modules is None or trust_any_owner:
             value = _TrustedUnpickler(io.BytesIO(body)).load()
         else:
             value = StateUnpickler(io.BytesIO(body), modules).load()
@@ -207,7 +207,10 @@ def _split_header(path: str, data: bytes, trust_any_owner: bool) -> tuple[bytes,
 
 
 class _TrustedUnpickler(pickle.Unpickler):
-    """The plain unpickler for a trusted format-1 file; finds plugin classes under their private module names."""
+    """The plain unpickler, for a file the user trusts (--trust-state-file).
+
+    It only adds finding plugin classes under the private module names plugin discovery loads them as.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
         if module.startswith("_tapster_plugin_"):
