@@ -25,6 +25,10 @@ __all__ = ["UnsafeFileError", "check_private", "create_exclusive", "open_regular
 
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
+# Errors an open of something planted may get before O_NOFOLLOW or fstat could speak: EEXIST (O_EXCL), and
+# EACCES/EPERM from the kernel's own protection of links and FIFOs in sticky directories.
+_REFUSED_BY_KERNEL = (errno.EEXIST, errno.EACCES, errno.EPERM)
+
 
 class UnsafeFileError(TapsterError, PermissionError):
     """A file was refused because opening it could be used against us; the message names it and says why."""
@@ -48,9 +52,12 @@ def open_regular(
     try:
         fd = os.open(path, flags | _NOFOLLOW, mode)
     except OSError as exc:
-        if exc.errno == errno.ELOOP or (exc.errno == errno.EEXIST and os.path.islink(path)):
+        if exc.errno == errno.ELOOP or (exc.errno in _REFUSED_BY_KERNEL and os.path.islink(path)):
+            # The kernel's protected_symlinks/protected_fifos may refuse first (EACCES) in a sticky directory.
             raise UnsafeFileError(f"refusing {what} {name}: it is a symbolic link") from None
-        if exc.errno in (errno.EISDIR, errno.ENXIO):
+        if exc.errno in (errno.EISDIR, errno.ENXIO) or (
+            exc.errno in _REFUSED_BY_KERNEL and _kind(path) not in ("a regular file", "something")
+        ):
             raise UnsafeFileError(f"refusing {what} {name}: {_kind(path)}, not a regular file") from None
         raise
     try:
