@@ -552,7 +552,7 @@ def test_leftover_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     path.write_text("123")
     os.chown(path, 65534, 65534)
     with pytest.raises(
-        StartupError, match=r"^refusing pid file x\.pid: it is owned by uid 65534, not by uid 0"
+        StartupError, match=r"^refusing pid file x\.pid: it is owned by uid 65534, not by root; remove it"
     ):
         PidFile(str(path), display="x.pid").acquire()
     assert path.read_text() == "123"

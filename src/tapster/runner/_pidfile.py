@@ -208,8 +208,9 @@ def _check_owner(fd: int, display: str) -> None:
     """Refuse a pid file another user could rewrite while we hold it (see the module's docstring)."""
     info = os.fstat(fd)
     if info.st_uid not in (os.geteuid(), 0):
+        owners = "root" if os.geteuid() == 0 else f"uid {os.geteuid()} or root"
         raise StartupError(
-            f"refusing pid file {display}: it is owned by uid {info.st_uid}, not by uid {os.geteuid()} or root; "
+            f"refusing pid file {display}: it is owned by uid {info.st_uid}, not by {owners}; "
             "remove it if no server of that user runs"
         )
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
