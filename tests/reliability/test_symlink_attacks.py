@@ -437,3 +437,53 @@ def test_state_file_mode_is_private(tmp_path: Path) -> None:
     """The genuine state tapster writes is 0600, so the checks above never refuse tapster's own files."""
     path = make_state(tmp_path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@root_only
+def test_state_whose_unpickling_raises_is_one_line(tmp_path: Path, figures: Figures) -> None:
+    """A well-formed state whose objects raise while being built (int('x')) is one line, exit 1."""
+    path = tmp_path / "raises.tap"
+    path.write_bytes(state_bytes(pickle.dumps(Reduced(int, "x"), protocol=5)))
+    path.chmod(0o600)
+    result = run_tapster(["-n", "-f", str(path), "--pidfile="], cwd=tmp_path)
+    refused = one_line_refusal(
+        result,
+        f"saved state {path} cannot be loaded: ValueError: invalid literal for int() with base 10: 'x'",
+    )
+    figures.record(
+        ".tap whose unpickling raises",
+        f"exit {result.returncode}, {len(result.stderr.strip().splitlines())} line",
+        "exit 1, 1 line",
+        refused,
+    )
+    assert refused, (result.returncode, result.stdout, result.stderr)
+
+
+@root_only
+def test_saving_over_a_planted_symlink_replaces_it(
+    tmp_path: Path, shared: Path, secret: Path, figures: Figures, tapster: Any
+) -> None:
+    """NAME-shutdown.tap planted as a link in a shared run directory: the save replaces the link, not the target."""
+    state = make_state(tmp_path)
+    saved = shared / "plain-shutdown.tap"
+    saved.symlink_to(secret)
+    user = nobody()
+    os.lchown(saved, user.pw_uid, user.pw_gid)
+    before = fingerprint(secret)
+    proc = tapster(["-n", "-f", str(state), "-d", str(shared), "--pidfile="], cwd=tmp_path)
+    proc.wait_for("starting on")
+    proc.signal(signal.SIGTERM)
+    status, out, err = proc.finish()
+    untouched = fingerprint(secret) == before
+    replaced = (
+        not saved.is_symlink() and saved.stat().st_uid == 0 and stat.S_IMODE(saved.stat().st_mode) == 0o600
+    )
+    figures.record(
+        "save at stop onto a planted NAME-shutdown.tap symlink",
+        f"target {'untouched' if untouched else 'CHANGED'}, link {'replaced by a 0600 file' if replaced else 'KEPT'}",
+        "target untouched, link replaced",
+        untouched and replaced and status == 0,
+    )
+    assert status == 0, err
+    assert "Saved application state to plain-shutdown.tap." in out
+    assert untouched and replaced
