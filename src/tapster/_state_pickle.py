@@ -56,7 +56,6 @@ SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
                 "int",
                 "list",
                 "object",
-                "range",
                 "set",
                 "slice",
                 "str",
@@ -200,14 +199,19 @@ class StateUnpickler(pickle._Unpickler):
         """``REDUCE``: call a class, or the getattr stand-in; refuse any other function or method."""
         args = self.stack.pop()
         func = self.stack[-1]
-        if not isinstance(func, type) and func is not self._getattr:
+        if func is self._getattr:
+            self.stack[-1] = func(*args)
+            return
+        if not isinstance(func, type):
             raise StateRefused(f"calling {_describe(func)} while loading; only classes are built")
+        _check_arguments(func, args)
         self.stack[-1] = func(*args)
 
     def load_newobj(self) -> None:
         args = self.stack.pop()
         cls = self.stack.pop()
         _require_class(cls)
+        _check_arguments(cls, args)
         self.append(cls.__new__(cls, *args))
 
     def load_newobj_ex(self) -> None:
@@ -215,10 +219,12 @@ class StateUnpickler(pickle._Unpickler):
         args = self.stack.pop()
         cls = self.stack.pop()
         _require_class(cls)
+        _check_arguments(cls, args)
         self.append(cls.__new__(cls, *args, **kwargs))
 
     def _instantiate(self, klass: Any, args: Any) -> None:  # INST and OBJ (protocols 0 and 1)
         _require_class(klass)
+        _check_arguments(klass, args)
         super()._instantiate(klass, args)  # type: ignore[misc]
 
     def load_build(self) -> None:
@@ -260,6 +266,13 @@ def bound_method(obj: object, name: str, allowed_module: Any) -> Any:
             f"getattr({_describe(obj)}, {name!r}): its code is in {module}, which is not allowed"
         )
     return method
+
+
+def _check_arguments(cls: type, args: Any) -> None:
+    """Refuse ``bytes(n)``/``bytearray(n)``: a few bytes of pickle asking for gigabytes (a saved state stores
+    bytes as bytes, never as a size)."""
+    if issubclass(cls, bytes | bytearray) and args and isinstance(args[0], int):
+        raise StateRefused(f"{cls.__name__}({args[0]}): building bytes from a size")
 
 
 def _require_class(value: object) -> None:

@@ -59,6 +59,8 @@ def malicious(marker: Path) -> dict[str, object]:
         "getattr of a dunder": statefixtures.Reduced(builtins.getattr, statefixtures.Counter(), "__init__"),
         "getattr of a str method": statefixtures.Reduced(builtins.getattr, "x", "format"),
         "getattr of a class": statefixtures.Reduced(builtins.getattr, statefixtures.Counter, "start"),
+        "a memory bomb": statefixtures.Reduced(bytes, 1 << 40),
+        "a range to expand": statefixtures.Reduced(list, range(1 << 40)),
     }
 
 
@@ -77,6 +79,8 @@ EXPECTED = {
     "getattr of a dunder": "getattr(..., '__init__'): only a method name is allowed",
     "getattr of a str method": "getattr(a str, 'format'): it is not a method of that object",
     "getattr of a class": "getattr(statefixtures.Counter, 'start'): only methods of objects are allowed",
+    "a memory bomb": "bytes(1099511627776): building bytes from a size",
+    "a range to expand": "builtins.range: only plain values and containers are allowed from builtins",
 }
 
 
@@ -181,7 +185,6 @@ class Rich(Service):
                 bytearray(b"x"),
                 b"y",
                 1 + 2j,
-                range(3),
                 slice(1, 2),
                 None,
                 True,
