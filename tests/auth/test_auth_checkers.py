@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import os
+import pwd
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -172,41 +177,51 @@ def test_unix_checker_refuses_an_unreadable_shadow(tmp_path: Path):
         UnixChecker(str(shadow))
 
 
-def test_unix_checker_permission_message(tmp_path: Path, monkeypatch):
+@contextlib.contextmanager
+def as_nobody() -> Iterator[None]:
+    """Run the body with the effective uid of ``nobody`` (as a server does after --uid nobody), then root again."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to nobody")
+    os.seteuid(pwd.getpwnam("nobody").pw_uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A root-owned 0755 directory that nobody can search (pytest's tmp_path is 0700 inside 0700 parents)."""
+    path = Path(tempfile.mkdtemp(prefix="tapster-auth-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_unix_checker_permission_message(shared_dir: Path):
     """A permission error on the shadow file names it and says what is needed."""
-    import builtins
-
-    real_open = builtins.open
-
-    def refusing_open(path, *args, **kwargs):
-        if str(path) == str(tmp_path / "shadow"):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", refusing_open)
-    with pytest.raises(StartupError, match=r"unix: cannot read .*shadow: permission denied \(it needs root"):
-        UnixChecker(str(tmp_path / "shadow"))
+    shadow = shared_dir / "shadow"
+    shadow.write_text("a:b:1::::::\n")
+    shadow.chmod(0o600)
+    expected = r"unix: cannot read .*shadow: permission denied \(it needs root"
+    with as_nobody(), pytest.raises(StartupError, match=expected):
+        UnixChecker(str(shadow))
 
 
-def test_unix_checker_keeps_its_copy_when_the_file_becomes_unreadable(tmp_path: Path, monkeypatch):
+def test_unix_checker_keeps_its_copy_when_the_file_becomes_unreadable(shared_dir: Path):
     """After privileges are dropped /etc/shadow is unreadable: the copy read at start-up stays in use."""
     from passlib.hash import sha256_crypt
 
-    shadow = tmp_path / "shadow"
+    shadow = shared_dir / "shadow"
     shadow.write_text(f"alice:{sha256_crypt.using(rounds=1000).hash('pw')}:1::::::\n")
+    shadow.chmod(0o600)
     checker = UnixChecker(str(shadow))
-    os.utime(shadow, (1, 1))  # looks changed, and now cannot be read
-    import builtins
-
-    real_open = builtins.open
-
-    def refusing_open(path, *args, **kwargs):
-        if str(path) == str(shadow):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", refusing_open)
-    assert check(checker, "alice", "pw")
+    os.utime(shadow, (1, 1))  # looks changed, and now (as nobody) cannot be read
+    with as_nobody():
+        checker.verify_files()
+        assert check(checker, "alice", "pw")
 
 
 def test_anonymous_lets_anyone_in():
@@ -276,7 +291,7 @@ def test_sshkey_checker_refuses_a_writable_file(tmp_path: Path, caplog):
     path.write_text(_key_line(good))
     path.chmod(0o666)
     assert not check_key(SSHKeyChecker(tmp_path), "admin", good)
-    assert "writable by group or others" in caplog.text
+    assert "admin.keys: it is writable by others: its keys are refused" in caplog.text
 
 
 def test_sshkey_checker_uses_home_directories(tmp_path: Path, monkeypatch):
