@@ -220,7 +220,9 @@ class _PasswordFileChecker(Checker):
         raise NotImplementedError
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
+        self.path = os.path.abspath(
+            os.fspath(path)
+        )  # the server may change directory (--rundir) before a re-read
         self.description = f"{self._type}:{self.path}"
         self._file = _WatchedFile(self.path, type(self)._parse, what="password file")
 

@@ -77,7 +77,8 @@ def exposure(
         if anonymous and not allow_remote_anonymous:
             refusal = refusal or (
                 f"manhole on {where}: --auth anonymous on an address others can reach would let anyone run code "
-                "in this server; bind 127.0.0.1 or a unix socket, or allow it with --allow-remote-anonymous"
+                "in this server; bind 127.0.0.1 or a unix socket, or allow it with --allow-remote-anonymous "
+                "(allow_remote_anonymous=True)"
             )
         elif anonymous:
             warnings.append(
