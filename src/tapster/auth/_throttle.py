@@ -144,6 +144,7 @@ class Throttle:
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._global = _Bucket(self.limits.global_burst, self.limits.global_rate, clock())
         self._checks: asyncio.Semaphore | None = None
+        self._checks_loop: asyncio.AbstractEventLoop | None = None
 
     def __len__(self) -> int:
         """How many addresses are remembered now."""
@@ -176,9 +177,15 @@ class Throttle:
         self._global.level = min(self._global.capacity, self._global.level + 1)
 
     def checks(self) -> asyncio.Semaphore:
-        """The semaphore that bounds how many verifications run at once (made in the running loop)."""
-        if self._checks is None:
+        """The semaphore that bounds how many verifications run at once, made for the running loop.
+
+        A semaphore belongs to the loop it first waited in; a new loop (a restarted server, a test calling
+        ``asyncio.run`` again) gets a new one.
+        """
+        loop = asyncio.get_running_loop()
+        if self._checks is None or self._checks_loop is not loop:
             self._checks = asyncio.Semaphore(self.limits.max_concurrent)
+            self._checks_loop = loop
         return self._checks
 
     def _bucket(self, key: str, now: float) -> _Bucket:
