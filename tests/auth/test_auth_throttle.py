@@ -156,3 +156,21 @@ def test_saved_state_keeps_the_numbers_not_the_counts():
     assert copy.limits == limits and copy.failure_delay == 0
     assert copy.throttle.reserve("10.0.0.1") == 0.0
     assert asyncio.run(copy.attempts("10.0.0.2").password("a", "b"))  # the password survives, hashed
+
+
+def test_the_last_refusals_are_reported_too(caplog, monkeypatch):
+    """Refusals after the first line are summed up in a later line, even when the attack stops."""
+    from tapster.auth import _authenticator
+
+    monkeypatch.setattr(_authenticator, "_REPORT_EVERY", 0.2)
+    limits = ThrottleLimits(burst=1, rate=0.001, max_wait=0.0)
+    authenticator = Authenticator([InMemoryChecker({"a": "b"})], failure_delay=0, limits=limits)
+
+    async def main() -> None:
+        for n in range(11):
+            await authenticator.attempts("10.9.9.9").password("a", f"x{n}")
+        await asyncio.sleep(0.4)
+
+    asyncio.run(main())
+    assert "1 attempt(s) refused without checking" in caplog.text
+    assert "9 attempt(s) refused without checking" in caplog.text

@@ -55,6 +55,8 @@ class Authenticator:
         self._refused = 0
         self._refused_from: set[str] = set()
         self._reported_at = -_REPORT_EVERY
+        self._flush: asyncio.TimerHandle | None = None
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Saved state keeps the checkers and numbers; who guessed what is live state and starts afresh."""
@@ -94,20 +96,31 @@ class Authenticator:
         return LoginAttempts(self, peer)
 
     def _note_refused(self, peer: str) -> None:
-        """Count an attempt refused unchecked; log a summary at most every ``_REPORT_EVERY`` seconds."""
+        """Count an attempt refused unchecked: one log line at once after a quiet spell, then at most one summary
+        every ``_REPORT_EVERY`` seconds (a timer makes sure the last count is logged too)."""
         self._refused += 1
         if len(self._refused_from) < 5:
             self._refused_from.add(peer)
         now = time.monotonic()
         if now - self._reported_at >= _REPORT_EVERY:
-            logger.warning(
-                "too many failed logins: %d attempt(s) refused without checking the password (from %s)",
-                self._refused,
-                ", ".join(sorted(self._refused_from)),
-            )
-            self._reported_at = now
-            self._refused = 0
-            self._refused_from = set()
+            self._report_refused()
+        elif self._flush is None or self._flush_loop is not asyncio.get_running_loop():
+            self._flush_loop = asyncio.get_running_loop()
+            delay = self._reported_at + _REPORT_EVERY - now
+            self._flush = self._flush_loop.call_later(delay, self._report_refused)
+
+    def _report_refused(self) -> None:
+        self._flush = None
+        if not self._refused:
+            return
+        logger.warning(
+            "too many failed logins: %d attempt(s) refused without checking the password (from %s)",
+            self._refused,
+            ", ".join(sorted(self._refused_from)),
+        )
+        self._reported_at = time.monotonic()
+        self._refused = 0
+        self._refused_from = set()
 
 
 class LoginAttempts:
