@@ -9,7 +9,8 @@ the attempt is refused without looking at the password at all. So over ``T`` sec
 ``global_burst + global_rate * T``, with at most ``max_concurrent`` hash verifications running at once, so a
 distributed attack cannot spend more than that much CPU on bcrypt or argon2.
 
-IPv4 addresses are counted one by one; IPv6 addresses by their /64 prefix (one host usually owns a whole /64).
+IPv4 addresses are counted one by one; IPv6 addresses by their /64 prefix (one host usually owns a whole /64),
+except link-local ones (every host of a link shares fe80::/64), which count one by one.
 The table of addresses is bounded: addresses whose bucket is full again are forgotten, and past ``max_addresses``
 the least recently seen are dropped (the global bucket still holds for them).
 """
@@ -101,6 +102,8 @@ def address_key(peer: str) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
+        if address.is_link_local or address.is_loopback:  # every host of a link shares fe80::/64
+            return str(address)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
 
