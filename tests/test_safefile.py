@@ -89,3 +89,24 @@ def test_check_private(tmp_path: Path) -> None:
     with pytest.raises(UnsafeFileError, match="owned by uid"):
         check_private(str(path), os.stat(path), what="saved state", trusted_uids=frozenset({12345}))
     tmp_path.chmod(0o755)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting as another user needs root")
+def test_link_the_kernel_refuses_first_is_still_named_as_a_link(tmp_path: Path) -> None:
+    """In a sticky directory, protected_symlinks answers EACCES before O_NOFOLLOW can: the message is the same."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    target = tmp_path / "target"
+    target.write_text("precious")
+    link = shared / "x.pid"
+    link.symlink_to(target)
+    os.lchown(link, 65534, 65534)
+    with pytest.raises(UnsafeFileError, match=r"x\.pid: it is a symbolic link"):
+        open_regular(str(link), os.O_RDWR | os.O_CREAT, what="pid file")
+    assert target.read_text() == "precious"
+    fifo = shared / "x.fifo"
+    os.mkfifo(fifo)
+    os.chown(fifo, 65534, 65534)
+    with pytest.raises(UnsafeFileError, match=r"x\.fifo: a FIFO, not a regular file"):
+        open_regular(str(fifo), os.O_RDWR | os.O_CREAT, what="pid file")

@@ -25,32 +25,43 @@ __all__ = ["UnsafeFileError", "check_private", "create_exclusive", "open_regular
 
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
+# Errors an open of something planted may get before O_NOFOLLOW or fstat could speak: EEXIST (O_EXCL), and
+# EACCES/EPERM from the kernel's own protection of links and FIFOs in sticky directories.
+_REFUSED_BY_KERNEL = (errno.EEXIST, errno.EACCES, errno.EPERM)
+
 
 class UnsafeFileError(TapsterError, PermissionError):
     """A file was refused because opening it could be used against us; the message names it and says why."""
 
 
-def open_regular(path: str, flags: int, mode: int = 0o600, *, what: str = "file") -> int:
+def open_regular(
+    path: str, flags: int, mode: int = 0o600, *, what: str = "file", shown: str | None = None
+) -> int:
     """Open ``path`` with ``flags`` (``os.O_*``) as a regular file reached without a final symbolic link.
 
     ``O_NOFOLLOW``, ``O_CLOEXEC`` and (for the open itself) ``O_NONBLOCK`` are added. A new file is created
-    with ``mode`` (less the umask).
+    with ``mode`` (less the umask). Messages name the file as ``shown`` (the path as the user gave it, when
+    ``path`` is its absolute form), else as ``path``.
 
     Raises:
         UnsafeFileError: ``path`` is a symbolic link, not a regular file (a FIFO, a device, a directory), or
             has other hard links.
         OSError: the open failed for any other reason (missing directory, permission denied, disk full).
     """
+    name = path if shown is None else shown
     try:
         fd = os.open(path, flags | _NOFOLLOW, mode)
     except OSError as exc:
-        if exc.errno == errno.ELOOP or (exc.errno == errno.EEXIST and os.path.islink(path)):
-            raise UnsafeFileError(f"refusing {what} {path}: it is a symbolic link") from None
-        if exc.errno in (errno.EISDIR, errno.ENXIO):
-            raise UnsafeFileError(f"refusing {what} {path}: {_kind(path)}, not a regular file") from None
+        if exc.errno == errno.ELOOP or (exc.errno in _REFUSED_BY_KERNEL and os.path.islink(path)):
+            # The kernel's protected_symlinks/protected_fifos may refuse first (EACCES) in a sticky directory.
+            raise UnsafeFileError(f"refusing {what} {name}: it is a symbolic link") from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO) or (
+            exc.errno in _REFUSED_BY_KERNEL and _kind(path) not in ("a regular file", "something")
+        ):
+            raise UnsafeFileError(f"refusing {what} {name}: {_kind(path)}, not a regular file") from None
         raise
     try:
-        _check_descriptor(fd, path, what)
+        _check_descriptor(fd, name, what)
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -58,7 +69,9 @@ def open_regular(path: str, flags: int, mode: int = 0o600, *, what: str = "file"
     return fd
 
 
-def create_exclusive(path: str, flags: int, mode: int = 0o600, *, what: str = "file") -> int:
+def create_exclusive(
+    path: str, flags: int, mode: int = 0o600, *, what: str = "file", shown: str | None = None
+) -> int:
     """Create ``path``, which must not exist (``O_CREAT | O_EXCL``): nothing planted there is ever opened.
 
     Raises:
@@ -66,10 +79,11 @@ def create_exclusive(path: str, flags: int, mode: int = 0o600, *, what: str = "f
         OSError: any other failure.
     """
     try:
-        return open_regular(path, flags | os.O_CREAT | os.O_EXCL, mode, what=what)
+        return open_regular(path, flags | os.O_CREAT | os.O_EXCL, mode, what=what, shown=shown)
     except FileExistsError:
         raise UnsafeFileError(
-            f"refusing {what} {path}: {_kind(path)} appeared there while it was being created"
+            f"refusing {what} {path if shown is None else shown}: {_kind(path)} appeared there while it was "
+            "being created"
         ) from None
 
 

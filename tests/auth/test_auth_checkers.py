@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import os
+import pwd
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tapster._safefile import UnsafeFileError
 from tapster.auth import (
     AnonymousChecker,
     FileChecker,
@@ -172,41 +178,51 @@ def test_unix_checker_refuses_an_unreadable_shadow(tmp_path: Path):
         UnixChecker(str(shadow))
 
 
-def test_unix_checker_permission_message(tmp_path: Path, monkeypatch):
+@contextlib.contextmanager
+def as_nobody() -> Iterator[None]:
+    """Run the body with the effective uid of ``nobody`` (as a server does after --uid nobody), then root again."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to nobody")
+    os.seteuid(pwd.getpwnam("nobody").pw_uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A root-owned 0755 directory that nobody can search (pytest's tmp_path is 0700 inside 0700 parents)."""
+    path = Path(tempfile.mkdtemp(prefix="tapster-auth-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_unix_checker_permission_message(shared_dir: Path):
     """A permission error on the shadow file names it and says what is needed."""
-    import builtins
-
-    real_open = builtins.open
-
-    def refusing_open(path, *args, **kwargs):
-        if str(path) == str(tmp_path / "shadow"):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", refusing_open)
-    with pytest.raises(StartupError, match=r"unix: cannot read .*shadow: permission denied \(it needs root"):
-        UnixChecker(str(tmp_path / "shadow"))
+    shadow = shared_dir / "shadow"
+    shadow.write_text("a:b:1::::::\n")
+    shadow.chmod(0o600)
+    expected = r"unix: cannot read .*shadow: permission denied \(it needs root"
+    with as_nobody(), pytest.raises(StartupError, match=expected):
+        UnixChecker(str(shadow))
 
 
-def test_unix_checker_keeps_its_copy_when_the_file_becomes_unreadable(tmp_path: Path, monkeypatch):
+def test_unix_checker_keeps_its_copy_when_the_file_becomes_unreadable(shared_dir: Path):
     """After privileges are dropped /etc/shadow is unreadable: the copy read at start-up stays in use."""
     from passlib.hash import sha256_crypt
 
-    shadow = tmp_path / "shadow"
+    shadow = shared_dir / "shadow"
     shadow.write_text(f"alice:{sha256_crypt.using(rounds=1000).hash('pw')}:1::::::\n")
+    shadow.chmod(0o600)
     checker = UnixChecker(str(shadow))
-    os.utime(shadow, (1, 1))  # looks changed, and now cannot be read
-    import builtins
-
-    real_open = builtins.open
-
-    def refusing_open(path, *args, **kwargs):
-        if str(path) == str(shadow):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", refusing_open)
-    assert check(checker, "alice", "pw")
+    os.utime(shadow, (1, 1))  # looks changed, and now (as nobody) cannot be read
+    with as_nobody():
+        checker.verify_files()
+        assert check(checker, "alice", "pw")
 
 
 def test_anonymous_lets_anyone_in():
@@ -276,7 +292,7 @@ def test_sshkey_checker_refuses_a_writable_file(tmp_path: Path, caplog):
     path.write_text(_key_line(good))
     path.chmod(0o666)
     assert not check_key(SSHKeyChecker(tmp_path), "admin", good)
-    assert "writable by group or others" in caplog.text
+    assert "admin.keys: it is writable by others: its keys are refused" in caplog.text
 
 
 def test_sshkey_checker_uses_home_directories(tmp_path: Path, monkeypatch):
@@ -303,3 +319,119 @@ def test_sshkey_checker_missing_directory():
     """sshkey:DIR with a missing directory is an error naming it."""
     with pytest.raises(StartupError, match="/no/such/dir is not a directory"):
         SSHKeyChecker("/no/such/dir")
+
+
+# -- StrictModes --------------------------------------------------------------------------------------------------
+
+NOBODY = pwd.getpwnam("nobody").pw_uid
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to nobody")
+
+
+@root_only
+@pytest.mark.parametrize("make", [FileChecker, PasswdChecker])
+def test_password_file_owned_by_another_user_is_refused(tmp_path: Path, make):
+    """A password file owned by someone other than root or the server's user is refused when the server starts."""
+    users = tmp_path / "users"
+    users.write_text("admin:secret\n")
+    os.chown(users, NOBODY, -1)
+    checker = make(users)
+    with pytest.raises(
+        UnsafeFileError, match=rf"refusing password file {users}: it is owned by uid {NOBODY}"
+    ):
+        checker.verify_files()
+    assert not check(
+        checker, "admin", "secret"
+    )  # a server that never verified refuses at the first login too
+
+
+@root_only
+def test_password_file_of_the_server_user_is_accepted(shared_dir: Path):
+    """After the switch to nobody, a file nobody owns is the server's own and passes."""
+    users = shared_dir / "users"
+    users.write_text("admin:secret\n")
+    users.chmod(0o600)
+    os.chown(users, NOBODY, -1)
+    checker = FileChecker(users)
+    with as_nobody():
+        checker.verify_files()
+        assert check(checker, "admin", "secret")
+
+
+def test_password_file_in_a_directory_others_can_write_is_refused(tmp_path: Path):
+    """A password file in a world-writable, non-sticky directory could be swapped: refused."""
+    shared = tmp_path / "open"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (shared / "users").write_text("admin:secret\n")
+    checker = FileChecker(shared / "users")
+    with pytest.raises(UnsafeFileError, match=r"its directory .*open is writable by others"):
+        checker.verify_files()
+
+
+def test_password_file_that_becomes_writable_is_refused_at_the_next_login(tmp_path: Path, caplog):
+    """StrictModes is checked again at each re-read: a file made group-writable stops every login."""
+    users = tmp_path / "users"
+    users.write_text("admin:secret\n")
+    users.chmod(0o600)
+    checker = FileChecker(users)
+    checker.verify_files()
+    assert check(checker, "admin", "secret")
+    users.write_text("admin:secret\nmallory:x\n")
+    users.chmod(0o620)
+    assert not check(checker, "admin", "secret")
+    assert "it is writable by its group; refusing every login" in caplog.text
+    users.chmod(0o600)
+    assert check(checker, "admin", "secret")
+
+
+def test_symlinked_password_file_is_refused(tmp_path: Path):
+    """A password file that is a symbolic link is refused at once (never followed), as a one-line error."""
+    (tmp_path / "real").write_text("admin:secret\n")
+    (tmp_path / "users").symlink_to(tmp_path / "real")
+    with pytest.raises(UnsafeFileError, match="it is a symbolic link"):
+        FileChecker(tmp_path / "users")
+
+
+@root_only
+def test_sshkey_directory_checks(tmp_path: Path):
+    """sshkey:DIR refuses, at start, a directory another user owns, a keys file another user owns, a symlink."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    checker = SSHKeyChecker(keys)
+    checker.verify_files()
+    (keys / "admin.keys").write_text("")
+    os.chown(keys / "admin.keys", NOBODY, -1)
+    with pytest.raises(UnsafeFileError, match=rf"admin.keys: it is owned by uid {NOBODY}"):
+        checker.verify_files()
+    (keys / "admin.keys").unlink()
+    (keys / "bob.keys").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UnsafeFileError, match=r"bob\.keys: it is a symbolic link"):
+        checker.verify_files()
+    (keys / "bob.keys").unlink()
+    os.chown(keys, NOBODY, -1)
+    with pytest.raises(UnsafeFileError, match=rf"SSH key directory {keys}: it is owned by uid {NOBODY}"):
+        checker.verify_files()
+
+
+def test_sshkey_symlinked_file_is_refused_at_login(tmp_path: Path, caplog):
+    """A USER.keys that became a symbolic link after start is not followed: its keys are refused."""
+    good = _blob("ssh-ed25519", b"s" * 32)
+    (tmp_path / "real").write_text(_key_line(good))
+    (tmp_path / "admin.keys").symlink_to(tmp_path / "real")
+    assert not check_key(SSHKeyChecker(tmp_path), "admin", good)
+    assert "it is a symbolic link: its keys are refused" in caplog.text
+
+
+def test_memory_checker_pickles_hashes_not_passwords():
+    """A pickled memory checker holds salted scrypt hashes; the copy accepts the same passwords."""
+    import pickle
+
+    checker = InMemoryChecker({"admin": "S3cretPassw0rd", "bob": "$2b$04$" + "a" * 53})
+    data = pickle.dumps(checker)
+    assert b"S3cretPassw0rd" not in data
+    assert pickle.dumps(checker) == data  # hashed once, not at every save
+    copy = pickle.loads(data)
+    assert copy.users["admin"].startswith("$scrypt$")
+    assert check(copy, "admin", "S3cretPassw0rd")
+    assert not check(copy, "admin", "wrong")
+    assert check(checker, "admin", "S3cretPassw0rd")  # the live checker is unchanged

@@ -124,3 +124,30 @@ def test_sha512_crypt_falls_back_to_passlib(monkeypatch):
     assert check_supported(stored) == "sha512-crypt"
     assert verify(stored, "pw")
     assert not verify(stored, "pW")
+
+
+def test_scrypt_hashes_round_trip_and_match_passlib():
+    """scrypt_hash makes salted $scrypt$ hashes that verify here and in passlib, and passlib's verify here."""
+    from tapster.auth._hashes import scrypt_hash
+
+    stored = scrypt_hash("S3cret:with colon")
+    assert stored.startswith("$scrypt$ln=14,r=8,p=1$") and "S3cret" not in stored
+    assert scrypt_hash("S3cret:with colon") != stored  # salted
+    assert check_supported(stored) == "scrypt"
+    assert verify(stored, "S3cret:with colon")
+    assert not verify(stored, "S3cret:with colon ")
+    passlib_hash = pytest.importorskip("passlib.hash")
+    assert passlib_hash.scrypt.verify("S3cret:with colon", stored)
+    assert verify(passlib_hash.scrypt.using(rounds=10).hash("pw"), "pw")
+
+
+@pytest.mark.parametrize(
+    "stored",
+    ["$scrypt$ln=14,r=8,p=1$", "$scrypt$ln=14,r=8,p=1$c2FsdA$!!", "$scrypt$ln=30,r=8,p=1$c2FsdA$c2FsdA",
+     "$scrypt$ln=14,r=8$c2FsdA$c2FsdA"],
+)  # fmt: skip
+def test_malformed_scrypt_hashes_are_reported(stored: str):
+    """A malformed or too costly scrypt hash is refused when loaded, not at a login."""
+    with pytest.raises(UnsupportedHash, match="scrypt"):
+        check_supported(stored)
+    assert not verify(stored, "")

@@ -190,7 +190,7 @@ def test_manhole_plugin_namespace(tapster: type[TapsterProcess], tmp_path: Path)
         (["--ssh", "0"], "no --auth given: nobody could log in"),
         (["--auth", "memory:a:b"], "give --ssh PORT, --telnet PORT, or both"),
         (["--ssh", "0", "--auth", "nope:x"], "unknown checker type (valid types: anonymous, file, memory"),
-        (["--ssh", "0", "--auth", "file:missing.txt"], "cannot read missing.txt: no such file"),
+        (["--ssh", "0", "--auth", "file:missing.txt"], "/missing.txt: no such file"),
         (["--ssh", "bogus:1", "--auth", "anonymous"], "--ssh: invalid endpoint 'bogus:1'"),
         (
             ["--ssh", "0", "--auth", "anonymous", "--namespace", "nosuchmodule:x"],

@@ -238,9 +238,12 @@ def test_bare_port_means_loopback():
         ("unix:/tmp/manhole-test.sock", False),
     ],
 )
-def test_telnet_off_loopback_warns(endpoint: str, warned: bool, caplog):
-    """A telnet manhole reachable from the network logs that passwords travel in clear text."""
+def test_telnet_off_loopback_warns(endpoint: str, warned: bool, caplog, capsys):
+    """A telnet manhole reachable from the network says passwords travel in clear text: on stderr when made,
+    and in the log when it starts (check_exposure runs first in privileged_start; nothing is bound here)."""
     from tapster.auth import InMemoryChecker
 
-    ManholeService({}, telnet=endpoint, checkers=[InMemoryChecker({"a": "b"})])
+    manhole = ManholeService({}, telnet=endpoint, checkers=[InMemoryChecker({"a": "b"})])
+    assert ("cross the network in clear text" in capsys.readouterr().err) is warned
+    manhole.check_exposure()
     assert ("cross the network in clear text" in caplog.text) is warned

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 
 from tapster import Application, Service
 from tapster.services import StreamServer
@@ -51,3 +52,40 @@ class HoldsSocket(Service):
     def __init__(self) -> None:
         self.name = "holder"
         self.sock = socket.socket()
+
+
+def touch(path: str) -> None:
+    """A module-level function with a side effect: a state may store it but must never call it while loading."""
+    with open(path, "w") as marker:
+        marker.write("ran\n")
+
+
+class Toucher(Service):
+    """A service with a method that has a side effect, for bound-method tests."""
+
+    def __init__(self) -> None:
+        self.name = "toucher"
+
+    def touch(self, path: str) -> None:
+        touch(path)
+
+
+class Exploding(Service):
+    """Raises from __setstate__: loading it must be one clear error, whatever the exception."""
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        raise ValueError("this state explodes")
+
+
+class Reduced:
+    """Pickles as ``func(*args)``: the shape every malicious pickle has (pickle calls ``func`` on load)."""
+
+    def __init__(self, func: object, *args: object) -> None:
+        self.func = func
+        self.args = args
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (self.func, self.args)
+
+
+ReexportedPopen = subprocess.Popen  # a standard-library class this module re-exports

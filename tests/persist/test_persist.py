@@ -15,6 +15,8 @@ from tapster import Application
 from tapster.errors import AppLoadError
 from tapster.persist import HEADER, StateNotSaved, load_state, save_state, state_file_name
 
+NO_MODULES = HEADER + b"modules:\n"
+
 
 async def fetch(port: int) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -86,11 +88,16 @@ def test_failed_save_keeps_the_previous_file(tmp_path: Path) -> None:
         (b"", "is not a tapster saved state"),
         (b"\x80\x04K\x01.", "is not a tapster saved state"),
         (b"hello, I am a text file\n", "is not a tapster saved state"),
-        (HEADER + b"\x80\x05\x95", "is truncated or damaged"),
-        (HEADER + b"\x80\x04K*.", "holds a int, not a tapster Service"),
+        (HEADER, "no module list after its header"),
+        (HEADER + b"modules: os\xff\n", "its module list is not text"),
+        (HEADER + b"modules: a;b\n", "its module list is not module names"),
+        (NO_MODULES + b"\x80\x05\x95", "is truncated or damaged"),
+        (NO_MODULES + b"\x80\x04K*.", "holds a int, not a tapster Service"),
         # a class reference to a module that does not exist (same length as "statefixtures", so framing holds)
         (
-            HEADER + pickle.dumps(statefixtures.Counter).replace(b"statefixtures", b"no_such_modul"),
+            HEADER
+            + b"modules: no_such_modul\n"
+            + pickle.dumps(statefixtures.Counter).replace(b"statefixtures", b"no_such_modul"),
             "needs code that cannot be found",
         ),
     ],
@@ -137,5 +144,5 @@ def test_file_owned_by_someone_else_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "theirs.tap"
     save_state(statefixtures.build(), str(path))
     os.chown(path, 65534, 65534)
-    with pytest.raises(AppLoadError, match="owned by uid 65534, not by you"):
+    with pytest.raises(AppLoadError, match=r"it is owned by uid 65534, not by uid 0; a saved state is code"):
         load_state(str(path))

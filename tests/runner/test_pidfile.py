@@ -461,3 +461,110 @@ def test_release_in_unwritable_directory_clears_and_unlocks(tmp_path: Path) -> N
         for name in os.listdir(directory):
             os.unlink(os.path.join(directory, name))
         os.rmdir(directory)
+
+
+# --- what is planted at the path is refused, never followed (issue 9, point 3) ---
+
+
+def plant(kind: str, path: Path) -> Path | None:
+    """Put ``kind`` at ``path``; return the file an attack would aim at (to check it is untouched), if any."""
+    target = path.parent / "precious"
+    if kind == "symlink":
+        target.write_text("root:secret\n")
+        path.symlink_to(target)
+    elif kind == "dangling symlink":
+        path.symlink_to(target)  # the attacker hopes we create it
+    elif kind == "fifo":
+        os.mkfifo(path)
+        return None
+    elif kind == "directory":
+        path.mkdir()
+        return None
+    elif kind == "hard link":
+        target.write_text("root:secret\n")
+        os.link(target, path)
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+    return target
+
+
+PLANTED = {
+    "symlink": "it is a symbolic link",
+    "dangling symlink": "it is a symbolic link",
+    "fifo": "a FIFO, not a regular file",
+    "directory": "a directory, not a regular file",
+    "hard link": "it has 2 hard links (another name may point at the same file)",
+}
+
+
+@pytest.mark.parametrize("kind", PLANTED)
+def test_planted_file_is_refused_and_its_target_untouched(tmp_path: Path, kind: str) -> None:
+    """acquire() refuses whatever was planted with one line naming the path; a link's target stays as it was."""
+    path = tmp_path / "x.pid"
+    target = plant(kind, path)
+    before = target.read_bytes() if target is not None and target.exists() else None
+    with pytest.raises(StartupError) as info:
+        PidFile(str(path), display="x.pid").acquire()
+    assert str(info.value) == f"refusing pid file x.pid: {PLANTED[kind]}"
+    if kind == "dangling symlink":
+        assert target is not None and not target.exists()
+    elif target is not None:
+        assert target.read_bytes() == before
+        assert target.stat().st_nlink == (2 if kind == "hard link" else 1)
+
+
+@pytest.mark.parametrize("kind", PLANTED)
+def test_status_probe_refuses_what_was_planted(tmp_path: Path, kind: str) -> None:
+    """read_pid_status (tapster ctl) never follows a link either; a directory is named as one."""
+    path = tmp_path / "x.pid"
+    plant(kind, path)
+    with pytest.raises(StartupError) as info:
+        read_pid_status(str(path), shown="x.pid")
+    assert str(info.value) == f"refusing pid file x.pid: {PLANTED[kind]}"
+
+
+def test_status_probe_of_a_directory_without_shown_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(
+        StartupError, match=rf"^refusing pid file {tmp_path}: a directory, not a regular file$"
+    ):
+        read_pid_status(str(tmp_path))
+
+
+def test_group_writable_leftover_is_refused(tmp_path: Path) -> None:
+    """A leftover pid file others may rewrite is refused: its pid could be changed under a running server."""
+    path = tmp_path / "x.pid"
+    path.write_text("123")
+    path.chmod(0o666)
+    with pytest.raises(
+        StartupError, match=r"^refusing pid file x\.pid: it is writable by others; remove it$"
+    ):
+        PidFile(str(path), display="x.pid").acquire()
+    path.chmod(0o620)
+    with pytest.raises(StartupError, match="writable by its group"):
+        PidFile(str(path), display="x.pid").acquire()
+    assert path.read_text() == "123"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_leftover_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    """A pid file someone else owns is not taken over by root: they could rewrite the pid ctl stop signals."""
+    path = tmp_path / "x.pid"
+    path.write_text("123")
+    os.chown(path, 65534, 65534)
+    with pytest.raises(
+        StartupError, match=r"^refusing pid file x\.pid: it is owned by uid 65534, not by root; remove it"
+    ):
+        PidFile(str(path), display="x.pid").acquire()
+    assert path.read_text() == "123"
+
+
+def test_symlink_swapped_in_after_the_lock_is_not_removed_at_release(tmp_path: Path) -> None:
+    """release() removes only the file it locked: a symbolic link put in its place (even to it) stays."""
+    path = tmp_path / "x.pid"
+    pidfile = PidFile(str(path))
+    pidfile.acquire()
+    moved = tmp_path / "moved.pid"
+    path.rename(moved)
+    path.symlink_to(moved)
+    pidfile.release()
+    assert path.is_symlink() and moved.exists()

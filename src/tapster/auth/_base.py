@@ -32,5 +32,15 @@ class Checker:
         """Whether the SSH public key ``key`` (its wire-format blob) may log in as ``username``."""
         return False
 
+    def verify_files(self) -> None:
+        """Refuse the files this checker trusts if another user could have written them (StrictModes).
+
+        Called by the server after it has dropped privileges and before it accepts logins, so "the user the
+        server runs as" is the current effective uid. Checkers without files do nothing.
+
+        Raises:
+            UnsafeFileError: one line naming the file or directory and the fault.
+        """
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.description}>"

@@ -4,7 +4,9 @@ Stored passwords may be hashes (see :mod:`tapster.auth._hashes`) or plaintext. P
 :func:`hmac.compare_digest`; hashes are verified in a worker thread so the event loop keeps serving. An unknown
 user costs a comparison too, so the answer's timing says as little as possible about which users exist.
 
-File checkers read their file when made (a missing or malformed file is reported then, naming the path and line)
+File checkers follow OpenSSH's StrictModes (see :mod:`tapster.auth._strict`): a file another user could have
+written is refused, when the server starts (:meth:`Checker.verify_files`) and at every later read. File checkers
+read their file when made (a missing or malformed file is reported then, naming the path and line)
 and read it again when it changes, so users can be added without a restart. A file that becomes unreadable or
 malformed lets nobody in until it is fixed, except /etc/shadow, whose last good copy is kept: a server that drops
 privileges after start-up can no longer read it, and that is expected.
@@ -20,8 +22,10 @@ import os
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
+from tapster._safefile import UnsafeFileError, check_private
 from tapster.auth._base import Checker
-from tapster.auth._hashes import UnsupportedHash, check_supported, hash_scheme, verify
+from tapster.auth._hashes import UnsupportedHash, check_supported, hash_scheme, scrypt_hash, verify
+from tapster.auth._strict import open_file, read_trusted, trusted_uids
 from tapster.errors import StartupError
 
 __all__ = ["AnonymousChecker", "FileChecker", "InMemoryChecker", "PasswdChecker", "UnixChecker"]
@@ -49,10 +53,14 @@ async def _verify(stored: str | None, password: str) -> bool:
 
 
 class InMemoryChecker(Checker):
-    """Users and plaintext passwords given directly (``--auth memory:USER:PASS``); for tests and quick setups.
+    """Users and passwords given directly (``--auth memory:USER:PASS``); for tests and quick setups.
+
+    A password may be plaintext or a hash (see :mod:`tapster.auth._hashes`). Plaintext passwords are never
+    pickled: saved state (``NAME-shutdown.tap``) holds a salted scrypt hash of each instead, made when the state
+    is first saved, so the loaded server accepts the same passwords without the file revealing them.
 
     Args:
-        users: user name -> plaintext password.
+        users: user name -> password (plaintext or hash).
     """
 
     accepts_passwords = True
@@ -65,56 +73,111 @@ class InMemoryChecker(Checker):
                 raise ValueError("InMemoryChecker: empty user name")
         self.users = dict(users)
         self.description = "memory:" + ",".join(sorted(self.users))
+        self._saved: tuple[dict[str, str], dict[str, str]] | None = None  # (users, their hashes) last pickled
+
+    def __getstate__(self) -> dict[str, object]:
+        """The state to pickle: every plaintext password replaced by a salted scrypt hash (made once)."""
+        if self._saved is None or self._saved[0] != self.users:
+            hashed: dict[str, str] = {}
+            for name, stored in self.users.items():
+                try:
+                    plaintext = hash_scheme(stored) is None
+                except UnsupportedHash:
+                    continue  # a value that can never match: nothing to keep, and it must not leak either
+                hashed[name] = scrypt_hash(stored) if plaintext else stored
+            self._saved = (dict(self.users), hashed)
+        return {"users": dict(self._saved[1]), "description": self.description, "_saved": None}
 
     async def check_password(self, username: str, password: str) -> bool:
         return await _verify(self.users.get(username), password)
 
 
 class _WatchedFile:
-    """A file parsed into a table, parsed again when its size, mtime or inode changes."""
+    """A file parsed into a table, parsed again when its size, mtime or inode changes.
 
-    def __init__(self, path: str, parse: Callable[[str, str], Table], *, keep_on_error: bool = False) -> None:
+    The first read (when the checker is made, maybe as root before privileges are dropped) refuses symbolic
+    links, non-regular files and hard-linked files but not owners: the user the server will run as is not known
+    yet. :meth:`verify` applies the whole of StrictModes to that read once the server runs as its final user,
+    and every later read applies it before parsing a byte.
+    """
+
+    def __init__(
+        self, path: str, parse: Callable[[str, str], Table], *, what: str, keep_on_error: bool = False
+    ) -> None:
         self.path = path
+        self.what = what
         self._parse = parse
         self._keep_on_error = keep_on_error
         self._identity: tuple[int, int, int] | None = None
+        self._info: os.stat_result | None = None
+        self._verified = False
         self._reported: str | None = None
         self.table: Table = {}
-        self._load(initial=True)
-
-    def _load(self, *, initial: bool) -> None:
         try:
-            with open(self.path, encoding="utf-8", errors="replace") as handle:
-                info = os.fstat(handle.fileno())
-                text = handle.read()
+            text, info = open_file(self.path, what)
             table = self._parse(self.path, text)
+        except UnsafeFileError:
+            raise
         except (OSError, ValueError) as exc:
-            message = _describe(self.path, exc)
-            if initial:
-                raise StartupError(message) from exc
-            if not self._keep_on_error:
-                self.table = {}
-                self._identity = None
-            if message != self._reported:
-                self._reported = message
-                if self._keep_on_error:
-                    logger.debug("%s; using the copy read earlier", message)
-                else:
-                    logger.error("%s; refusing every login until it is fixed", message)
-            return
+            raise StartupError(_describe(self.path, exc)) from exc
+        self._accept(table, info)
+
+    def _accept(self, table: Table, info: os.stat_result) -> None:
         self.table = table
+        self._info = info
         self._identity = (info.st_ino, info.st_size, info.st_mtime_ns)
         self._reported = None
 
+    def verify(self) -> None:
+        """Apply StrictModes, for the user the server runs as now, to the copy read at start-up.
+
+        Raises:
+            UnsafeFileError: the file or its directory could have been written by another user.
+        """
+        if self._info is not None:
+            check_private(self.path, self._info, what=self.what, trusted_uids=trusted_uids())
+        self._verified = True
+
+    def _reload(self) -> None:
+        try:
+            text, info = read_trusted(self.path, self.what, trusted_uids())
+            table = self._parse(self.path, text)
+        except UnsafeFileError as exc:
+            self._fail(str(exc), keep=False)
+            return
+        except (OSError, ValueError) as exc:
+            self._fail(_describe(self.path, exc), keep=self._keep_on_error)
+            return
+        self._accept(table, info)
+        self._verified = True
+
+    def _fail(self, message: str, *, keep: bool) -> None:
+        if not keep:
+            self.table = {}
+            self._identity = None
+            self._info = None
+        if message != self._reported:
+            self._reported = message
+            if keep:
+                logger.debug("%s; using the copy read earlier", message)
+            else:
+                logger.error("%s; refusing every login until it is fixed", message)
+
     def current(self) -> Table:
-        """The table, read again first if the file changed."""
+        """The table, read again first if the file changed; empty while the file fails StrictModes."""
+        if not self._verified:
+            try:
+                self.verify()
+            except UnsafeFileError as exc:
+                self._fail(str(exc), keep=False)
+                return self.table
         try:
             info = os.stat(self.path)
             identity: tuple[int, int, int] | None = (info.st_ino, info.st_size, info.st_mtime_ns)
         except OSError:
             identity = None
         if identity is None or identity != self._identity:
-            self._load(initial=False)
+            self._reload()
         return self.table
 
 
@@ -157,9 +220,14 @@ class _PasswordFileChecker(Checker):
         raise NotImplementedError
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
+        self.path = os.path.abspath(
+            os.fspath(path)
+        )  # the server may change directory (--rundir) before a re-read
         self.description = f"{self._type}:{self.path}"
-        self._file = _WatchedFile(self.path, type(self)._parse)
+        self._file = _WatchedFile(self.path, type(self)._parse, what="password file")
+
+    def verify_files(self) -> None:
+        self._file.verify()
 
     async def check_password(self, username: str, password: str) -> bool:
         return await _verify(self._file.current().get(username), password)
@@ -250,7 +318,7 @@ class UnixChecker(Checker):
         self.path = shadow
         self.description = "unix" if shadow == "/etc/shadow" else f"unix:{shadow}"
         try:
-            self._file = _WatchedFile(shadow, _parse_shadow, keep_on_error=True)
+            self._file = _WatchedFile(shadow, _parse_shadow, what="shadow file", keep_on_error=True)
         except StartupError as exc:
             if isinstance(exc.__cause__, PermissionError):
                 raise StartupError(
@@ -258,6 +326,9 @@ class UnixChecker(Checker):
                     "use file:PATH or passwd:PATH otherwise)"
                 ) from exc
             raise
+
+    def verify_files(self) -> None:
+        self._file.verify()
 
     async def check_password(self, username: str, password: str) -> bool:
         return await _verify(self._file.current().get(username), password)

@@ -6,6 +6,8 @@ A stored value that starts with ``$ID$`` is a hash; anything else is a plaintext
 - argon2 (``$argon2id$``, ``$argon2i$``, ``$argon2d$``), through ``argon2-cffi``;
 - sha512-crypt (``$6$``), sha256-crypt (``$5$``) and md5-crypt (``$1$``), through the standard library's
   :mod:`crypt` module where present (Python < 3.13 with libc crypt), else through ``passlib``;
+- scrypt in passlib's format (``$scrypt$ln=14,r=8,p=1$SALT$HASH``), through :func:`hashlib.scrypt`: what
+  :func:`scrypt_hash` makes, e.g. for the ``memory:`` passwords of a saved state;
 - yescrypt (``$y$``, ``$gy$``) and scrypt (``$7$``), which only libc crypt verifies: through :mod:`crypt` when it is
   available and the C library supports them. Newer Debian ``/etc/shadow`` files use yescrypt.
 
@@ -15,13 +17,17 @@ milliseconds for bcrypt and argon2): callers in the event loop run :func:`verify
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import hmac
+import os
 import re
 import warnings
 from types import ModuleType
 from typing import Any
 
-__all__ = ["UnsupportedHash", "check_supported", "hash_scheme", "verify"]
+__all__ = ["UnsupportedHash", "check_supported", "hash_scheme", "scrypt_hash", "verify"]
 
 _HASH_ID = re.compile(r"^\$([0-9a-z-]+)\$")
 
@@ -37,9 +43,10 @@ _SCHEMES = {
     "1": "md5-crypt",
     "y": "yescrypt",
     "gy": "gost-yescrypt",
-    "7": "scrypt",
+    "7": "scrypt-crypt",
+    "scrypt": "scrypt",
 }
-_LIBC_ONLY = frozenset({"yescrypt", "gost-yescrypt", "scrypt"})
+_LIBC_ONLY = frozenset({"yescrypt", "gost-yescrypt", "scrypt-crypt"})
 _PASSLIB_NAMES = {"sha512-crypt": "sha512_crypt", "sha256-crypt": "sha256_crypt", "md5-crypt": "md5_crypt"}
 _BCRYPT_MAX = 72  # bcrypt looks at no more bytes than this; bcrypt >= 5 raises instead of truncating
 
@@ -61,6 +68,57 @@ def hash_scheme(stored: str) -> str | None:
     if scheme is None:
         raise UnsupportedHash(f"unknown password hash scheme ${match.group(1)}$")
     return scheme
+
+
+_SCRYPT = re.compile(
+    r"^\$scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9+/.]+)\$([A-Za-z0-9+/.]+)$"
+)
+_SCRYPT_LN = 14  # n = 2**14, r = 8: 16 MiB and ~50 ms a check, the parameters RFC 7914 suggests for logins
+_SCRYPT_MAXMEM = 256 * 1024 * 1024
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
+def _b64decode(text: str) -> bytes:
+    text = text.replace(".", "+")  # passlib's "adapted" base64 uses "." where base64 has "+"
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
+def scrypt_hash(password: str, *, ln: int = _SCRYPT_LN) -> str:
+    """A salted scrypt hash of ``password``, in passlib's ``$scrypt$`` format (which passlib also verifies)."""
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=2**ln, r=8, p=1, maxmem=_SCRYPT_MAXMEM, dklen=32
+    )
+    return f"$scrypt$ln={ln},r=8,p=1${_b64encode(salt)}${_b64encode(digest)}"
+
+
+def _scrypt_parts(stored: str) -> tuple[int, int, int, bytes, bytes]:
+    match = _SCRYPT.match(stored)
+    if match is None:
+        raise UnsupportedHash("malformed scrypt hash (expected $scrypt$ln=N,r=N,p=N$SALT$HASH)")
+    ln, r, p = (int(match.group(index)) for index in (1, 2, 3))
+    try:
+        salt, digest = _b64decode(match.group(4)), _b64decode(match.group(5))
+    except (binascii.Error, ValueError):
+        raise UnsupportedHash("malformed scrypt hash (bad base64)") from None
+    if (
+        not (1 <= ln <= 20 and 1 <= r <= 32 and 1 <= p <= 16)
+        or 128 * r * 2**ln > _SCRYPT_MAXMEM
+        or not digest
+    ):
+        raise UnsupportedHash(f"scrypt hash with unsupported parameters ln={ln},r={r},p={p}")
+    return ln, r, p, salt, digest
+
+
+def _verify_scrypt(stored: str, password: str) -> bool:
+    ln, r, p, salt, digest = _scrypt_parts(stored)
+    computed = hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=2**ln, r=r, p=p, maxmem=_SCRYPT_MAXMEM, dklen=len(digest)
+    )
+    return hmac.compare_digest(computed, digest)
 
 
 def _crypt_module() -> ModuleType | None:
@@ -109,6 +167,8 @@ def check_supported(stored: str) -> str | None:
             argon2.extract_parameters(stored)
         except Exception as exc:
             raise UnsupportedHash(f"malformed argon2 hash ({exc})") from None
+    elif scheme == "scrypt":
+        _scrypt_parts(stored)
     elif scheme in _LIBC_ONLY:
         if _crypt_module() is None:
             raise UnsupportedHash(
@@ -164,6 +224,8 @@ def _verify_hash(scheme: str, stored: str, password: str) -> bool:
         import bcrypt
 
         return bool(bcrypt.checkpw(password.encode("utf-8")[:_BCRYPT_MAX], stored.encode("ascii")))
+    if scheme == "scrypt":
+        return _verify_scrypt(stored, password)
     if scheme == "argon2":
         import argon2
 

@@ -120,7 +120,8 @@ _TYPES: dict[str, AuthType] = {
             "let everyone in without a password (only on a socket you trust)",
             "Every user name is accepted without a password or key. Over SSH no authentication is asked for at\n"
             "all; over telnet there is no login prompt. Use it only on a loopback or unix socket that nobody\n"
-            "else can reach: whoever connects runs Python code inside the server.",
+            "else can reach: whoever connects runs Python code inside the server. The manhole refuses it on\n"
+            "any other address unless given --allow-remote-anonymous.",
             _make_anonymous,
         ),
         AuthType(
@@ -131,7 +132,9 @@ _TYPES: dict[str, AuthType] = {
             f"everything after the first colon: a {_HASHES}.\n"
             "Make one with: python -c \"import bcrypt; print(bcrypt.hashpw(b'secret', bcrypt.gensalt()).decode())\"\n"
             "The file is read at start-up (a missing file or a bad line is an error naming it) and again when it\n"
-            "changes; while it is unreadable or malformed nobody can log in. Keep it mode 0600.",
+            "changes; while it is unreadable or malformed nobody can log in. Keep it mode 0600. It and its\n"
+            "directory must be owned by root or the server's user and not writable by group or others, and it\n"
+            "must not be a symbolic link (OpenSSH's StrictModes), or the server refuses to start.",
             _make_file,
         ),
         AuthType(
@@ -140,7 +143,8 @@ _TYPES: dict[str, AuthType] = {
             "users and plaintext passwords given on the command line",
             "Each USER:PASS pair adds a user; write \\: for a colon inside a name or password. Passwords given\n"
             "this way are visible to anyone who can list the processes of this machine (ps): use it for tests\n"
-            "and private machines, and file:PATH otherwise.",
+            "and private machines, and file:PATH otherwise. Saved state holds salted scrypt hashes of them,\n"
+            "never the passwords.",
             _make_memory,
         ),
         AuthType(
@@ -160,8 +164,10 @@ _TYPES: dict[str, AuthType] = {
             "Without DIR, a user's keys are those in the authorized_keys file of the system account of that name.\n"
             "With DIR, they are in DIR/USER.keys (user names of letters, digits, '.', '_' and '-' only). The\n"
             "files use the authorized_keys format and are read at each login. Lines with options (from=,\n"
-            "command=, restrict, ...) are skipped with a warning: the manhole cannot honour them. A file that\n"
-            "group or others can write to is refused. Keys work over SSH only, not telnet.",
+            "command=, restrict, ...) are skipped with a warning: the manhole cannot honour them. Keys files and\n"
+            "their directories must be owned by root or the server's user (or the account, for authorized_keys)\n"
+            "and not writable by group or others; symbolic links are refused (OpenSSH's StrictModes). DIR and its\n"
+            "*.keys files are checked at start. Keys work over SSH only, not telnet.",
             _make_sshkey,
         ),
         AuthType(

@@ -10,8 +10,9 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tapster.auth import Authenticator, Checker
+from tapster.auth import Authenticator, Checker, ThrottleLimits
 from tapster.endpoints import ServerEndpoint, TCPServerEndpoint
+from tapster.errors import StartupError
 from tapster.manhole import _stdio
 from tapster.manhole._interpreter import make_namespace
 from tapster.manhole._reload import reload
@@ -19,7 +20,7 @@ from tapster.manhole._shell import Channel, Shell
 from tapster.service import MultiService, Service
 from tapster.services import StreamServer
 
-__all__ = ["ManholeService", "manhole_endpoint"]
+__all__ = ["ManholeService", "exposure", "manhole_endpoint"]
 
 logger = logging.getLogger("tapster.manhole")
 
@@ -40,7 +41,11 @@ def manhole_endpoint(endpoint: str | int) -> str:
 
 
 def _reachable_from_network(endpoint: ServerEndpoint) -> bool:
-    """Whether others than this machine's users may connect (TCP on anything but a loopback address)."""
+    """Whether others than this machine's users may connect (TCP on anything but a loopback address).
+
+    A host name or an empty interface (every address) counts as reachable. A socket systemd passes in is not
+    judged (its address is systemd's configuration).
+    """
     if not isinstance(endpoint, TCPServerEndpoint):
         return False
     host = endpoint.interface
@@ -48,6 +53,44 @@ def _reachable_from_network(endpoint: ServerEndpoint) -> bool:
         return not ipaddress.ip_address(host).is_loopback
     except ValueError:  # empty: every address
         return True
+
+
+def exposure(
+    listeners: Iterable[tuple[str, ServerEndpoint]], *, anonymous: bool, allow_remote_anonymous: bool
+) -> tuple[str | None, list[str]]:
+    """What the manhole's listeners expose: a reason to refuse starting (or None), and the warnings to give.
+
+    Anonymous access on an address others can reach is refused unless ``allow_remote_anonymous``, and warned
+    about when allowed; telnet (not TLS) on such an address is warned about, since passwords cross in clear text.
+
+    Args:
+        listeners: (``"ssh"`` or ``"telnet"``, endpoint) pairs.
+        anonymous: a checker lets anyone in.
+        allow_remote_anonymous: the explicit override (``--allow-remote-anonymous``).
+    """
+    refusal: str | None = None
+    warnings: list[str] = []
+    for kind, endpoint in listeners:
+        if not _reachable_from_network(endpoint):
+            continue
+        where = endpoint.description
+        if anonymous and not allow_remote_anonymous:
+            refusal = refusal or (
+                f"manhole on {where}: --auth anonymous on an address others can reach would let anyone run code "
+                "in this server; bind 127.0.0.1 or a unix socket, or allow it with --allow-remote-anonymous "
+                "(allow_remote_anonymous=True)"
+            )
+        elif anonymous:
+            warnings.append(
+                f"manhole on {where} lets anyone in (anonymous, allowed by --allow-remote-anonymous): "
+                "whoever connects runs code in this server"
+            )
+        if kind == "telnet" and endpoint.kind != "ssl":
+            warnings.append(
+                f"telnet manhole on {where}: passwords and everything typed cross the network in clear text; "
+                "use SSH, or bind 127.0.0.1"
+            )
+    return refusal, warnings
 
 
 class ManholeService(MultiService):
@@ -64,12 +107,19 @@ class ManholeService(MultiService):
             address is allowed but logged as a warning.
         checkers: who may log in (see :mod:`tapster.auth`); at least one.
         host_key: the SSH host key file, created (mode 0600) if missing; None: a new key each run.
-        failure_delay: seconds the answer to a failed password is held back, doubling per failure on a connection.
+        failure_delay: seconds the answer to a failed password is held back (guessing is also throttled per
+            source address and overall: see :class:`~tapster.auth.Authenticator`).
+        allow_remote_anonymous: let an ``anonymous`` checker serve an address others can reach (by default that
+            is refused at start, before anything is bound).
+        throttle: the numbers of the login throttle; the documented defaults when None.
         name: the service name.
 
     Raises:
         ValueError: no listener, no checker, a telnet manhole with only key checkers.
         EndpointError: an endpoint string is malformed.
+
+    Security warnings (telnet in clear text, anonymous access allowed off loopback) go to stderr when the
+    service is made (the terminal, when started from the command line) and to the log when it starts.
     """
 
     transient = ("_shells", "_histories", "_installed")  # type: ignore[assignment]
@@ -83,12 +133,15 @@ class ManholeService(MultiService):
         checkers: Iterable[Checker] = (),
         host_key: str | os.PathLike[str] | None = None,
         failure_delay: float = 1.0,
+        allow_remote_anonymous: bool = False,
+        throttle: ThrottleLimits | None = None,
         name: str = "manhole",
     ) -> None:
         super().__init__()
         self.name = name
         self.namespace = dict(namespace or {})
-        self.authenticator = Authenticator(checkers, failure_delay=failure_delay)
+        self.authenticator = Authenticator(checkers, failure_delay=failure_delay, limits=throttle)
+        self.allow_remote_anonymous = allow_remote_anonymous
         self.host_key = None if host_key is None else os.path.abspath(os.fspath(host_key))
         if ssh is None and telnet is None:
             raise ValueError("a manhole needs ssh=, telnet= or both")
@@ -107,6 +160,31 @@ class ManholeService(MultiService):
         if telnet is not None:
             self.telnet = _ManholeListener(manhole_endpoint(telnet), self, "telnet", name=TELNET_NAME)
             self.add_service(self.telnet)
+        for warning in self.exposure()[1]:
+            print(f"tapster: warning: {warning}", file=sys.stderr)
+
+    def exposure(self) -> tuple[str | None, list[str]]:
+        """The refusal (or None) and the warnings for this manhole's listeners (see :func:`exposure`)."""
+        listeners = [(listener.kind, listener.endpoint) for listener in (self.ssh, self.telnet) if listener]
+        return exposure(
+            listeners,
+            anonymous=self.authenticator.accepts_anyone,
+            allow_remote_anonymous=getattr(self, "allow_remote_anonymous", False),
+        )
+
+    def check_exposure(self) -> None:
+        """Refuse an anonymous manhole that others could reach, and log the security warnings.
+
+        Runs in :meth:`privileged_start`, before any socket is bound.
+
+        Raises:
+            StartupError: anonymous access on an address others can reach, without the override.
+        """
+        refusal, warnings = self.exposure()
+        if refusal is not None:
+            raise StartupError(refusal)
+        for warning in warnings:
+            logger.warning("%s", warning)
 
     # -- what the SSH and telnet servers use -------------------------------------------------------------------
 
@@ -163,6 +241,7 @@ class ManholeService(MultiService):
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     async def privileged_start(self) -> None:
+        self.check_exposure()
         if self.ssh is not None:
             await self.ssh.prepare()  # the host key is read (or written) before privileges are dropped
         await super().privileged_start()
@@ -172,17 +251,12 @@ class ManholeService(MultiService):
             _stdio.install()
             self._installed = True
         try:
+            # Privileges are dropped by now: StrictModes judges the files for the user the server runs as.
+            self.authenticator.verify_files()
             await super().start()
         except BaseException:
             self._uninstall()
             raise
-        if self.authenticator.accepts_anyone:
-            for listener in self:
-                if isinstance(listener, StreamServer) and _reachable_from_network(listener.endpoint):
-                    logger.warning(
-                        "manhole on %s lets anyone in (anonymous): whoever connects runs code in this server",
-                        listener.endpoint.description,
-                    )
 
     async def stop(self) -> None:
         shells = list(self._shells or ())
@@ -212,12 +286,6 @@ class _ManholeListener(StreamServer):
         self.manhole = manhole
         self.kind = kind
         self._factory: Any = None
-        if kind == "telnet" and self.endpoint.kind != "ssl" and _reachable_from_network(self.endpoint):
-            logger.warning(
-                "telnet manhole on %s: passwords and everything typed cross the network in clear text; "
-                "use SSH, or bind 127.0.0.1",
-                self.endpoint.description,
-            )
 
     def _make_protocol(self) -> Any:
         if self._factory is None:

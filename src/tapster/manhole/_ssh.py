@@ -3,8 +3,10 @@
 asyncssh's connection object is an asyncio Protocol, so a :class:`~tapster.services.StreamServer` serves it like
 any other protocol: the endpoint string decides TCP, TLS-free unix sockets or systemd sockets, and the stream
 server's connection tracking, log context and graceful stop apply. Password and public-key logins go through the
-manhole's :class:`~tapster.auth.Authenticator`; keyboard-interactive logins (what OpenSSH uses when asked for a
-password) are asyncssh's mapping onto the same password check. Port forwarding, agent and X11 forwarding, SFTP
+manhole's :class:`~tapster.auth.Authenticator`. Keyboard-interactive is not offered (as Debian's sshd with
+``KbdInteractiveAuthentication no``): OpenSSH then asks for a password with the ``password`` method, up to its
+``NumberOfPasswordPrompts`` (3) times on one connection, instead of three keyboard-interactive prompts and then
+three password prompts more. Port forwarding, agent and X11 forwarding, SFTP
 and SCP are all refused.
 
 This module imports asyncssh, so it is imported only when a manhole with SSH starts.
@@ -174,6 +176,9 @@ class _Server(asyncssh.SSHServer):
 
     def password_auth_supported(self) -> bool:
         return self._host.authenticator.accepts_passwords
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
 
     async def validate_password(self, username: str, password: str) -> bool:
         assert self._attempts is not None

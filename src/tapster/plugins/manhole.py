@@ -72,6 +72,13 @@ class ManholeOptions(AuthOptions):
             "MODULE:ATTR, a dict of names to expose in the shell (besides app and reload).",
         ),
     ]
+    flags = [
+        (
+            "allow-remote-anonymous",
+            None,
+            "Let --auth anonymous serve an address others can reach (refused otherwise): anyone may run code.",
+        ),
+    ]
     long_description = (
         "At least one --auth is required (--help-auth lists the checker types; --auth anonymous lets anyone in).\n"
         "Example: tapster -n manhole --ssh 2222 --auth memory:admin:secret, then ssh -p 2222 admin@127.0.0.1"
@@ -116,6 +123,7 @@ class ManholePlugin:
             telnet=options["telnet"] or None,
             checkers=options["checkers"],
             host_key=options["host-key"],
+            allow_remote_anonymous=bool(options["allow-remote-anonymous"]),
         )
 
 

@@ -7,6 +7,13 @@ however it dies, so a locked file means a live server and an unlocked one is a l
 
 The lock belongs to the open file description, which ``fork`` shares: the runner acquires before daemonizing
 and each parent that exits after a fork closes its copy with :meth:`PidFile.close_without_unlock`.
+
+The file often lives in a directory other users can write (``/tmp``, a shared run directory), and the server
+opens it as root. Every open therefore goes through :func:`tapster._safefile.open_regular`: a symbolic link, a
+FIFO, a directory, a device or a file with a second hard link planted at the path is refused with one line,
+and its target is neither created nor truncated. A leftover file owned by another user, or writable by its
+group or others, is refused too: whoever can rewrite the pid in a file the server holds can make
+``tapster ctl stop`` signal a process of their choosing.
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import time
 
+from tapster._safefile import UnsafeFileError, open_regular
 from tapster.errors import StartupError
 
 __all__ = ["PidFile", "read_pid_status"]
@@ -66,17 +75,23 @@ class PidFile:
 
         Raises:
             StartupError: Another live process holds the file ("Another server is running, PID N (from F)"),
-                or the file cannot be created or opened.
+                the file cannot be created or opened, or what is at the path is refused (a symbolic link, not
+                a regular file, a second hard link, another user's file): the message names the path and why.
             RuntimeError: This object already holds the file.
         """
         if self._fd is not None:
             raise RuntimeError(f"pid file {self._display} is already held by this process")
         for _ in range(_ACQUIRE_ATTEMPTS):
             try:
-                fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fd = open_regular(
+                    self._path, os.O_RDWR | os.O_CREAT, 0o644, what="pid file", shown=self._display
+                )
+            except UnsafeFileError as exc:
+                raise StartupError(str(exc)) from None
             except OSError as exc:
                 raise StartupError(f"cannot write pid file {self._display}: {exc.strerror}") from exc
             try:
+                _check_owner(fd, self._display)
                 _lock_exclusive(fd)
             except BlockingIOError:
                 # The holder may be stopping: it removes the file before unlocking. If our inode is no longer
@@ -90,6 +105,9 @@ class PidFile:
                     ) from None
                 os.close(fd)
                 continue
+            except StartupError:
+                os.close(fd)
+                raise
             except OSError as exc:
                 os.close(fd)
                 raise StartupError(f"cannot lock pid file {self._display}: {exc.strerror}") from exc
@@ -186,8 +204,29 @@ def _lock_exclusive(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def read_pid_status(path: str) -> tuple[str, int | None]:
+def _check_owner(fd: int, display: str) -> None:
+    """Refuse a pid file another user could rewrite while we hold it (see the module's docstring)."""
+    info = os.fstat(fd)
+    if info.st_uid not in (os.geteuid(), 0):
+        owners = "root" if os.geteuid() == 0 else f"uid {os.geteuid()} or root"
+        raise StartupError(
+            f"refusing pid file {display}: it is owned by uid {info.st_uid}, not by {owners}; "
+            "remove it if no server of that user runs"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = "others" if info.st_mode & stat.S_IWOTH else "its group"
+        raise StartupError(f"refusing pid file {display}: it is writable by {who}; remove it")
+
+
+def read_pid_status(path: str, *, shown: str | None = None) -> tuple[str, int | None]:
     """Tell whether a server holds the pid file at ``path``, without creating or changing it.
+
+    The file is opened like the server opens it: never through a symbolic link, and only if it is a regular
+    file with one link, so ``tapster ctl`` cannot be steered into signalling a process named by a planted file.
+
+    Args:
+        path: The pid file (absolute, or relative to the working directory).
+        shown: The path as the user gave it, for messages (defaults to ``path``).
 
     Returns:
         ``("running", pid)`` when a live process holds the file's lock (``pid`` is ``None`` if the content is
@@ -195,14 +234,20 @@ def read_pid_status(path: str) -> tuple[str, int | None]:
         it, ``("absent", None)`` when there is no file.
 
     Raises:
-        StartupError: The file exists but cannot be opened (permission denied, for instance).
+        StartupError: The file exists but cannot be opened (permission denied, for instance), or what is at
+            the path is not a pid file tapster would write: a symbolic link ("refusing pid file P: it is a
+            symbolic link"), a directory ("refusing pid file P: a directory, not a regular file"), a FIFO, a
+            device, a file with several hard links. The message is one line naming the path.
     """
+    name = path if shown is None else shown
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_regular(path, os.O_RDONLY, what="pid file", shown=name)
     except FileNotFoundError:
         return ("absent", None)
+    except UnsafeFileError as exc:
+        raise StartupError(str(exc)) from None
     except OSError as exc:
-        raise StartupError(f"cannot read pid file {path}: {exc.strerror}") from exc
+        raise StartupError(f"cannot read pid file {name}: {exc.strerror}") from exc
     try:
         pid = _read_pid(fd)
         try:
@@ -232,10 +277,12 @@ def _read_pid(fd: int) -> int | None:
 def _is_current(fd: int, path: str, *, strict: bool = False) -> bool:
     """Whether ``fd`` is still the file found at ``path`` (not removed, not replaced by another file).
 
-    With ``strict``, an error other than "no such file" (permission denied) is raised instead of answering no.
+    The path is looked at with ``lstat``: a symbolic link put in the file's place is never "our file", even if it
+    points at it. With ``strict``, an error other than "no such file" (permission denied) is raised instead of
+    answering no.
     """
     try:
-        at_path = os.stat(path)
+        at_path = os.lstat(path)
     except FileNotFoundError:
         return False
     except OSError:
