@@ -1,9 +1,10 @@
 """A full disk under the log does not slow serving, and leaves a clean log behind (issue 9, point 5).
 
 Two daemons serve the same echo protocol, which logs one line per request: one logs to a healthy disk, the other
-to a 2 MiB tmpfs that is then filled. Their request rates are measured in alternation (so that a busy machine
-weighs on both alike). Then space is freed: the second log must hold only whole lines, no ``[stderr]``
-traceback fragments (a daemon captures its stderr into the log), and one line counting the dropped lines.
+to a 2 MiB tmpfs that is then filled. Their request rates are measured in short rounds in alternation, and the
+best round of each compared (so that a busy machine weighs on both alike). Then space is freed: the second log
+must hold only whole lines, no ``[stderr]`` traceback fragments (a daemon captures its stderr into the log), and
+one line counting the dropped lines.
 Before the fix every failed write cost a traceback through the captured stderr: this test measured 0.00x
 (40 vs 16,271 requests a second).
 """
@@ -163,19 +164,21 @@ def test_full_disk_does_not_slow_serving_and_leaves_a_clean_log(
     daemons.append(full)
     fill_up(small_tmpfs)
 
-    phase = scale(2, 10)
+    rounds = 6
+    phase = scale(4, 20) / rounds
     answered = {"healthy": 0, "full": 0}
-    took = {"healthy": 0.0, "full": 0.0}
-    for _ in range(2):  # alternate, so that a busy machine weighs on both alike
+    best = {"healthy": 0.0, "full": 0.0}
+    for _ in range(
+        rounds
+    ):  # short rounds in alternation; the best of each: a busy machine weighs on both alike
         for name, daemon in (("healthy", healthy), ("full", full)):
             count, seconds = ping_pong(daemon.port, phase)
             answered[name] += count
-            took[name] += seconds
-    rates = {name: answered[name] / took[name] for name in answered}
-    ratio = rates["full"] / rates["healthy"]
+            best[name] = max(best[name], count / seconds)
+    ratio = best["full"] / best["healthy"]
     figures.record(
-        "echo with one log line per request, log on a full tmpfs vs a healthy disk",
-        f"{ratio:.2f}x ({rates['full']:.0f} vs {rates['healthy']:.0f} req/s)",
+        f"echo with one log line per request, log on a full tmpfs vs a healthy disk (best of {rounds} rounds)",
+        f"{ratio:.2f}x ({best['full']:.0f} vs {best['healthy']:.0f} req/s)",
         ">= 0.9x",
         ratio >= 0.9,
     )
@@ -217,4 +220,4 @@ def test_full_disk_does_not_slow_serving_and_leaves_a_clean_log(
     # Every request of the full phases is in the log or counted (the log's last page took a few lines more).
     assert dropped + sum("echoing" in line for line in lines) >= answered["full"]
     assert "Server Shut Down." in lines[-1]
-    assert ratio >= 0.9, rates
+    assert ratio >= 0.9, best
