@@ -1,0 +1,408 @@
+"""The drain of a stopping StreamServer: the stop_requested() hook, the lingering close, the handlers' stopping signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar, cast
+
+import pytest
+
+from tapster.log._context import record_context
+from tapster.services import LINGER, StreamServer, lingering_close, server_stopping, unless_stopping
+
+T = TypeVar("T")
+
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+LOOPS = ["asyncio", "uvloop"]
+log = logging.getLogger("tests.services.drain")
+
+
+def run(scenario: Callable[[], Awaitable[T]], loop: str = "asyncio") -> T:
+    """Run an async scenario on a fresh event loop of the given kind."""
+
+    async def main() -> T:
+        async with asyncio.timeout(15):
+            return await scenario()
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main())
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def records(caplog: pytest.LogCaptureFixture) -> Iterator[list[tuple[str, str, int]]]:
+    """(message, context, level) of every record, the context read while the record is emitted."""
+    lines: list[tuple[str, str, int]] = []
+
+    def stamp(record: logging.LogRecord) -> bool:
+        lines.append((record.getMessage(), record_context(record), record.levelno))
+        return True
+
+    caplog.handler.addFilter(stamp)
+    with caplog.at_level(logging.INFO):
+        yield lines
+    caplog.handler.removeFilter(stamp)
+
+
+def errors(records: list[tuple[str, str, int]]) -> list[str]:
+    return [message for message, _, level in records if level >= logging.ERROR]
+
+
+async def started(server: StreamServer) -> StreamServer:
+    await server.privileged_start()
+    await server.start()
+    return server
+
+
+async def raw_client(port: int) -> socket.socket:
+    client = socket.socket()
+    client.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", port))
+    return client
+
+
+async def read_until_end(client: socket.socket) -> tuple[bytes, str]:
+    """Everything the server sends, and how it ended: "eof" or "reset"."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    try:
+        while chunk := await loop.sock_recv(client, 65536):
+            data += chunk
+    except ConnectionResetError:
+        return data, "reset"
+    return data, "eof"
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+# --------------------------------------------------------------------------------------------- Protocol hook
+
+
+class Deferred(asyncio.Protocol):
+    """Answers each line after ``release`` is set (work in flight); with the hook, finishes it and then closes."""
+
+    def __init__(self, release: asyncio.Event, told: list[str]) -> None:
+        self.release, self.told = release, told
+        self.pending = 0
+        self.stopping = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        for line in data.splitlines(keepends=True):
+            self.pending += 1
+            asyncio.ensure_future(self.answer(line))
+
+    async def answer(self, line: bytes) -> None:
+        await self.release.wait()
+        self.transport.write(b"done " + line)
+        self.pending -= 1
+        if self.stopping and not self.pending:
+            lingering_close(self.transport)
+
+    def stop_requested(self) -> None:
+        log.info("stop requested with %d pending", self.pending)
+        self.told.append("told")
+        self.stopping = True
+        if not self.pending:
+            lingering_close(self.transport)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_protocol_with_the_hook_is_told_once_and_finishes_its_work(
+    loop: str, records: list[tuple[str, str, int]]
+) -> None:
+    """stop_requested() is called once, in the connection's log context; the connection lives until it closes."""
+    told: list[str] = []
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+        server = await started(StreamServer(LOOPBACK, lambda: Deferred(release, told), name="deferred"))
+        client = await raw_client(server.port)
+        await asyncio.get_running_loop().sock_sendall(client, b"one\ntwo\n")
+        await until(lambda: server.open_connections == 1)
+        await asyncio.sleep(0.05)  # let the server read both lines
+        stopping = asyncio.create_task(server.stop())
+        await until(lambda: bool(told))
+        done, _ = await asyncio.wait({stopping}, timeout=0.1)
+        assert not done, "a protocol with the hook stays open until it closes itself"
+        release.set()
+        assert await read_until_end(client) == (b"done one\ndone two\n", "eof")
+        client.close()
+        async with asyncio.timeout(5):
+            await stopping
+
+    run(scenario, loop)
+    assert told == ["told"]
+    hook_lines = [(m, c) for m, c, _ in records if m.startswith("stop requested")]
+    assert hook_lines and hook_lines[0][0] == "stop requested with 2 pending"
+    if loop == "asyncio":
+        assert hook_lines[0][1] == "deferred,1,127.0.0.1"
+    assert not errors(records)
+
+
+class Broken(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def stop_requested(self) -> None:
+        raise ValueError("bug in the hook")
+
+
+def test_a_hook_that_raises_is_logged_and_the_connection_still_closes_cleanly(
+    records: list[tuple[str, str, int]],
+) -> None:
+    """A stop_requested() that raises is logged with the service label; the connection gets the lingering close."""
+
+    async def scenario() -> None:
+        server = await started(StreamServer(LOOPBACK, Broken))
+        client = await raw_client(server.port)
+        await until(lambda: server.open_connections == 1)
+        stopping = asyncio.create_task(server.stop())
+        assert await read_until_end(client) == (b"", "eof")
+        client.close()
+        async with asyncio.timeout(5):
+            await stopping
+
+    run(scenario)
+    assert errors(records) == ["Broken: stop_requested() raised; closing the connection"]
+
+
+# --------------------------------------------------------------------------------------------- lingering close
+
+
+class Unread(asyncio.Protocol):
+    """Has stopped reading, so what the client sends stays unread in the kernel: a plain close() would reset."""
+
+    instances: list[Unread] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(b"hello\n")
+        # uvloop starts reading after connection_made returns, so pausing there would not hold.
+        asyncio.get_running_loop().call_soon(self.paused)
+
+    def paused(self) -> None:
+        self.transport.pause_reading()
+        self.instances.append(self)
+
+    def data_received(self, data: bytes) -> None:
+        raise AssertionError("the protocol must receive nothing once the lingering close began")
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_protocol_without_the_hook_gets_eof_not_a_reset_for_unread_input(
+    loop: str, records: list[tuple[str, str, int]]
+) -> None:
+    """Unread input, and input sent after the stop, are discarded: the peer reads its data, then EOF; no reset."""
+
+    async def scenario() -> None:
+        Unread.instances.clear()
+        server = await started(StreamServer(LOOPBACK, Unread))
+        client = await raw_client(server.port)
+        loop = asyncio.get_running_loop()
+        await until(lambda: bool(Unread.instances))
+        await loop.sock_sendall(client, b"x" * 100_000)  # sits unread in the server's receive queue
+        stopping = asyncio.create_task(server.stop())
+        await asyncio.sleep(0.05)
+        await loop.sock_sendall(client, b"y" * 10_000)  # crosses the close
+        assert await read_until_end(client) == (b"hello\n", "eof")
+        client.close()
+        async with asyncio.timeout(5):
+            await stopping
+
+    run(scenario, loop)
+    assert not errors(records)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_the_linger_is_bounded_for_a_peer_that_never_closes(loop: str) -> None:
+    """A peer that reads our EOF but never closes holds the stop for about ``linger`` seconds, not longer."""
+
+    async def scenario() -> None:
+        server = await started(StreamServer(LOOPBACK, Unread, linger=0.3))
+        client = await raw_client(server.port)
+        await until(lambda: server.open_connections == 1)
+        began = time.monotonic()
+        async with asyncio.timeout(5):
+            await server.stop()
+        took = time.monotonic() - began
+        assert 0.25 <= took < 3, took
+        assert await read_until_end(client) == (b"hello\n", "eof")
+        client.close()
+
+    run(scenario, loop)
+
+
+def test_the_default_linger_is_documented_as_two_seconds() -> None:
+    """LINGER, the default linger, is the value docs/running.md states."""
+    assert LINGER == 2.0
+    assert StreamServer(LOOPBACK, Unread).linger == LINGER
+
+
+# --------------------------------------------------------------------------------------------- handlers
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_requests_a_handler_had_read_are_all_answered(loop: str, records: list[tuple[str, str, int]]) -> None:
+    """Pipelined requests already buffered when the stop begins are answered; then the handler ends, EOF follows."""
+
+    async def scenario() -> None:
+        working = asyncio.Event()
+        release = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            first = True
+            while line := await unless_stopping(reader.readline()):
+                if first:
+                    working.set()
+                    await release.wait()
+                    first = False
+                writer.write(b"done " + line)
+                await writer.drain()
+
+        server = await started(StreamServer(LOOPBACK, handle))
+        client = await raw_client(server.port)
+        await asyncio.get_running_loop().sock_sendall(client, b"a\nb\nc\n")
+        await working.wait()
+        await asyncio.sleep(0.05)
+        stopping = asyncio.create_task(server.stop())
+        await asyncio.sleep(0.05)
+        release.set()
+        assert await read_until_end(client) == (b"done a\ndone b\ndone c\n", "eof")
+        client.close()
+        async with asyncio.timeout(5):
+            await stopping
+
+    run(scenario, loop)
+    assert not errors(records)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_input_arriving_during_the_drain_never_breaks_a_handler(
+    loop: str, records: list[tuple[str, str, int]]
+) -> None:
+    """A client that keeps sending while the server stops sees EOF, and nothing is logged as an error."""
+
+    async def scenario() -> None:
+        reading = asyncio.Event()
+
+        async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while chunk := await unless_stopping(reader.read(65536)):
+                reading.set()
+                writer.write(chunk[:1])
+                await writer.drain()
+
+        server = await started(StreamServer(LOOPBACK, slow))
+        client = await raw_client(server.port)
+        loop = asyncio.get_running_loop()
+
+        async def keep_sending() -> None:
+            try:
+                for _ in range(200):
+                    await loop.sock_sendall(client, b"z" * 1000)
+                    await asyncio.sleep(0.002)
+            except OSError:
+                pass
+
+        sender = asyncio.create_task(keep_sending())
+        await reading.wait()
+        stopping = asyncio.create_task(server.stop())
+        _, how = await read_until_end(client)
+        assert how == "eof"
+        await sender
+        client.close()
+        async with asyncio.timeout(5):
+            await stopping
+
+    run(scenario, loop)
+    assert not errors(records)
+
+
+def test_server_stopping_is_the_event_the_stop_sets() -> None:
+    """server_stopping() in a handler is an Event, clear while serving and set once the stop begins."""
+    states: list[bool] = []
+
+    async def scenario() -> None:
+        checked = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            stopping = server_stopping()
+            states.append(stopping.is_set())
+            checked.set()
+            await stopping.wait()
+            states.append(stopping.is_set())
+
+        server = await started(StreamServer(LOOPBACK, handle))
+        client = await raw_client(server.port)
+        await checked.wait()
+        stopping = asyncio.create_task(server.stop())
+        assert (await read_until_end(client))[1] == "eof"
+        client.close()
+        await stopping
+
+    run(scenario)
+    assert states == [False, True]
+
+
+def test_the_stopping_helpers_refuse_to_run_outside_a_handler() -> None:
+    """server_stopping() and unless_stopping() outside a StreamServer handler raise RuntimeError saying so."""
+
+    async def scenario() -> None:
+        with pytest.raises(RuntimeError, match=r"server_stopping\(\) works only inside a stream handler"):
+            server_stopping()
+        with pytest.raises(RuntimeError, match=r"unless_stopping\(\) works only inside a stream handler"):
+            await unless_stopping(asyncio.sleep(0))
+
+    run(scenario)
+
+
+def test_a_real_cancellation_still_reaches_a_handler_in_unless_stopping() -> None:
+    """unless_stopping() swallows only the stop's own interruption: the deadline's cancellation goes through."""
+    outcome: list[str] = []
+
+    async def scenario() -> None:
+        waiting = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            waiting.set()
+            try:
+                await unless_stopping(asyncio.Event().wait())
+            except asyncio.CancelledError:
+                outcome.append("cancelled")
+                raise
+            outcome.append("returned")
+
+        server = await started(StreamServer(LOOPBACK, handle))
+        client = await raw_client(server.port)
+        await waiting.wait()
+        stopping = asyncio.create_task(server.stop())
+        await read_until_end(client)
+        client.close()
+        await stopping
+        outcome.append("stopped")
+
+        # Now a cancellation that is not the stop's (as abort_all does at the deadline).
+        server = await started(StreamServer(LOOPBACK, handle))
+        waiting.clear()
+        client = await raw_client(server.port)
+        await waiting.wait()
+        tracker = server._tracker
+        assert tracker is not None
+        next(iter(tracker.handler_tasks)).cancel()
+        await until(lambda: not tracker.handler_tasks)
+        await server.stop()
+        client.close()
+
+    run(scenario)
+    assert outcome == ["returned", "stopped", "cancelled"]
