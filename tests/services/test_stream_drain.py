@@ -1,4 +1,4 @@
-"""The drain of a stopping StreamServer: the stop_requested() hook, the lingering close, the handlers' stopping signal."""
+"""A stopping StreamServer drains: the stop_requested() hook, the lingering close, the handlers' stopping signal."""
 
 from __future__ import annotations
 
@@ -94,6 +94,7 @@ class Deferred(asyncio.Protocol):
         self.release, self.told = release, told
         self.pending = 0
         self.stopping = False
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -101,7 +102,9 @@ class Deferred(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         for line in data.splitlines(keepends=True):
             self.pending += 1
-            asyncio.ensure_future(self.answer(line))
+            task = asyncio.ensure_future(self.answer(line))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
     async def answer(self, line: bytes) -> None:
         await self.release.wait()
