@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import socket
+import ssl
+import subprocess
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import TypeVar, cast
 
 import pytest
@@ -409,3 +414,81 @@ def test_a_real_cancellation_still_reaches_a_handler_in_unless_stopping() -> Non
 
     run(scenario)
     assert outcome == ["returned", "stopped", "cancelled"]
+
+
+# --------------------------------------------------------------------------------------------- other transports
+
+
+class PlainEcho(asyncio.Protocol):
+    """An echo without the hook."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_unix_socket_connection_gets_the_lingering_close_too(loop: str) -> None:
+    """On a unix socket the client reads its echo, then a clean EOF; closing on it ends the stop at once."""
+
+    async def scenario() -> None:
+        with tempfile.TemporaryDirectory(prefix="tapster-drain-", dir="/tmp") as folder:
+            server = await started(StreamServer(f"unix:{folder}/s.sock", PlainEcho, linger=5))
+            reader, writer = await asyncio.open_unix_connection(f"{folder}/s.sock")
+            writer.write(b"ping\n")
+            assert await reader.readline() == b"ping\n"
+            began = time.monotonic()
+            stopping = asyncio.create_task(server.stop())
+            assert await reader.read() == b""  # a reset would raise
+            writer.close()
+            async with asyncio.timeout(4):  # well before the 5 s linger: our close ended it
+                await stopping
+            assert time.monotonic() - began < 4
+
+    run(scenario, loop)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed key and certificate for 127.0.0.1."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is not available")
+    folder = tmp_path_factory.mktemp("drain-certs")
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    command = [
+        openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+        "-addext", "subjectAltName=IP:127.0.0.1",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"openssl cannot make a test certificate: {result.stderr.strip()}")
+    return key, cert
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_tls_connection_without_the_hook_gets_tls_close(
+    loop: str, tls_files: tuple[Path, Path], records: list[tuple[str, str, int]]
+) -> None:
+    """TLS cannot half-close: a TLS connection is closed with TLS's own close; the client reads EOF."""
+    key, cert = tls_files
+
+    async def scenario() -> None:
+        server = await started(
+            StreamServer(f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1", PlainEcho)
+        )
+        context = ssl.create_default_context(cafile=str(cert))
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=context)
+        writer.write(b"ping\n")
+        assert await reader.readline() == b"ping\n"
+        stopping = asyncio.create_task(server.stop())
+        assert await reader.read() == b""
+        writer.close()
+        async with asyncio.timeout(5):
+            await stopping
+
+    run(scenario, loop)
+    assert not errors(records)
