@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import socket
@@ -234,18 +235,49 @@ def test_a_protocol_without_the_hook_gets_eof_not_a_reset_for_unread_input(
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_the_linger_is_bounded_for_a_peer_that_never_closes(loop: str) -> None:
-    """A peer that reads our EOF but never closes holds the stop for about ``linger`` seconds, not longer."""
+def test_the_linger_is_bounded_for_a_peer_that_keeps_sending(loop: str) -> None:
+    """A peer that keeps sending and never closes holds the stop for about ``linger`` seconds, not longer."""
 
     async def scenario() -> None:
-        server = await started(StreamServer(LOOPBACK, Unread, linger=0.3))
+        server = await started(StreamServer(LOOPBACK, PlainEcho, linger=0.3))
         client = await raw_client(server.port)
+        loop = asyncio.get_running_loop()
+
+        async def keep_sending() -> None:
+            with contextlib.suppress(
+                OSError
+            ):  # the server's close after the linger resets what still arrives
+                while True:
+                    await loop.sock_sendall(client, b"more\n")
+                    await asyncio.sleep(0.01)
+
+        sender = asyncio.create_task(keep_sending())
         await until(lambda: server.open_connections == 1)
         began = time.monotonic()
         async with asyncio.timeout(5):
             await server.stop()
         took = time.monotonic() - began
+        sender.cancel()
         assert 0.25 <= took < 3, took
+        data, how = await read_until_end(client)
+        assert how == "eof" and set(data.splitlines()) <= {b"more"}
+        client.close()
+
+    run(scenario, loop)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_an_idle_peer_that_never_reads_does_not_hold_the_stop(loop: str) -> None:
+    """A quiet peer that neither reads nor closes (a pooled connection) is closed once it holds our EOF."""
+
+    async def scenario() -> None:
+        server = await started(StreamServer(LOOPBACK, Unread, linger=5))
+        client = await raw_client(server.port)
+        await until(lambda: server.open_connections == 1)
+        began = time.monotonic()
+        async with asyncio.timeout(4):  # well before the 5 s linger
+            await server.stop()
+        assert time.monotonic() - began < 4
         assert await read_until_end(client) == (b"hello\n", "eof")
         client.close()
 

@@ -5,7 +5,9 @@ socket whose receive queue still holds unread bytes makes the kernel send a rese
 end (FIN), and a request that crosses the close on the wire meets a socket that is gone: a reset again. So a
 connection is ended with a *lingering close* (Apache's name for it): flush what is buffered, shut the write side
 (the peer reads end-of-file), read and discard whatever still arrives until the peer closes too or ``linger``
-seconds pass, then close.
+seconds pass, then close. A quiet peer that never closes (a pooled idle connection) would hold every stop for the
+linger, so the close comes earlier when the peer has sent nothing since and its stack holds our end-of-file:
+a reset can no longer reach it before that end-of-file (see :func:`end_is_delivered`).
 
 A stream handler is told the server is stopping through an :class:`asyncio.Event` (:func:`server_stopping`) and
 :func:`unless_stopping`, which wraps one read so that a handler waiting for its next request returns instead of
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import fcntl
 import socket
+import termios
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar, cast
 
@@ -28,9 +32,9 @@ __all__ = ["LINGER", "lingering_close", "server_stopping", "unless_stopping"]
 T = TypeVar("T")
 
 LINGER = 2.0
-"""Seconds a lingering close waits for the peer's end-of-file after our own (Apache waits 2 s too): long enough
-for a request already on the wire to arrive and be discarded, short enough that a peer which never closes does
-not hold the stop for long."""
+"""The most seconds a lingering close waits for a peer that is still sending after our end-of-file (Apache waits
+2 s too): long enough for requests already on the wire to arrive and be discarded, short enough that a peer which
+keeps sending does not hold the stop for long."""
 
 # The tracker of the StreamServer whose handler runs in this task. Set once per handler connection (the handler
 # runs in its own task, so its context is its own): how server_stopping() and unless_stopping() find their server.
@@ -44,28 +48,66 @@ def shut_write_side(transport: asyncio.BaseTransport) -> bool:
 
     Done on the socket rather than with ``transport.write_eof()``: after ``write_eof()`` a protocol that still
     writes gets a RuntimeError in its own code, while a write after this shutdown only fails with EPIPE, which
-    the transport turns into a quiet ``connection_lost``. uvloop's transport sockets refuse ``shutdown()``
-    themselves, so the call goes through a socket object borrowed for the descriptor (detached, never closed).
+    the transport turns into a quiet ``connection_lost``. uvloop's transport sockets refuse ``shutdown()``: there
+    a socket object of our own is made for the same descriptor (and detached, never closed).
 
     Raises:
         OSError: the peer is already gone (ENOTCONN).
     """
     sock = transport.get_extra_info("socket")
-    fileno = sock.fileno() if sock is not None else -1
-    if fileno < 0:
+    if sock is None or sock.fileno() < 0:
         return False
-    borrowed = socket.socket(fileno=fileno)
     try:
-        borrowed.shutdown(socket.SHUT_WR)
-    finally:
-        borrowed.detach()
+        sock.shutdown(socket.SHUT_WR)
+    except (AttributeError, TypeError, NotImplementedError):
+        borrowed = socket.socket(fileno=sock.fileno())
+        try:
+            borrowed.shutdown(socket.SHUT_WR)
+        finally:
+            borrowed.detach()
     return True
 
 
-class _Lingerer(asyncio.Protocol):
-    """Takes over a transport being closed: discards input, and hands ``connection_lost`` to the real protocol."""
+_TCP_FIN_WAIT2 = 5  # Linux's tcp_states.h: our FIN was acknowledged, the peer has not closed yet
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
 
-    __slots__ = ("linger", "on_lost", "protocol", "shut", "timer", "transport")
+
+def end_is_delivered(transport: asyncio.BaseTransport) -> bool:
+    """True when the peer's stack has everything we sent, our end-of-file included, and nothing waits unread.
+
+    For TCP that is the state FIN_WAIT2 (Linux's TCP_INFO), for a unix socket it holds as soon as we shut down.
+    From then on closing cannot hurt the peer: it reads all our data and then EOF, and a reset the kernel may
+    send if data arrives later comes after the EOF, which the peer has already (Linux reports EOF, not a reset,
+    to a socket that had the FIN first). False where this cannot be known (another OS): the linger decides.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        unread = bytearray(4)
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, unread)
+        if unread != b"\0\0\0\0":
+            return False
+        if sock.family == socket.AF_UNIX:
+            return True
+        if _TCP_INFO is None:
+            return False
+        return bool(sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)[0] == _TCP_FIN_WAIT2)
+    except (OSError, AttributeError):
+        return False
+
+
+class _Lingerer(asyncio.Protocol):
+    """Takes over a transport being closed: discards input, and hands ``connection_lost`` to the real protocol.
+
+    After our end-of-file it closes the connection at the first of: the peer's end-of-file; the peer's stack
+    holding our end-of-file while the peer has sent nothing since the lingering began (checked soon after the
+    shutdown, then at doubling intervals: the kernel has no event for it); ``linger`` seconds. The middle case
+    is what keeps an idle client that never reads (a pooled connection) from holding the stop for the linger;
+    a client that is still sending is waited for, so what it had in flight is read and discarded, not reset.
+    """
+
+    __slots__ = ("deadline", "delay", "heard", "linger", "on_lost", "protocol", "shut", "timer", "transport")
 
     def __init__(
         self,
@@ -77,8 +119,11 @@ class _Lingerer(asyncio.Protocol):
         self.transport = transport
         self.protocol = protocol
         self.linger = linger
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.Handle | None = None
         self.shut = False
+        self.heard = False  # the peer sent something during the lingering close
+        self.deadline = 0.0
+        self.delay = 0.005
         self.on_lost = on_lost
 
     def begin(self) -> None:
@@ -108,10 +153,29 @@ class _Lingerer(asyncio.Protocol):
         if not shut:
             self.transport.close()
             return
-        self.timer = asyncio.get_running_loop().call_later(self.linger, self.transport.close)
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + self.linger
+        self.timer = loop.call_soon(self._check)
+
+    def _check(self) -> None:
+        self.timer = None
+        if self.transport.is_closing():
+            return
+        if not self.heard and end_is_delivered(self.transport):
+            self.transport.close()
+            return
+        loop = asyncio.get_running_loop()
+        remaining = self.deadline - loop.time()
+        if remaining <= 0:
+            self.transport.close()
+            return
+        self.timer = loop.call_later(min(self.delay, remaining), self._check)
+        self.delay *= 2
 
     def data_received(self, data: bytes) -> None:
-        pass  # discarded: the server is closing, and reading it keeps the kernel from answering with a reset
+        # Discarded: the server is closing, and reading it keeps the kernel from answering with a reset. The peer
+        # is still sending, so wait for its end-of-file (or the linger) rather than closing under it.
+        self.heard = True
 
     def eof_received(self) -> bool:
         return False  # the peer closed its side too: the transport closes now
@@ -130,16 +194,18 @@ def lingering_close(transport: asyncio.BaseTransport, linger: float = LINGER) ->
     """Close ``transport`` so that the peer reads end-of-file, never a reset, for what it had sent.
 
     What the transport has buffered is sent first; then the write side is shut (the peer reads EOF); whatever the
-    peer still sends is read and discarded, and the protocol receives nothing more; the connection closes when
-    the peer closes its side or ``linger`` seconds after our end-of-file, whichever comes first. The protocol's
-    ``connection_lost`` is called as usual when the connection is gone.
+    peer still sends is read and discarded, and the protocol receives nothing more. The connection closes at the
+    first of: the peer closes its side; the peer has sent nothing since and its TCP has acknowledged our
+    end-of-file (a quiet peer that never closes, such as a pooled connection: about one round trip); ``linger``
+    seconds after our end-of-file (a peer still sending). The protocol's ``connection_lost`` is called as usual
+    when the connection is gone.
 
     A transport that is closing already is left alone. TLS (which cannot half-close) is closed with
     ``transport.close()``: TLS's own close, without the linger.
 
     Args:
         transport: the connection's transport (``self.transport`` in a Protocol, ``writer.transport`` in a handler).
-        linger: the most seconds to wait for the peer's end-of-file after ours.
+        linger: the most seconds to wait for the peer after our end-of-file.
     """
     start_lingering_close(transport, linger)
 

@@ -47,7 +47,7 @@ class StreamServer(Service):
         name: the service name (also the log context label; defaults to the factory's name).
         drain_timeout: seconds to wait for open connections at stop, ``None`` for no limit of its own.
         limit: the StreamReader buffer limit for handlers.
-        linger: the most seconds a lingering close waits for the peer's end-of-file after ours.
+        linger: the most seconds a lingering close waits for a peer still sending after our end-of-file.
     """
 
     transient = ("_server", "_tracker")
