@@ -369,6 +369,39 @@ def test_input_arriving_during_the_drain_never_breaks_a_handler(
     assert not errors(records)
 
 
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_client_that_half_closed_gets_its_answer_and_the_stop_is_prompt(loop: str) -> None:
+    """A client that shut its write side after its request gets the answer and EOF; no wait for the linger."""
+
+    async def scenario() -> None:
+        working = asyncio.Event()
+        release = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            line = await reader.readline()
+            working.set()
+            await release.wait()
+            writer.write(b"done " + line)
+            await writer.drain()
+
+        server = await started(StreamServer(LOOPBACK, handle, linger=5))
+        client = await raw_client(server.port)
+        await asyncio.get_running_loop().sock_sendall(client, b"job\n")
+        client.shutdown(socket.SHUT_WR)
+        await working.wait()
+        stopping = asyncio.create_task(server.stop())
+        await asyncio.sleep(0.05)  # the server reads our end-of-file while the handler works
+        release.set()
+        began = time.monotonic()
+        assert await read_until_end(client) == (b"done job\n", "eof")
+        async with asyncio.timeout(4):  # well before the 5 s linger
+            await stopping
+        assert time.monotonic() - began < 4
+        client.close()
+
+    run(scenario, loop)
+
+
 def test_server_stopping_is_the_event_the_stop_sets() -> None:
     """server_stopping() in a handler is an Event, clear while serving and set once the stop begins."""
     states: list[bool] = []

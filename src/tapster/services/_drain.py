@@ -68,14 +68,19 @@ def shut_write_side(transport: asyncio.BaseTransport) -> bool:
     return True
 
 
-_TCP_FIN_WAIT2 = 5  # Linux's tcp_states.h: our FIN was acknowledged, the peer has not closed yet
+# Linux's tcp_states.h: still ESTABLISHED, or our FIN sent but not yet acknowledged by a peer that has not
+# closed. Every other state after our shutdown means the peer holds our FIN (FIN_WAIT2, TIME_WAIT, CLOSE) or has
+# closed its side as well (LAST_ACK, CLOSING): nothing of ours can be overtaken by a reset any more.
+_TCP_OURS_IN_FLIGHT = (1, 4)
 _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
 
 
 def end_is_delivered(transport: asyncio.BaseTransport) -> bool:
     """True when the peer's stack has everything we sent, our end-of-file included, and nothing waits unread.
 
-    For TCP that is the state FIN_WAIT2 (Linux's TCP_INFO), for a unix socket it holds as soon as we shut down.
+    For TCP that is the state FIN_WAIT2 (Linux's TCP_INFO), or a state where the peer has closed too (then its
+    end-of-file may have been consumed already, so waiting for it would only wait out the linger); for a unix
+    socket it holds as soon as we shut down.
     From then on closing cannot hurt the peer: it reads all our data and then EOF, and a reset the kernel may
     send if data arrives later comes after the EOF, which the peer has already (Linux reports EOF, not a reset,
     to a socket that had the FIN first). False where this cannot be known (another OS): the linger decides.
@@ -92,7 +97,7 @@ def end_is_delivered(transport: asyncio.BaseTransport) -> bool:
             return True
         if _TCP_INFO is None:
             return False
-        return bool(sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)[0] == _TCP_FIN_WAIT2)
+        return sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)[0] not in _TCP_OURS_IN_FLIGHT
     except (OSError, AttributeError):
         return False
 
