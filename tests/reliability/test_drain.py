@@ -12,7 +12,9 @@ the connection then ends in a clean EOF.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import resource
+import shutil
 import signal
 import socket
 import textwrap
@@ -328,3 +330,44 @@ def test_idle_clients_that_never_close_do_not_hold_the_stop(
     assert clean == count and status == 0, (seen, out, err)
     assert took < 1.5, took
     assert "aborted" not in out
+
+
+def test_http_keep_alive_connections_of_the_echo_plugin_drain(
+    tapster, figures: Figures, tmp_path: Path
+) -> None:
+    """The echo plugin's HTTP side (aiohttp) closes idle keep-alive connections at SIGTERM with a clean EOF."""
+    pytest.importorskip("aiohttp")
+    folder = tmp_path / "tapster" / "plugins"
+    folder.mkdir(parents=True)
+    shutil.copy(EXAMPLES / "tapster" / "plugins" / "echo_plugin.py", folder)
+    proc = tapster(["-n", "-o", "--pidfile=", "echo", "--port", "0"], cwd=tmp_path)
+    port = proc.port("EchoHTTP")
+    count = 10
+    connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(count)]
+    for connection in connections:
+        connection.request("POST", "/echo", body=b"hello")
+        response = connection.getresponse()
+        assert response.read() == b"hello" and not response.will_close  # kept alive
+    began = time.monotonic()
+    proc.signal(signal.SIGTERM)
+    ends = []
+    for connection in connections:
+        assert connection.sock is not None
+        try:
+            ends.append("eof" if connection.sock.recv(16) == b"" else "data")
+        except ConnectionResetError:
+            ends.append("reset")
+        connection.close()
+    status, out, err = proc.finish(timeout=30)
+    took = time.monotonic() - began
+    held = ends.count("eof") == count and status == 0 and "aborted" not in out and took < 1
+    figures.record(
+        "idle HTTP keep-alive connections at SIGTERM (echo plugin, aiohttp)",
+        f"{ends.count('eof')}/{count} clean EOF; exit {status} {took:.2f} s after SIGTERM",
+        "clean EOF for all; exit < 1 s (without the hook aiohttp's own shutdown waited 1 s)",
+        held,
+    )
+    assert ends == ["eof"] * count, ends
+    assert status == 0 and "aborted" not in out, out + err
+    assert not server_problems(out + "\n" + err)
+    assert took < 5
