@@ -2,14 +2,19 @@
 
     tapster -n -y examples/echo.tac       # then: nc 127.0.0.1 7001
 
-The port can be overridden with ECHO_PORT (the tests and benchmarks use 0).
+The port can be overridden with ECHO_PORT (the tests and benchmarks use 0). examples/echo_stream.tac is the same
+server written as an ``async def handle(reader, writer)``.
+
+At SIGTERM the server drains (docs/running.md, "The shutdown sequence"): ``stop_requested`` below is called on
+each open connection. Every byte received has been echoed already, so it closes at once, with a lingering
+close: the client reads all its echoes, then end-of-file, never a reset.
 """
 
 import asyncio
 import os
 
 from tapster import Application
-from tapster.services import StreamServer
+from tapster.services import StreamServer, lingering_close
 
 
 class Echo(asyncio.Protocol):
@@ -18,6 +23,10 @@ class Echo(asyncio.Protocol):
 
     def data_received(self, data):
         self.transport.write(data)
+
+    def stop_requested(self):
+        """The server is stopping: nothing read is left unanswered, so close (gently) now."""
+        lingering_close(self.transport)
 
 
 application = Application("echo")

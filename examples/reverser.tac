@@ -2,18 +2,19 @@
 
     tapster -y examples/reverser.tac     # then: telnet 127.0.0.1 2323
 
-The port can be overridden with REVERSER_PORT (the tests use 0).
+The port can be overridden with REVERSER_PORT (the tests use 0). At SIGTERM, ``unless_stopping`` makes the
+wait for the next line return None: lines already received are answered, then the connection ends.
 """
 
 import os
 
 from tapster import Application
-from tapster.services import StreamServer
+from tapster.services import StreamServer, unless_stopping
 
 
 async def reverse_lines(reader, writer):
-    """Reverse every line until the client says quit or goes away."""
-    while line := await reader.readline():
+    """Reverse every line until the client says quit or goes away, or the server stops."""
+    while line := await unless_stopping(reader.readline()):
         text = line.rstrip(b"\r\n")
         if text == b"quit":
             break

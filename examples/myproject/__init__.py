@@ -12,6 +12,8 @@ The plugin imports ``MyFactory`` from here, which works because tapster puts the
 import asyncio
 import logging
 
+from tapster.services import lingering_close
+
 log = logging.getLogger("myproject")
 
 
@@ -31,6 +33,10 @@ class MyProtocol(asyncio.Protocol):
                 self.transport.close()
                 return
             self.transport.write(line.upper() + b"\r\n")
+
+    def stop_requested(self):
+        """The server is stopping: every complete line has been answered already, so close gently now."""
+        lingering_close(self.transport)
 
 
 def MyFactory():

@@ -16,7 +16,7 @@ import pytest
 from tapster import Application
 from tapster.errors import ListenError
 from tapster.log._context import record_context
-from tapster.services import StreamServer
+from tapster.services import StreamServer, unless_stopping
 
 T = TypeVar("T")
 
@@ -65,7 +65,7 @@ class Echo(asyncio.Protocol):
 
 
 async def echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while line := await reader.readline():
+    while line := await unless_stopping(reader.readline()):
         writer.write(line)
         await writer.drain()
 
@@ -85,12 +85,12 @@ async def started(server: StreamServer) -> StreamServer:
     return server
 
 
-async def reaches_eof(reader: asyncio.StreamReader) -> bool:
-    """True when the peer closed (cleanly or by reset) without sending anything more."""
+async def reaches_eof(reader: asyncio.StreamReader, *, reset_ok: bool = True) -> bool:
+    """True when the peer closed without sending anything more (by reset too, unless ``reset_ok`` is False)."""
     try:
         return await reader.read() == b""
     except ConnectionResetError:
-        return True
+        return reset_ok
 
 
 async def read_to_end(reader: asyncio.StreamReader) -> int:
@@ -204,7 +204,7 @@ class Firehose(asyncio.Protocol):
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_stop_flushes_what_a_protocol_has_buffered(loop: str) -> None:
-    """Stopping closes a Protocol connection politely: the client still receives every buffered byte."""
+    """Stopping closes a Protocol connection politely: the client receives every buffered byte, then EOF."""
 
     async def scenario() -> None:
         instances: list[Firehose] = []
@@ -214,44 +214,47 @@ def test_stop_flushes_what_a_protocol_has_buffered(loop: str) -> None:
         received = len(await reader.read(65536))
         assert instances[0].transport.get_write_buffer_size() > 0  # the stop really has bytes to flush
         stopping = asyncio.create_task(server.stop())
-        while chunk := await reader.read(2**20):
+        while chunk := await reader.read(2**20):  # a reset would raise here
             received += len(chunk)
         assert received == len(Firehose.payload)
-        await stopping
-        writer.close()
+        writer.close()  # our end-of-file ends the server's lingering close
+        async with asyncio.timeout(5):
+            await stopping
 
     run(scenario, loop)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_stop_gives_a_waiting_handler_eof_at_once(loop: str, caplog: pytest.LogCaptureFixture) -> None:
-    """A handler blocked in readline() gets b"" when the server stops; nothing is aborted."""
-    got: list[bytes] = []
+def test_stop_wakes_a_handler_waiting_in_unless_stopping(loop: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A handler waiting in unless_stopping(reader.readline()) gets None at stop (never a fake b""), nothing aborted."""
+    got: list[bytes | None] = []
 
     async def scenario() -> None:
         waiting = asyncio.Event()
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             waiting.set()
-            got.append(await reader.readline())
+            got.append(await unless_stopping(reader.readline()))
 
         server = await started(StreamServer(LOOPBACK, handle))
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         await waiting.wait()
-        await server.stop()
-        assert await reaches_eof(reader)
+        stopping = asyncio.create_task(server.stop())
+        assert await reaches_eof(reader, reset_ok=False)
         writer.close()
+        async with asyncio.timeout(5):
+            await stopping
 
     with caplog.at_level(logging.INFO):
         run(scenario, loop)
-    assert got == [b""]
+    assert got == [None]
     assert not any("aborted" in record.getMessage() for record in caplog.records)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_stop_lets_a_handler_finish_its_request_then_see_the_end(loop: str) -> None:
-    """A handler in the middle of a request completes it (the reply reaches the client) and then reads EOF."""
-    after_reply: list[bytes] = []
+    """A handler in the middle of a request completes it (the reply reaches the client), then sees the stop."""
+    after_reply: list[bytes | None] = []
 
     async def scenario() -> None:
         working = asyncio.Event()
@@ -263,7 +266,7 @@ def test_stop_lets_a_handler_finish_its_request_then_see_the_end(loop: str) -> N
             await release.wait()
             writer.write(b"done " + request)
             await writer.drain()
-            after_reply.append(await reader.readline())
+            after_reply.append(await unless_stopping(reader.readline()))
 
         server = await started(StreamServer(LOOPBACK, handle))
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -274,19 +277,19 @@ def test_stop_lets_a_handler_finish_its_request_then_see_the_end(loop: str) -> N
         assert not done, "stop() must wait for the handler's request"
         release.set()
         assert await reader.readline() == b"done job\n"
-        assert await reaches_eof(reader)
-        await stopping
+        assert await reaches_eof(reader, reset_ok=False)
         writer.close()
+        await stopping
 
     run(scenario, loop)
-    assert after_reply == [b""]
+    assert after_reply == [None]
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_drain_timeout_cancels_a_handler_that_ignores_eof_and_logs_the_count(
+def test_drain_timeout_cancels_a_handler_that_ignores_the_stop_and_logs_the_count(
     loop: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """With drain_timeout, a handler still running after it is cancelled; the log says how many were aborted."""
+    """A handler unaware of the stop is never fed EOF: it runs until drain_timeout, then is cancelled, and counted."""
     outcome: list[str] = []
 
     async def scenario() -> None:
@@ -295,7 +298,7 @@ def test_drain_timeout_cancels_a_handler_that_ignores_eof_and_logs_the_count(
         async def stubborn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             connected.set()
             try:
-                await asyncio.Event().wait()
+                outcome.append(repr(await reader.readline()))
             except asyncio.CancelledError:
                 outcome.append("cancelled")
                 raise
@@ -402,8 +405,10 @@ async def connect_many(port: int, count: int) -> list[socket.socket]:
 
 
 async def all_see_eof(clients: list[socket.socket]) -> None:
+    """Each client reads a clean EOF (a reset fails the test), then closes, ending the server's lingering close."""
     loop = asyncio.get_running_loop()
-    for client in clients:
+
+    async def one(client: socket.socket) -> None:
         try:
             assert await loop.sock_recv(client, 16) == b""
         except ConnectionResetError:
@@ -411,11 +416,13 @@ async def all_see_eof(clients: list[socket.socket]) -> None:
         finally:
             client.close()
 
+    await asyncio.gather(*(one(client) for client in clients))
+
 
 @pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("style", ["protocol", "handler"])
 def test_a_thousand_idle_connections_stop_promptly(loop: str, style: str) -> None:
-    """With 1,000 idle clients, stop() needs no timeout to complete, and every client sees a clean EOF."""
+    """With 1,000 idle clients that close on EOF, stop() needs no timeout, and every client sees a clean EOF."""
     count = 1000
 
     async def scenario() -> None:
@@ -426,7 +433,7 @@ def test_a_thousand_idle_connections_stop_promptly(loop: str, style: str) -> Non
             tally.append(1)
             if len(tally) == count:
                 all_in.set()
-            await reader.read()
+            await unless_stopping(reader.read())
 
         factory: Any = idle if style == "handler" else functools.partial(Counted, tally, count, all_in)
         server = await started(StreamServer(LOOPBACK, factory))
@@ -434,9 +441,8 @@ def test_a_thousand_idle_connections_stop_promptly(loop: str, style: str) -> Non
         await all_in.wait()
         assert server.open_connections == count
         async with asyncio.timeout(5):
-            await server.stop()
+            await asyncio.gather(server.stop(), all_see_eof(clients))
         assert server.open_connections == 0
-        await all_see_eof(clients)
 
     run(scenario, loop)
 
@@ -447,9 +453,10 @@ def test_stop_right_after_connections_arrive_does_not_wait_on_late_ones(loop: st
     """Connections accepted as the stop begins (not yet made / handler not yet run) are closed too."""
 
     async def scenario() -> None:
-        server = await started(StreamServer(LOOPBACK, echo_handler if style == "handler" else Echo))
+        factory: Any = echo_handler if style == "handler" else Echo
+        server = await started(StreamServer(LOOPBACK, factory, linger=0.2))
         clients = await connect_many(server.port, 500)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(5):  # the clients never close: each lingering close ends after 0.2 s
             await server.stop()
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(5):
@@ -463,7 +470,7 @@ def test_stop_right_after_connections_arrive_does_not_wait_on_late_ones(loop: st
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_connection_made_after_the_stop_began_is_closed(loop: str) -> None:
-    """A protocol whose connection_made runs after stop() began closing is closed at once, not waited on."""
+    """A protocol whose connection_made runs after stop() began is told at once (closed), not waited on."""
 
     async def scenario() -> None:
         servers: list[StreamServer] = []
@@ -479,9 +486,9 @@ def test_a_connection_made_after_the_stop_began_is_closed(loop: str) -> None:
         while not stops:
             await asyncio.sleep(0.001)
         async with asyncio.timeout(5):
+            assert await reaches_eof(reader, reset_ok=False)
+            writer.close()
             await stops[0]
-            assert await reaches_eof(reader)
-        writer.close()
 
     run(scenario, loop)
 

@@ -14,12 +14,13 @@ is imported only when the service starts, so listing plugins never needs it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from tapster import MultiService, Service
 from tapster.auth import AuthOptions
-from tapster.services import StreamServer
+from tapster.services import StreamServer, lingering_close
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class EchoWeb(MultiService):
         StreamServer(port, self._protocol, name="EchoHTTP").set_parent(self)
 
     def _protocol(self) -> Any:
-        return self._web()
+        return _request_handler_class()(self._web, loop=asyncio.get_running_loop())
 
     async def start(self) -> None:
         from aiohttp import web  # the `web` extra; imported only when the server starts
@@ -67,12 +68,53 @@ class EchoWeb(MultiService):
             self._web = None
 
     async def _handle(self, request: Any) -> Any:
+        connection = request.protocol
+        connection.active += 1
+        try:
+            response = await self._respond(request)
+        finally:
+            connection.active -= 1
+        if connection.stopping:  # the server began to stop during this request: it is the last one
+            response.force_close()
+        return response
+
+    async def _respond(self, request: Any) -> Any:
         from aiohttp import web
 
         if request.path != "/echo":
             return web.Response(status=404, text="not found: try /echo\n")
         body = await request.read() if request.can_read_body else request.query_string.encode()
         return web.Response(body=await self.echo.echo(body))
+
+
+_handler_class: Any = None
+
+
+def _request_handler_class() -> Any:
+    """aiohttp's RequestHandler with tapster's drain hook (made on first use: aiohttp is imported only then).
+
+    At stop, tapster calls ``stop_requested()`` on each open connection. A request in progress is finished (its
+    body still read, its response sent with ``Connection: close``, see ``EchoWeb._handle``), and then aiohttp
+    closes the connection. An idle keep-alive connection is closed at once, with a lingering close so the client
+    reads end-of-file rather than a reset. (aiohttp's own ``close()`` alone would drop the rest of a request body
+    still arriving.) The subclass has no ``__slots__``, so tapster can track its connections.
+    """
+    global _handler_class
+    if _handler_class is None:
+        from aiohttp.web_protocol import RequestHandler
+
+        class DrainingRequestHandler(RequestHandler):
+            active = 0  # requests being answered on this connection
+            stopping = False
+
+            def stop_requested(self) -> None:
+                self.stopping = True
+                if not self.active and self.transport is not None:
+                    self.close()  # idle: stop waiting for a next request
+                    lingering_close(self.transport)
+
+        _handler_class = DrainingRequestHandler
+    return _handler_class
 
 
 class Notice(Service):

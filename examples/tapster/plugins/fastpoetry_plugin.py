@@ -39,6 +39,9 @@ class PoetryProtocol(asyncio.Protocol):
         transport.write(poem)
         transport.close()
 
+    def stop_requested(self):
+        """The server is stopping. Nothing to finish: the connection closes itself once the poem is sent."""
+
 
 class PoetryService(Service):
     """Holds the poem; loads it when started."""

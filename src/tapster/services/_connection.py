@@ -1,8 +1,9 @@
 """What stream services share: telling protocol factories from handlers, naming connections, tracking them.
 
 Nothing here touches the data path. A protocol's ``connection_made`` and ``connection_lost`` are wrapped once per
-connection (as instance attributes), so the server knows which connections are open and can close them at stop;
-``data_received`` is never wrapped.
+connection (as instance attributes), so the server knows which connections are open and can drain them at stop;
+``data_received`` is never wrapped. How a connection is ended at stop (the lingering close, the handlers'
+stopping event) lives in ``_drain.py``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 from tapster.log._context import ConnectionContext, log_context
+from tapster.services._drain import LINGER, serving, start_lingering_close
 
 logger = logging.getLogger("tapster.services")
 
@@ -89,22 +91,35 @@ class _HangUp(asyncio.Protocol):
 
 
 class ConnectionTracker:
-    """Counts the connections of one service, gives each a log context, and knows which are open."""
+    """Counts the connections of one service, gives each a log context, knows which are open, and drains them.
 
-    def __init__(self, label: str) -> None:
+    The drain (:meth:`begin_stop`): every Protocol connection is told the server is stopping, through the
+    protocol's optional ``stop_requested()`` hook, or, without the hook, closed with a lingering close; every
+    handler sees :attr:`stopping` set, and a handler waiting in :func:`~tapster.services.unless_stopping` is
+    woken. Nobody is given an end-of-file the peer did not send.
+    """
+
+    def __init__(self, label: str, linger: float = LINGER) -> None:
         self.label = label
+        self.linger = linger
         self._numbers = itertools.count(1)
-        self.transports: set[asyncio.BaseTransport] = set()
-        self.handler_tasks: dict[asyncio.Task[None], tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+        # Open Protocol connections: transport -> (protocol, its log context), for the hook and its log lines.
+        self.transports: dict[asyncio.BaseTransport, tuple[asyncio.BaseProtocol, ConnectionContext]] = {}
+        self.handler_tasks: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        # Handler connections whose handler returned during the stop, in their lingering close.
+        self.lingering: set[asyncio.BaseTransport] = set()
+        self.stopping = asyncio.Event()
+        # Handler tasks inside unless_stopping(), and those of them the stop has cancelled.
+        self.waiting: set[asyncio.Task[Any]] = set()
+        self.interrupted: set[asyncio.Task[Any]] = set()
         self._idle: asyncio.Event | None = None
-        # Set by begin_graceful_close. A connection accepted just before the listener closed can reach
-        # connection_made (or its handler task its first step) after that: it is then closed / given EOF at once,
-        # or the stop would wait on it until the shutdown timeout.
+        # Set by begin_stop. A connection accepted just before the listener closed can reach connection_made
+        # after that: it is then told at once, or it would hold the stop until the shutdown timeout.
         self.closing = False
 
     @property
     def open_count(self) -> int:
-        return len(self.transports) + len(self.handler_tasks)
+        return len(self.transports) + len(self.handler_tasks) + len(self.lingering)
 
     def wrap_protocol_factory(self, factory: ProtocolFactory) -> ProtocolFactory:
         """A factory whose protocols carry a log context and report their connection's life to this tracker."""
@@ -154,7 +169,7 @@ class ConnectionTracker:
 
         def connection_made(transport: asyncio.BaseTransport) -> None:
             context.peer = peer_host(transport)
-            transports.add(transport)
+            transports[transport] = (protocol, context)
             protocol.__dict__["_tapster_transport"] = transport
             if per_connection:
                 original_made(transport)
@@ -165,7 +180,7 @@ class ConnectionTracker:
                 finally:
                     log_context.reset(token)
             if self.closing:
-                transport.close()
+                self._tell(transport, protocol, context)
 
         def connection_lost(exc: Exception | None) -> None:
             transport = protocol.__dict__.pop("_tapster_transport", None)
@@ -173,7 +188,7 @@ class ConnectionTracker:
                 original_lost(exc)
             finally:
                 if transport is not None:
-                    transports.discard(transport)
+                    transports.pop(transport, None)
                     self._maybe_idle()
 
         try:
@@ -185,15 +200,18 @@ class ConnectionTracker:
             pass
 
     def wrap_handler(self, handler: StreamHandler) -> StreamHandler:
-        """A handler that runs under a log context, is tracked while it runs, and closes its writer at the end."""
+        """A handler that runs under a log context, is tracked while it runs, and closes its writer at the end.
+
+        The writer is closed at once when the handler returns while the server runs; during a stop it gets a
+        lingering close, tracked until the connection is gone, so the peer reads end-of-file, not a reset.
+        """
 
         async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             log_context.set(ConnectionContext(self.label, next(self._numbers), peer_host(writer.transport)))
+            serving.set(self)
             task = asyncio.current_task()
             assert task is not None
-            self.handler_tasks[task] = (reader, writer)
-            if self.closing:
-                reader.feed_eof()
+            self.handler_tasks[task] = writer
             try:
                 await handler(reader, writer)
             except asyncio.CancelledError:
@@ -205,23 +223,63 @@ class ConnectionTracker:
                 logger.exception("unhandled error in connection handler %s", self.label)
             finally:
                 del self.handler_tasks[task]
-                if not writer.is_closing():
-                    writer.close()
+                self._close_writer(writer)
                 self._maybe_idle()
 
         return run
+
+    def _close_writer(self, writer: asyncio.StreamWriter) -> None:
+        transport = writer.transport
+        if transport.is_closing():
+            return
+        if not self.closing:
+            writer.close()
+            return
+        self.lingering.add(transport)
+        if not start_lingering_close(transport, self.linger, self._linger_ended):
+            self.lingering.discard(transport)  # closed at once (TLS): nothing will report the end
+
+    def _linger_ended(self, transport: asyncio.BaseTransport) -> None:
+        self.lingering.discard(transport)
+        self._maybe_idle()
 
     def _maybe_idle(self) -> None:
         if self._idle is not None and self.open_count == 0:
             self._idle.set()
 
-    def begin_graceful_close(self) -> None:
-        """Close protocol connections politely and give handlers end-of-file, as if each client had finished."""
+    def interrupt(self, task: asyncio.Task[Any]) -> None:
+        """Wake a handler waiting in unless_stopping() by cancelling that wait (it then returns None)."""
+        if task in self.waiting and task not in self.interrupted:
+            self.interrupted.add(task)
+            task.cancel()
+
+    def begin_stop(self) -> None:
+        """Tell every open connection the server is stopping (the listener is closed already)."""
         self.closing = True
-        for transport in list(self.transports):
-            transport.close()
-        for reader, _writer in list(self.handler_tasks.values()):
-            reader.feed_eof()
+        self.stopping.set()
+        for transport, (protocol, context) in list(self.transports.items()):
+            self._tell(transport, protocol, context)
+        for task in list(self.waiting):
+            self.interrupt(task)
+
+    def _tell(
+        self, transport: asyncio.BaseTransport, protocol: asyncio.BaseProtocol, context: ConnectionContext
+    ) -> None:
+        """Call the protocol's ``stop_requested()`` hook; without one, close the connection lingering."""
+        if transport.is_closing():
+            return
+        hook = getattr(protocol, "stop_requested", None)
+        if hook is None:
+            start_lingering_close(transport, self.linger)
+            return
+        token = log_context.set(context)
+        try:
+            hook()
+        except Exception:
+            logger.exception("%s: stop_requested() raised; closing the connection", self.label)
+            start_lingering_close(transport, self.linger)
+        finally:
+            log_context.reset(token)
 
     async def wait_closed(self, timeout: float | None) -> None:
         """Wait until every connection is gone; on timeout or cancellation, abort what is left and log how many."""
@@ -247,16 +305,17 @@ class ConnectionTracker:
             self._idle = None
 
     def abort_all(self) -> int:
-        """Abort open transports and cancel running handlers now; return how many there were."""
+        """Abort open transports and cancel running handlers now; return how many connections there were."""
         count = self.open_count
-        for transport in list(self.transports):
+        for transport in [*self.transports, *self.lingering]:
             abort = getattr(transport, "abort", None)
             if abort is not None:
                 abort()
             else:
                 transport.close()
         self.transports.clear()
-        for task, (_reader, writer) in list(self.handler_tasks.items()):
+        self.lingering.clear()
+        for task, writer in list(self.handler_tasks.items()):
             task.cancel()
             writer.transport.abort()
         return count

@@ -17,6 +17,7 @@ from tapster.services._connection import (
     check_factory,
     is_stream_handler,
 )
+from tapster.services._drain import LINGER
 
 __all__ = ["StreamServer"]
 
@@ -30,10 +31,15 @@ class StreamServer(Service):
     ``async def handle(reader, writer)``. The socket is bound in ``privileged_start`` (so port 80 can be bound
     before privileges are dropped) and starts accepting in ``start``.
 
-    Stopping stops accepting, closes Protocol connections politely (buffered bytes are flushed) and gives each
-    handler end-of-file, then waits for them to finish: for ``drain_timeout`` seconds if given, otherwise until
-    the runner's shutdown timeout cancels the stop. Whatever is still open then is aborted, and the log says how
-    many.
+    Stopping drains (docs/running.md, "The shutdown sequence"): the listener closes first; then each open
+    connection is told the server is stopping. A Protocol with a ``stop_requested()`` method has it called and
+    stays open until it closes itself; a Protocol without one has its buffered writes flushed and gets a
+    lingering close (:func:`~tapster.services.lingering_close`: the peer reads end-of-file, never a reset). A
+    handler sees :func:`~tapster.services.server_stopping` set, a wait inside
+    :func:`~tapster.services.unless_stopping` returns None, and the handler runs until it returns; its
+    connection then gets the lingering close. Nobody is fed an end-of-file the client did not send. The stop
+    waits for all of them: for ``drain_timeout`` seconds if given, otherwise until the runner's shutdown timeout
+    cancels the stop. Whatever is still open then is aborted (handlers cancelled), and the log says how many.
 
     Args:
         endpoint: an endpoint string such as ``"tcp:8080:interface=127.0.0.1"``, or a port number.
@@ -41,9 +47,11 @@ class StreamServer(Service):
         name: the service name (also the log context label; defaults to the factory's name).
         drain_timeout: seconds to wait for open connections at stop, ``None`` for no limit of its own.
         limit: the StreamReader buffer limit for handlers.
+        linger: the most seconds a lingering close waits for a peer still sending after our end-of-file.
     """
 
     transient = ("_server", "_tracker")
+    linger = LINGER  # a class default too, so a server saved before the option existed still loads
 
     def __init__(
         self,
@@ -53,6 +61,7 @@ class StreamServer(Service):
         name: str | None = None,
         drain_timeout: float | None = None,
         limit: int = 2**16,
+        linger: float = LINGER,
     ) -> None:
         self.endpoint: ServerEndpoint = parse_server(endpoint)
         if self.endpoint.is_datagram:
@@ -64,6 +73,7 @@ class StreamServer(Service):
         self.name = name
         self.drain_timeout = drain_timeout
         self.limit = limit
+        self.linger = linger
         self._server: asyncio.AbstractServer | None = None
         self._tracker: ConnectionTracker | None = None
 
@@ -114,7 +124,7 @@ class StreamServer(Service):
     async def _listen(self) -> None:
         if self._server is not None:
             return
-        tracker = ConnectionTracker(self.label)
+        tracker = ConnectionTracker(self.label, self.linger)
         self._server = await self.endpoint.listen(self._protocol_factory(tracker), start_serving=False)
         self._tracker = tracker
 
@@ -159,9 +169,11 @@ class StreamServer(Service):
             return
         where = self._where()
         self._server = None
-        server.close()
+        server.close()  # the listener first: nothing new arrives while the open connections drain
         try:
-            tracker.begin_graceful_close()
+            if tracker.open_count:
+                logger.info("%s: stopping; draining %d open connection(s)", self.label, tracker.open_count)
+            tracker.begin_stop()
             await tracker.wait_closed(self.drain_timeout)
         finally:
             logger.info("(%s on %s closed)", self.label, where)

@@ -1,0 +1,559 @@
+"""A stopping StreamServer drains: the stop_requested() hook, the lingering close, the handlers' stopping signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar, cast
+
+import pytest
+
+from tapster.log._context import record_context
+from tapster.services import LINGER, StreamServer, lingering_close, server_stopping, unless_stopping
+
+T = TypeVar("T")
+
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+LOOPS = ["asyncio", "uvloop"]
+log = logging.getLogger("tests.services.drain")
+
+
+def run(scenario: Callable[[], Awaitable[T]], loop: str = "asyncio") -> T:
+    """Run an async scenario on a fresh event loop of the given kind."""
+
+    async def main() -> T:
+        async with asyncio.timeout(15):
+            return await scenario()
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main())
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def records(caplog: pytest.LogCaptureFixture) -> Iterator[list[tuple[str, str, int]]]:
+    """(message, context, level) of every record, the context read while the record is emitted."""
+    lines: list[tuple[str, str, int]] = []
+
+    def stamp(record: logging.LogRecord) -> bool:
+        lines.append((record.getMessage(), record_context(record), record.levelno))
+        return True
+
+    caplog.handler.addFilter(stamp)
+    with caplog.at_level(logging.INFO):
+        yield lines
+    caplog.handler.removeFilter(stamp)
+
+
+def errors(records: list[tuple[str, str, int]]) -> list[str]:
+    return [message for message, _, level in records if level >= logging.ERROR]
+
+
+async def started(server: StreamServer) -> StreamServer:
+    await server.privileged_start()
+    await server.start()
+    return server
+
+
+async def raw_client(port: int) -> socket.socket:
+    client = socket.socket()
+    client.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", port))
+    return client
+
+
+async def read_until_end(client: socket.socket) -> tuple[bytes, str]:
+    """Everything the server sends, and how it ended: "eof" or "reset"."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    try:
+        while chunk := await loop.sock_recv(client, 65536):
+            data += chunk
+    except ConnectionResetError:
+        return data, "reset"
+    return data, "eof"
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+# --------------------------------------------------------------------------------------------- Protocol hook
+
+
+class Deferred(asyncio.Protocol):
+    """Answers each line after ``release`` is set (work in flight); with the hook, finishes it and then closes."""
+
+    def __init__(self, release: asyncio.Event, told: list[str]) -> None:
+        self.release, self.told = release, told
+        self.pending = 0
+        self.stopping = False
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        for line in data.splitlines(keepends=True):
+            self.pending += 1
+            task = asyncio.ensure_future(self.answer(line))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def answer(self, line: bytes) -> None:
+        await self.release.wait()
+        self.transport.write(b"done " + line)
+        self.pending -= 1
+        if self.stopping and not self.pending:
+            lingering_close(self.transport)
+
+    def stop_requested(self) -> None:
+        log.info("stop requested with %d pending", self.pending)
+        self.told.append("told")
+        self.stopping = True
+        if not self.pending:
+            lingering_close(self.transport)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_protocol_with_the_hook_is_told_once_and_finishes_its_work(
+    loop: str, records: list[tuple[str, str, int]]
+) -> None:
+    """stop_requested() is called once, in the connection's log context; the connection lives until it closes."""
+    told: list[str] = []
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+        server = await started(StreamServer(LOOPBACK, lambda: Deferred(release, told), name="deferred"))
+        client = await raw_client(server.port)
+        await asyncio.get_running_loop().sock_sendall(client, b"one\ntwo\n")
+        await until(lambda: server.open_connections == 1)
+        await asyncio.sleep(0.05)  # let the server read both lines
+        stopping = asyncio.create_task(server.stop())
+        await until(lambda: bool(told))
+        done, _ = await asyncio.wait({stopping}, timeout=0.1)
+        assert not done, "a protocol with the hook stays open until it closes itself"
+        release.set()
+        assert await read_until_end(client) == (b"done one\ndone two\n", "eof")
+        client.close()
+        async with asyncio.timeout(5):
+            await stopping
+
+    run(scenario, loop)
+    assert told == ["told"]
+    hook_lines = [(m, c) for m, c, _ in records if m.startswith("stop requested")]
+    assert hook_lines and hook_lines[0][0] == "stop requested with 2 pending"
+    if loop == "asyncio":
+        assert hook_lines[0][1] == "deferred,1,127.0.0.1"
+    assert not errors(records)
+
+
+class Broken(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def stop_requested(self) -> None:
+        raise ValueError("bug in the hook")
+
+
+def test_a_hook_that_raises_is_logged_and_the_connection_still_closes_cleanly(
+    records: list[tuple[str, str, int]],
+) -> None:
+    """A stop_requested() that raises is logged with the service label; the connection gets the lingering close."""
+
+    async def scenario() -> None:
+        server = await started(StreamServer(LOOPBACK, Broken))
+        client = await raw_client(server.port)
+        await until(lambda: server.open_connections == 1)
+        stopping = asyncio.create_task(server.stop())
+        assert await read_until_end(client) == (b"", "eof")
+        client.close()
+        async with asyncio.timeout(5):
+            await stopping
+
+    run(scenario)
+    assert errors(records) == ["Broken: stop_requested() raised; closing the connection"]
+
+
+# --------------------------------------------------------------------------------------------- lingering close
+
+
+class Unread(asyncio.Protocol):
+    """Has stopped reading, so what the client sends stays unread in the kernel: a plain close() would reset."""
+
+    instances: list[Unread] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(b"hello\n")
+        # uvloop starts reading after connection_made returns, so pausing there would not hold.
+        asyncio.get_running_loop().call_soon(self.paused)
+
+    def paused(self) -> None:
+        self.transport.pause_reading()
+        self.instances.append(self)
+
+    def data_received(self, data: bytes) -> None:
+        raise AssertionError("the protocol must receive nothing once the lingering close began")
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_protocol_without_the_hook_gets_eof_not_a_reset_for_unread_input(
+    loop: str, records: list[tuple[str, str, int]]
+) -> None:
+    """Unread input, and input sent after the stop, are discarded: the peer reads its data, then EOF; no reset."""
+
+    async def scenario() -> None:
+        Unread.instances.clear()
+        server = await started(StreamServer(LOOPBACK, Unread))
+        client = await raw_client(server.port)
+        loop = asyncio.get_running_loop()
+        await until(lambda: bool(Unread.instances))
+        await loop.sock_sendall(client, b"x" * 100_000)  # sits unread in the server's receive queue
+        stopping = asyncio.create_task(server.stop())
+        await asyncio.sleep(0.05)
+        await loop.sock_sendall(client, b"y" * 10_000)  # crosses the close
+        assert await read_until_end(client) == (b"hello\n", "eof")
+        client.close()
+        async with asyncio.timeout(5):
+            await stopping
+
+    run(scenario, loop)
+    assert not errors(records)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_the_linger_is_bounded_for_a_peer_that_keeps_sending(loop: str) -> None:
+    """A peer that keeps sending and never closes holds the stop for about ``linger`` seconds, not longer."""
+
+    async def scenario() -> None:
+        server = await started(StreamServer(LOOPBACK, PlainEcho, linger=0.3))
+        client = await raw_client(server.port)
+        loop = asyncio.get_running_loop()
+
+        async def keep_sending() -> None:
+            with contextlib.suppress(
+                OSError
+            ):  # the server's close after the linger resets what still arrives
+                while True:
+                    await loop.sock_sendall(client, b"more\n")
+                    await asyncio.sleep(0.01)
+
+        sender = asyncio.create_task(keep_sending())
+        await until(lambda: server.open_connections == 1)
+        began = time.monotonic()
+        async with asyncio.timeout(5):
+            await server.stop()
+        took = time.monotonic() - began
+        sender.cancel()
+        assert 0.25 <= took < 3, took
+        data, how = await read_until_end(client)
+        assert how == "eof" and set(data.splitlines()) <= {b"more"}
+        client.close()
+
+    run(scenario, loop)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_an_idle_peer_that_never_reads_does_not_hold_the_stop(loop: str) -> None:
+    """A quiet peer that neither reads nor closes (a pooled connection) is closed once it holds our EOF."""
+
+    async def scenario() -> None:
+        server = await started(StreamServer(LOOPBACK, Unread, linger=5))
+        client = await raw_client(server.port)
+        await until(lambda: server.open_connections == 1)
+        began = time.monotonic()
+        async with asyncio.timeout(4):  # well before the 5 s linger
+            await server.stop()
+        assert time.monotonic() - began < 4
+        assert await read_until_end(client) == (b"hello\n", "eof")
+        client.close()
+
+    run(scenario, loop)
+
+
+def test_the_default_linger_is_documented_as_two_seconds() -> None:
+    """LINGER, the default linger, is the value docs/running.md states."""
+    assert LINGER == 2.0
+    assert StreamServer(LOOPBACK, Unread).linger == LINGER
+
+
+# --------------------------------------------------------------------------------------------- handlers
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_requests_a_handler_had_read_are_all_answered(loop: str, records: list[tuple[str, str, int]]) -> None:
+    """Pipelined requests already buffered when the stop begins are answered; then the handler ends, EOF follows."""
+
+    async def scenario() -> None:
+        working = asyncio.Event()
+        release = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            first = True
+            while line := await unless_stopping(reader.readline()):
+                if first:
+                    working.set()
+                    await release.wait()
+                    first = False
+                writer.write(b"done " + line)
+                await writer.drain()
+
+        server = await started(StreamServer(LOOPBACK, handle))
+        client = await raw_client(server.port)
+        await asyncio.get_running_loop().sock_sendall(client, b"a\nb\nc\n")
+        await working.wait()
+        await asyncio.sleep(0.05)
+        stopping = asyncio.create_task(server.stop())
+        await asyncio.sleep(0.05)
+        release.set()
+        assert await read_until_end(client) == (b"done a\ndone b\ndone c\n", "eof")
+        client.close()
+        async with asyncio.timeout(5):
+            await stopping
+
+    run(scenario, loop)
+    assert not errors(records)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_input_arriving_during_the_drain_never_breaks_a_handler(
+    loop: str, records: list[tuple[str, str, int]]
+) -> None:
+    """A client that keeps sending while the server stops sees EOF, and nothing is logged as an error."""
+
+    async def scenario() -> None:
+        reading = asyncio.Event()
+
+        async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while chunk := await unless_stopping(reader.read(65536)):
+                reading.set()
+                writer.write(chunk[:1])
+                await writer.drain()
+
+        server = await started(StreamServer(LOOPBACK, slow))
+        client = await raw_client(server.port)
+        loop = asyncio.get_running_loop()
+
+        async def keep_sending() -> None:
+            try:
+                for _ in range(200):
+                    await loop.sock_sendall(client, b"z" * 1000)
+                    await asyncio.sleep(0.002)
+            except OSError:
+                pass
+
+        sender = asyncio.create_task(keep_sending())
+        await reading.wait()
+        stopping = asyncio.create_task(server.stop())
+        _, how = await read_until_end(client)
+        assert how == "eof"
+        await sender
+        client.close()
+        async with asyncio.timeout(5):
+            await stopping
+
+    run(scenario, loop)
+    assert not errors(records)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_client_that_half_closed_gets_its_answer_and_the_stop_is_prompt(loop: str) -> None:
+    """A client that shut its write side after its request gets the answer and EOF; no wait for the linger."""
+
+    async def scenario() -> None:
+        working = asyncio.Event()
+        release = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            line = await reader.readline()
+            working.set()
+            await release.wait()
+            writer.write(b"done " + line)
+            await writer.drain()
+
+        server = await started(StreamServer(LOOPBACK, handle, linger=5))
+        client = await raw_client(server.port)
+        await asyncio.get_running_loop().sock_sendall(client, b"job\n")
+        client.shutdown(socket.SHUT_WR)
+        await working.wait()
+        stopping = asyncio.create_task(server.stop())
+        await asyncio.sleep(0.05)  # the server reads our end-of-file while the handler works
+        release.set()
+        began = time.monotonic()
+        assert await read_until_end(client) == (b"done job\n", "eof")
+        async with asyncio.timeout(4):  # well before the 5 s linger
+            await stopping
+        assert time.monotonic() - began < 4
+        client.close()
+
+    run(scenario, loop)
+
+
+def test_server_stopping_is_the_event_the_stop_sets() -> None:
+    """server_stopping() in a handler is an Event, clear while serving and set once the stop begins."""
+    states: list[bool] = []
+
+    async def scenario() -> None:
+        checked = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            stopping = server_stopping()
+            states.append(stopping.is_set())
+            checked.set()
+            await stopping.wait()
+            states.append(stopping.is_set())
+
+        server = await started(StreamServer(LOOPBACK, handle))
+        client = await raw_client(server.port)
+        await checked.wait()
+        stopping = asyncio.create_task(server.stop())
+        assert (await read_until_end(client))[1] == "eof"
+        client.close()
+        await stopping
+
+    run(scenario)
+    assert states == [False, True]
+
+
+def test_the_stopping_helpers_refuse_to_run_outside_a_handler() -> None:
+    """server_stopping() and unless_stopping() outside a StreamServer handler raise RuntimeError saying so."""
+
+    async def scenario() -> None:
+        with pytest.raises(RuntimeError, match=r"server_stopping\(\) works only inside a stream handler"):
+            server_stopping()
+        with pytest.raises(RuntimeError, match=r"unless_stopping\(\) works only inside a stream handler"):
+            await unless_stopping(asyncio.sleep(0))
+
+    run(scenario)
+
+
+def test_a_real_cancellation_still_reaches_a_handler_in_unless_stopping() -> None:
+    """unless_stopping() swallows only the stop's own interruption: the deadline's cancellation goes through."""
+    outcome: list[str] = []
+
+    async def scenario() -> None:
+        waiting = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            waiting.set()
+            try:
+                await unless_stopping(asyncio.Event().wait())
+            except asyncio.CancelledError:
+                outcome.append("cancelled")
+                raise
+            outcome.append("returned")
+
+        server = await started(StreamServer(LOOPBACK, handle))
+        client = await raw_client(server.port)
+        await waiting.wait()
+        stopping = asyncio.create_task(server.stop())
+        await read_until_end(client)
+        client.close()
+        await stopping
+        outcome.append("stopped")
+
+        # Now a cancellation that is not the stop's (as abort_all does at the deadline).
+        server = await started(StreamServer(LOOPBACK, handle))
+        waiting.clear()
+        client = await raw_client(server.port)
+        await waiting.wait()
+        tracker = server._tracker
+        assert tracker is not None
+        next(iter(tracker.handler_tasks)).cancel()
+        await until(lambda: not tracker.handler_tasks)
+        await server.stop()
+        client.close()
+
+    run(scenario)
+    assert outcome == ["returned", "stopped", "cancelled"]
+
+
+# --------------------------------------------------------------------------------------------- other transports
+
+
+class PlainEcho(asyncio.Protocol):
+    """An echo without the hook."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_unix_socket_connection_gets_the_lingering_close_too(loop: str) -> None:
+    """On a unix socket the client reads its echo, then a clean EOF; closing on it ends the stop at once."""
+
+    async def scenario() -> None:
+        with tempfile.TemporaryDirectory(prefix="tapster-drain-", dir="/tmp") as folder:
+            server = await started(StreamServer(f"unix:{folder}/s.sock", PlainEcho, linger=5))
+            reader, writer = await asyncio.open_unix_connection(f"{folder}/s.sock")
+            writer.write(b"ping\n")
+            assert await reader.readline() == b"ping\n"
+            began = time.monotonic()
+            stopping = asyncio.create_task(server.stop())
+            assert await reader.read() == b""  # a reset would raise
+            writer.close()
+            async with asyncio.timeout(4):  # well before the 5 s linger: our close ended it
+                await stopping
+            assert time.monotonic() - began < 4
+
+    run(scenario, loop)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed key and certificate for 127.0.0.1."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is not available")
+    folder = tmp_path_factory.mktemp("drain-certs")
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    command = [
+        openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+        "-addext", "subjectAltName=IP:127.0.0.1",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"openssl cannot make a test certificate: {result.stderr.strip()}")
+    return key, cert
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_tls_connection_without_the_hook_gets_tls_close(
+    loop: str, tls_files: tuple[Path, Path], records: list[tuple[str, str, int]]
+) -> None:
+    """TLS cannot half-close: a TLS connection is closed with TLS's own close; the client reads EOF."""
+    key, cert = tls_files
+
+    async def scenario() -> None:
+        server = await started(
+            StreamServer(f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1", PlainEcho)
+        )
+        context = ssl.create_default_context(cafile=str(cert))
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=context)
+        writer.write(b"ping\n")
+        assert await reader.readline() == b"ping\n"
+        stopping = asyncio.create_task(server.stop())
+        assert await reader.read() == b""
+        writer.close()
+        async with asyncio.timeout(5):
+            await stopping
+
+    run(scenario, loop)
+    assert not errors(records)
