@@ -470,3 +470,29 @@ def test_unix_client_lockfile_connects_only_while_a_server_holds_the_lock(tmp_pa
             plain.close()
 
     run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("tcp6:8080:interface=::1", "interface"),
+        ("udp:53:interface=fe80::1", "interface"),
+        ("tcp:host=[::1]:80", "host"),
+    ],
+)
+def test_an_unescaped_ipv6_address_gets_a_hint(text: str, key: str) -> None:
+    """The error for an IPv6 address with bare colons says how to write it (the new-user trial's stumble)."""
+    parse = parse_client if "host" in text else parse_server
+    with pytest.raises(EndpointError) as caught:
+        parse(text)
+    message = str(caught.value)
+    assert message.endswith(
+        f"(an IPv6 address needs its colons escaped: {key}=\\:\\:1, in Python source a raw string)"
+    )
+    assert "\n" not in message
+
+
+def test_no_ipv6_hint_on_other_errors() -> None:
+    with pytest.raises(EndpointError) as caught:
+        parse_server("tcp:8080:interfase=x")
+    assert "IPv6" not in str(caught.value)

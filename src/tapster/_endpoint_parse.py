@@ -54,6 +54,7 @@ __all__ = [
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _OCTAL = re.compile(r"(?:0[oO])?([0-7]+)", re.ASCII)
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+", re.ASCII)
+_BARE_IPV6 = re.compile(r"(\w+)=\[?[0-9A-Fa-f]{0,4}::", re.ASCII)  # key=::1, key=fe80::1, key=[::1]
 _FD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,255}", re.ASCII)  # printable ASCII except ':' (systemd's rule)
 
 
@@ -141,7 +142,16 @@ def parse(
     try:
         return _parse(grammars, description if text is None else text)
     except Fault as fault:
-        raise EndpointError(f"invalid endpoint {description!r}: {fault}") from None
+        raise EndpointError(f"invalid endpoint {description!r}: {fault}{_ipv6_hint(description)}") from None
+
+
+def _ipv6_hint(description: str) -> str:
+    """A hint when the string failed and holds an IPv6 address with bare colons (``interface=::1``)."""
+    match = _BARE_IPV6.search(description)
+    if match is None:
+        return ""
+    key = match.group(1)
+    return f" (an IPv6 address needs its colons escaped: {key}=\\:\\:1, in Python source a raw string)"
 
 
 def _parse(grammars: Mapping[str, Grammar], text: str) -> tuple[str, dict[str, Any]]:
