@@ -478,15 +478,17 @@ SERVER_GRAMMARS: Mapping[str, Grammar] = {
 """Server endpoint types; the attribute names match the fields of the endpoint classes."""
 
 
-def _key_needs_certificate(values: dict[str, Any]) -> None:
-    if values["private_key"] is not None and values["cert"] is None:
-        raise Fault("privateKey is the key of a client certificate: give the certificate too (certKey=)")
+def _client_key_needs_certificate(cert_param: str) -> Callable[[dict[str, Any]], None]:
+    """The check that a client's ``privateKey`` comes with its certificate (``certKey=`` or ``certificate=``)."""
 
+    def finish(values: dict[str, Any]) -> None:
+        values.pop("endpoint", None)  # tls: only ever None here: given, it was refused
+        if values["private_key"] is not None and values["cert"] is None:
+            raise Fault(
+                f"privateKey is the key of a client certificate: give the certificate too ({cert_param}=)"
+            )
 
-def _tls_key_needs_certificate(values: dict[str, Any]) -> None:
-    del values["endpoint"]  # only ever None here: given, it was refused
-    if values["private_key"] is not None and values["cert"] is None:
-        raise Fault("privateKey is the key of a client certificate: give the certificate too (certificate=)")
+    return finish
 
 
 _TIMEOUT = Param(to_timeout, DEFAULT_CONNECT_TIMEOUT)
@@ -515,7 +517,7 @@ CLIENT_GRAMMARS: Mapping[str, Grammar] = {
             "certKey": Param(to_file, None, "cert"),
             "caCertsDir": Param(to_file, None, "ca_dir"),
         },
-        _key_needs_certificate,
+        _client_key_needs_certificate("certKey"),
     ),
     "tls": Grammar(
         "tls",
@@ -526,7 +528,7 @@ CLIENT_GRAMMARS: Mapping[str, Grammar] = {
             "trustRoots": Param(to_file, None, "ca_dir"),
             "endpoint": Param(unsupported("TLS runs over a tcp connection to host and port only"), None),
         },
-        _tls_key_needs_certificate,
+        _client_key_needs_certificate("certificate"),
     ),
     "unix": Grammar(
         "unix",
