@@ -117,6 +117,16 @@ def _method_takes_value(owner: type, attr: str, func: Any) -> bool:
     return bool(names) or star is not None
 
 
+def _check_coercer(cls: type, spec: Any) -> None:
+    """A coercer that cannot be called is the plugin author's mistake: a TypeError for them, not a usage error
+    shown to the person typing the command line."""
+    if isinstance(spec, tuple | list) and len(spec) == 5 and spec[4] is not None and not callable(spec[4]):
+        raise TypeError(
+            f"{cls.__name__}.parameters: the coercer of {spec[0]!r} is {spec[4]!r}, which is not callable "
+            "(give a type such as int, or a function)"
+        )
+
+
 def _build_table(cls: type[Options]) -> _Table:
     """Collect the declared tuples and ``opt_`` methods of ``cls``; a bad declaration raises TypeError."""
     options: list[_Option] = []
@@ -127,6 +137,7 @@ def _build_table(cls: type[Options]) -> _Table:
             )
         long, short, default, help_ = spec[:4]
         coercer = spec[4] if len(spec) == 5 else None
+        _check_coercer(cls, spec)
         options.append(_Option([long], [short] if short else [], True, help_ or "", long, default, coercer))
     for spec in cls.flags:
         if not isinstance(spec, tuple | list) or len(spec) != 3:
@@ -262,6 +273,14 @@ class Options(collections.abc.MutableMapping[str, Any]):
     synopsis: ClassVar[str | None] = None
     description: ClassVar[str] = ""
     long_description: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Check the coercers this class declares when the class is defined, so the author sees the mistake."""
+        super().__init_subclass__(**kwargs)
+        declared = cls.__dict__.get("parameters", ())
+        if isinstance(declared, tuple | list):
+            for spec in declared:
+                _check_coercer(cls, spec)
 
     def __init__(self, prog: str = "tapster") -> None:
         """Set every declared parameter and flag to its default.

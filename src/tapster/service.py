@@ -37,6 +37,30 @@ class _Completed:
 _COMPLETED = _Completed()
 
 
+class _ServiceName:
+    """``Service.name``: a plain attribute, except that a service with a parent cannot be renamed (as in twistd).
+
+    The parent indexes its children by name, so a rename under it would leave ``parent["old"]`` finding the
+    service and ``parent["new"]`` failing. The value lives in the instance ``__dict__`` under ``name``, so saved
+    states and subclasses that never call ``super().__init__()`` see no difference.
+    """
+
+    def __get__(self, service: Service | None, owner: type | None = None) -> str | None:
+        if service is None:
+            return None
+        value: str | None = service.__dict__.get("name")
+        return value
+
+    def __set__(self, service: Service, value: str | None) -> None:
+        parent = service.__dict__.get("parent")
+        if parent is not None and value != service.__dict__.get("name"):
+            raise ServiceTreeError(
+                f"cannot rename {_label(service)} to {value!r} while it is a child of {_label(parent)}; "
+                "call disown_parent() first"
+            )
+        service.__dict__["name"] = value
+
+
 class Service:
     """One node of the tree: something that can be started and stopped.
 
@@ -45,7 +69,7 @@ class Service:
     ``start()``. Each class lists its own; the lists of base classes are added automatically.
     """
 
-    name: str | None = None
+    name = _ServiceName()
     parent: MultiService | None = None
     running: bool = False
     transient: ClassVar[tuple[str, ...]] = ()
@@ -65,6 +89,14 @@ class Service:
                 f"call disown_parent() before adding it to {_label(parent)}"
             )
         return parent.add_service(self)
+
+    def set_name(self, name: str | None) -> None:
+        """Set ``name`` (twistd's ``setName``); the same as assigning it.
+
+        Raises:
+            ServiceTreeError: the service has a parent (the parent's index would keep the old name).
+        """
+        self.name = name
 
     def disown_parent(self) -> Awaitable[None]:
         """Detach from the parent; a running service is stopped (await the result to know it has)."""
