@@ -47,6 +47,10 @@ GRACE = 2.0
 stops gets ``_serve.CANCEL_WAIT`` of it, the rest is for saving state, removing the pid file and the last log
 line)."""
 
+EXIT_MARGIN = 0.25
+"""The guard fires this much before the end of the grace, so that logging, removing the pid file and exiting
+happen within the bound, not after it."""
+
 BACKSTOP = 3.0
 """Seconds past the guard's deadline when SIGALRM terminates the process if the guard could not run at all."""
 
@@ -62,8 +66,8 @@ class ShutdownGuard:
     """Bounds the time from the first stop signal to the end of the process, whatever the services do.
 
     Args:
-        timeout: ``--shutdown-timeout``; the guard forces the exit ``timeout + GRACE`` seconds after the first
-            stop signal.
+        timeout: ``--shutdown-timeout``; the guard forces the exit so that the process is gone
+            ``timeout + GRACE`` seconds after the first stop signal (it starts ``EXIT_MARGIN`` earlier).
         root: the service tree, to name the services still stopping.
         cleanup: called (from the guard's thread, after the log line naming the stuck services) to remove the
             pid file and write the last log line; whatever it raises is logged and the exit goes on.
@@ -181,7 +185,7 @@ class ShutdownGuard:
                 if signum == _DISARM or self._disarmed:
                     return
                 if deadline is None:
-                    deadline = time.monotonic() + self.timeout + GRACE
+                    deadline = time.monotonic() + self.timeout + GRACE - EXIT_MARGIN
                     self._first_signal(signum)
                 else:
                     self._force(signum)
