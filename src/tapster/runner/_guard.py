@@ -268,7 +268,12 @@ def _blocking_service(root: Service) -> str | None:
             names = " or ".join(service_path(s) for s in preferred[:3])
             return f"{names} ({type(preferred[0]).__qualname__}.{frame.f_code.co_name}, at {where})"
         frame = frame.f_back
-    return None
+    if os.path.basename(innermost.f_code.co_filename) in _IDLE_FILES:
+        return None  # the loop is waiting for events, not blocked
+    return f"{innermost.f_code.co_name}() at {innermost.f_code.co_filename}:{innermost.f_lineno}"
+
+
+_IDLE_FILES = frozenset({"selectors.py", "base_events.py", "threading.py"})
 
 
 def _safe_still_stopping(root: Service) -> list[Service]:
