@@ -50,6 +50,13 @@ HANG_TAC = textwrap.dedent("""
             if MODE.startswith("start-"):
                 log.info("stuck blocking its start (%s)", MODE)
                 misbehave()
+            elif MODE.startswith("callback-"):  # the loop is blocked by other code when SIGTERM comes
+
+                def block():
+                    log.info("a callback blocks the loop (%s)", MODE)
+                    misbehave()
+
+                asyncio.get_running_loop().call_later(0.2, block)
 
         async def stop(self):
             await super().stop()
@@ -141,7 +148,9 @@ def run_case(
     pidfile = tmp_path / "hang.pid"
     args = ["-y", "hang.tac", "--shutdown-timeout", f"{timeout:g}", "--pidfile", str(pidfile)]
     args += ["--logfile", str(log)] if daemon else ["-n"]
-    ready = "stuck blocking its start" if mode.startswith("start-") else "stuck started"
+    ready = {"start": "stuck blocking its start", "callback": "a callback blocks the loop"}.get(
+        mode.split("-")[0], "stuck started"
+    )
     config = {
         "args": args,
         "daemon": daemon,
@@ -184,23 +193,21 @@ MODES = {
     "swallow": ("services ignored cancellation (hangapp/stuck)", TIMEOUT + CANCEL_WAIT),
     "forever": ("still stopping: hangapp/stuck (Stuck)", TIMEOUT),
     "start-sleep": ("The event loop is blocked in hangapp/stuck (Stuck.start, at", TIMEOUT + GRACE),
+    "callback-busy": ("The event loop is blocked in misbehave() at", TIMEOUT + GRACE),
 }
 
 
 @pytest.mark.parametrize(
     ("mode", "daemon"),
-    # a daemon whose start() blocks never tells its launcher it started: the launcher would wait with it
-    [
-        (mode, daemon)
-        for mode in MODES
-        for daemon in (False, True)
-        if not (daemon and mode.startswith("start-"))
-    ],
+    # a daemon whose start() blocks never tells its launcher it started: the launcher would wait with it;
+    # a blocking callback is the same guard path as a blocking stop(): the foreground run is enough
+    [(mode, daemon) for mode in MODES for daemon in (False, True) if not (daemon and "-" in mode)],
 )
 def test_stop_is_bounded_whatever_stop_does(tmp_path: Path, figures, mode: str, daemon: bool) -> None:
     """A stop() that blocks, spins, swallows cancellation or waits forever: gone by timeout + grace, status 1.
 
-    A start() that blocks the loop when SIGTERM comes is held to the same bound.
+    A start(), or any callback, that blocks the loop when SIGTERM comes is held to the same bound: the signal
+    is seen outside the loop.
     """
     stuck, bound = MODES[mode]
     result = run_case(tmp_path, mode, daemon=daemon)
