@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 
-from tapster.runner._guard import GRACE
+from tapster.runner._guard import BACKSTOP, GRACE
 from tapster.runner._serve import CANCEL_WAIT
 
 TIMEOUT = 1.0  # --shutdown-timeout of every case
 SLACK = 1.5  # what a loaded CI machine may add to the measured time before the test fails
 
 HANG_TAC = textwrap.dedent("""
-    import asyncio, logging, os, time
+    import asyncio, logging, os, re, time
     from tapster import Application, Service
 
     log = logging.getLogger("hang")
@@ -36,6 +36,8 @@ HANG_TAC = textwrap.dedent("""
     def misbehave():
         if MODE.endswith("sleep"):
             time.sleep(60)  # blocks the event loop
+        elif MODE.endswith("native"):  # a regular expression that backtracks for ages without the GIL going
+            re.match(r"(a+)+$", "a" * 64 + "b")
         elif MODE.endswith("busy"):
             end = time.monotonic() + 60
             while time.monotonic() < end:  # pure Python, never yields to the loop
@@ -274,3 +276,23 @@ def test_timeout_zero_still_bounds_a_blocking_stop(tmp_path: Path) -> None:
     """--shutdown-timeout 0 never means forever: a stop() that blocks the loop is forced after the grace."""
     result = run_case(tmp_path, "sleep", daemon=False, timeout=0)
     check_forced_exit(result, GRACE, "The event loop is blocked in hangapp/stuck")
+
+
+def test_native_code_holding_the_gil_is_ended_by_the_backstop(tmp_path: Path, figures) -> None:
+    """A stop() stuck in C code that never releases the GIL: SIGALRM ends it 1 s past the bound; the pid file
+    stays but is unlocked, so it blocks no later start."""
+    import fcntl
+
+    result = run_case(tmp_path, "native", daemon=False)
+    bound = TIMEOUT + GRACE + BACKSTOP
+    figures.record(
+        "stop() in native code holding the GIL (catastrophic regex), --shutdown-timeout 1",
+        f"gone after {result['elapsed']:.2f} s by SIGALRM (status {result['status']}), pid file left unlocked",
+        f"<= {bound:g} s (timeout + grace + {BACKSTOP:g} s backstop), pid file not locked",
+        result["elapsed"] <= bound and result["status"] == -14,
+    )
+    assert result["status"] == -14, result  # killed by SIGALRM's default action
+    assert result["elapsed"] <= bound + SLACK, result
+    assert result["pidfile_left"]
+    with open(tmp_path / "hang.pid") as pidfile:
+        fcntl.flock(pidfile, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if the dead server still held it

@@ -16,8 +16,8 @@ The guard therefore lives outside the loop:
   thread logs which services were still stopping (and where the loop is blocked, read from the main thread's
   stack), removes the pid file through the runner's callback, flushes the log and calls ``os._exit(1)``.
 * As a last resort against code that holds the GIL and never lets the thread run, the first signal also sets an
-  interval timer (``SIGALRM``, default action: terminate) a few seconds past the deadline. When that fires the
-  pid file stays behind, but it is unlocked, so the next start takes it over.
+  interval timer (``SIGALRM``, default action: terminate) :data:`BACKSTOP` seconds past the deadline. When that
+  fires the pid file stays behind, but it is unlocked, so the next start takes it over.
 
 The runner's own end (save state, remove the pid file, "Server Shut Down.") and the forced exit exclude each other
 through :meth:`ShutdownGuard.finishing`, so the two never remove the pid file or close the log at the same time.
@@ -51,7 +51,7 @@ EXIT_MARGIN = 0.25
 """The guard fires this much before the end of the grace, so that logging, removing the pid file and exiting
 happen within the bound, not after it."""
 
-BACKSTOP = 3.0
+BACKSTOP = 1.0
 """Seconds past the guard's deadline when SIGALRM terminates the process if the guard could not run at all."""
 
 FORCED_STATUS = 1
