@@ -214,9 +214,8 @@ class _Server:
         if not done:
             names = ", ".join(service_path(s) for s in still_stopping(self.root))
             logger.error("services ignored cancellation%s; exiting anyway", f" ({names})" if names else "")
-            for task in asyncio.all_tasks(
-                self.loop
-            ):  # abandoned on purpose: no "destroyed but pending" noise
+            # abandoned on purpose: no "Task was destroyed but it is pending!" on stderr when the loop closes
+            for task in asyncio.all_tasks(self.loop):
                 with contextlib.suppress(AttributeError):
                     task._log_destroy_pending = False  # type: ignore[attr-defined]
             return Outcome.UNCLEAN
