@@ -138,24 +138,28 @@ class ShutdownGuard:
             self._close()
 
     def _close(self) -> None:
-        if self._alarm_set:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            self._alarm_set = False
+        """Give SIGTERM/SIGINT back, end the thread, close the pipe, cancel the backstop timer."""
         for signum, previous in self._previous.items():
             with contextlib.suppress(
                 ValueError, OSError
-            ):  # not the main thread, or interpreter shutting down
+            ):  # not the main thread, or the interpreter is ending
                 signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
-        if self._write_fd >= 0:
+        read_fd, write_fd = self._read_fd, self._write_fd
+        if write_fd >= 0:
             with contextlib.suppress(OSError):
-                os.write(self._write_fd, bytes([_DISARM]))
+                os.write(write_fd, bytes([_DISARM]))
             if self._thread is not None:
                 self._thread.join(timeout=1.0)
-            for fd in (self._read_fd, self._write_fd):
+            self._read_fd = (
+                self._write_fd
+            ) = -1  # before closing: a late handler must not write to a reused fd
+            for fd in (read_fd, write_fd):
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            self._read_fd = self._write_fd = -1
+        if self._alarm_set:  # the thread has ended: it sets no timer any more
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self._alarm_set = False
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # Runs in the main thread at any bytecode: touch nothing shared, take no lock, log nothing.
