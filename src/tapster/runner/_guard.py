@@ -216,9 +216,10 @@ class ShutdownGuard:
             if signum is not None:
                 reason = f"Received {signal_name(signum)} again: forcing shutdown."
             else:
+                first = signal_name(self._first) if self._first is not None else "the stop signal"
                 reason = (
-                    f"Shutdown did not finish within --shutdown-timeout ({self.timeout:g} s) + {GRACE:g} s: "
-                    "forcing shutdown."
+                    f"Shutdown did not finish within --shutdown-timeout ({self.timeout:g} s) + {GRACE:g} s "
+                    f"of {first}: forcing shutdown."
                 )
             logger.error("%s %s", reason, describe_stuck(self._root))
             try:

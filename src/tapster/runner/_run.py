@@ -116,6 +116,7 @@ def _serve(
         notifier.notify("READY=1", f"STATUS=serving {root.name or 'tapster'}", f"MAINPID={os.getpid()}")
 
     try:
+        guard.install()  # from here a SIGTERM is a stop request, never the default "die with the pid file"
         if pidfile is not None:
             if stale is not None:
                 logger.info("Removing stale pid file left by PID %d (%s).", stale, config.pidfile_display)
@@ -125,7 +126,6 @@ def _serve(
             set_process_title(f"tapster: {root.name or 'tapster'}")
         if hooks.before_loop is not None:
             hooks.before_loop()
-        guard.install()
         loop_hooks = Hooks(
             ready=on_ready,
             rotate=destination.rotate,
