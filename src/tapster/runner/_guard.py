@@ -197,7 +197,7 @@ class ShutdownGuard:
 
     def _first_signal(self, signum: int) -> None:
         with contextlib.suppress(OSError, ValueError):
-            signal.setitimer(signal.ITIMER_REAL, self.timeout + GRACE + BACKSTOP)
+            signal.setitimer(signal.ITIMER_REAL, self.timeout + GRACE + BACKSTOP - EXIT_MARGIN)
             self._alarm_set = True
         with self._lock:
             self._first = signum
