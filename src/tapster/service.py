@@ -206,9 +206,12 @@ class MultiService(Service):
             for child in list(self._children):
                 try:
                     await child.start()
-                except Exception as exc:
-                    # the deepest service whose start raised: what the runner names in its one-line error
-                    if not hasattr(exc, "tapster_service_path"):
+                except BaseException as exc:
+                    # the deepest service whose start raised (sys.exit() included, cancellation not): what the
+                    # runner names in its one-line error
+                    if not isinstance(exc, asyncio.CancelledError) and not hasattr(
+                        exc, "tapster_service_path"
+                    ):
                         with contextlib.suppress(AttributeError, TypeError):
                             exc.tapster_service_path = service_path(child)  # type: ignore[attr-defined]
                     raise
@@ -228,7 +231,7 @@ class MultiService(Service):
         children = [child for child in reversed(self._children) if child.running]
         if not children:
             return
-        self._pending_stops = set(children)
+        self._pending_stops = set()  # filled as each child's stop() really begins
         try:
             results = await asyncio.gather(
                 *(self._stop_child(child) for child in children), return_exceptions=True
@@ -246,6 +249,8 @@ class MultiService(Service):
                 )
 
     async def _stop_child(self, child: Service) -> None:
+        if self._pending_stops is not None:
+            self._pending_stops.add(child)
         try:
             await child.stop()
         finally:
@@ -298,7 +303,7 @@ def still_stopping(root: Service) -> list[Service]:
         pending = getattr(node, "_pending_stops", None) if isinstance(node, MultiService) else None
         if not pending:
             return False
-        for child in pending:
+        for child in list(pending):  # a copy: the runner's shutdown guard reads this from another thread
             if not visit(child):
                 found.append(child)
         return True

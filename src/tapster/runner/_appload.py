@@ -40,10 +40,11 @@ def load_application_file(path: str) -> Service:
         exec(code, namespace)
     except SystemExit as exc:
         raise AppLoadError(f"application file {path} called sys.exit({exc.code!r}) while loading") from exc
-    except Exception as exc:
-        raise AppLoadError(
-            f"error in application file {_where(exc, path)}: {type(exc).__name__}: {exc}"
-        ) from exc
+    except (
+        BaseException
+    ) as exc:  # KeyboardInterrupt or a bare BaseException raised by the file is its error too
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise AppLoadError(f"error in application file {_where(exc, path)}: {message}") from exc
     if "application" not in namespace:
         raise AppLoadError(f"application file {path} defines no 'application' variable")
     application = namespace["application"]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import select
 import signal
+import stat
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from tapster.errors import ExitStatus
+from tapster.errors import ExitStatus, StartupError
 from tapster.options import Options
+from tapster.runner._options import seconds
 from tapster.runner._pidfile import read_pid_status
 
 
@@ -24,7 +26,7 @@ class _StopOptions(_CtlCommand):
     description = "Send SIGTERM and wait until the server has exited."
     parameters = (
         *_CtlCommand.parameters,
-        ("timeout", None, 15.0, "Seconds to wait for the server to exit.", float),
+        ("timeout", None, 15.0, "Seconds to wait for the server to exit (0 to 86400).", seconds),
     )
 
 
@@ -66,6 +68,7 @@ def run_ctl(options: CtlOptions) -> tuple[int, str]:
     sub = options.sub_options
     assert sub is not None and options.subcommand is not None
     shown = sub["pidfile"]
+    _check_pid_path(os.path.abspath(shown), shown)
     state, pid = read_pid_status(os.path.abspath(shown))
     command = options.subcommand
     if command == "status":
@@ -80,7 +83,12 @@ def run_ctl(options: CtlOptions) -> tuple[int, str]:
         return ExitStatus.FAILURE, f"not running (no live server holds {shown})"
     if command in ("rotate", "reopen"):
         signum = signal.SIGUSR1 if command == "rotate" else signal.SIGHUP
-        os.kill(pid, signum)
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return ExitStatus.FAILURE, f"not running (pid {pid} from {shown} has just exited)"
+        except PermissionError:
+            return ExitStatus.FAILURE, _not_permitted(pid, signum.name, shown)
         return ExitStatus.OK, f"sent {signum.name} to pid {pid}"
     return _stop(pid, sub["timeout"], shown)
 
@@ -95,13 +103,49 @@ def _stop(pid: int, timeout: float, shown: str) -> tuple[int, str]:
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
+        if watcher is not None:
+            os.close(watcher)
         return ExitStatus.OK, "stopped"
+    except PermissionError:
+        if watcher is not None:
+            os.close(watcher)
+        return ExitStatus.FAILURE, _not_permitted(pid, "SIGTERM", shown)
     if _wait_gone(pid, watcher, timeout):
         return ExitStatus.OK, "stopped"
     return ExitStatus.FAILURE, (
         f"pid {pid} is still running {timeout:g} s after SIGTERM (from {shown}); once its --shutdown-timeout "
         f"passes, its log names the services still stopping; run 'tapster ctl stop' again to force it, "
         f"or kill -KILL {pid}"
+    )
+
+
+def _check_pid_path(path: str, shown: str) -> None:
+    """Refuse a pid file path that names something other than a file (a directory reads as a stale file)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return  # missing: "not running"; unreadable: read_pid_status says why
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise StartupError(f"pid file {shown} is {kind}, not a pid file (give the server's --pidfile)")
+
+
+def _not_permitted(pid: int, signame: str, shown: str) -> str:
+    """The one line for a server another user runs: who owns it, and what would work."""
+    try:
+        owner = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        owner = None
+    try:
+        import pwd
+
+        who = pwd.getpwuid(owner).pw_name if owner is not None else None
+    except KeyError:
+        who = None
+    runs_as = f" (it runs as {who or owner})" if owner is not None else ""
+    return (
+        f"not permitted to send {signame} to pid {pid} from {shown}{runs_as}: "
+        "run tapster ctl as that user or as root"
     )
 
 

@@ -20,10 +20,22 @@ if TYPE_CHECKING:
 _RESERVED = {"ctl": "the 'tapster ctl' command"}  # words the CLI handles before looking for a plugin
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise ValueError(f"must not be negative, got {text!r}")
+MAX_SECONDS = 86400.0
+"""The longest timeout accepted (a day): larger values overflow the timers the shutdown guard relies on."""
+
+
+def seconds(text: str) -> float:
+    """A timeout in seconds: a finite number from 0 to a day. ``nan``, ``inf`` and negatives are usage errors.
+
+    Shared by ``--shutdown-timeout`` and ``tapster ctl stop --timeout``: a timeout that can never pass would
+    break the promise that a stop is bounded.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value <= MAX_SECONDS:  # also false for nan
+        raise ValueError(f"expected a number of seconds from 0 to {MAX_SECONDS:g}, got {text!r}")
     return value
 
 
@@ -142,8 +154,9 @@ class ServerOptions(Options):
             "shutdown-timeout",
             None,
             10.0,
-            "Seconds to wait for services to stop before cancelling them.",
-            _positive_float,
+            "Seconds to wait for services to stop before cancelling them; 0: no drain, cancel at once. The "
+            "process is gone 2 s after that at the latest.",
+            seconds,
         ),
         ("profile", "p", None, "Profile the whole run and write the profile to this file at shutdown."),
         ("profiler", None, "cprofile", "The profiler for --profile: cprofile or profile.", _profiler),

@@ -20,6 +20,7 @@ from tapster.log import LogConfig, LogDestination, capture_stdio, install
 from tapster.runner._config import RunConfig
 from tapster.runner._daemon import StartupPipe, daemonize
 from tapster.runner._debug import break_now, post_mortem, start_spewing
+from tapster.runner._guard import ShutdownGuard
 from tapster.runner._pidfile import PidFile
 from tapster.runner._privileges import (
     Identity,
@@ -100,6 +101,13 @@ def _serve(
 ) -> int:
     ready = False
 
+    def forced_cleanup() -> None:  # the guard's thread, on a forced exit; the main thread is stuck or busy
+        if pidfile is not None:
+            _release(pidfile)
+        logger.error("Server Shut Down (forced, exit status 1).")
+
+    guard = ShutdownGuard(config.shutdown_timeout, root, forced_cleanup, destination.handler.flush)
+
     def on_ready() -> None:
         nonlocal ready
         ready = True
@@ -108,6 +116,7 @@ def _serve(
         notifier.notify("READY=1", f"STATUS=serving {root.name or 'tapster'}", f"MAINPID={os.getpid()}")
 
     try:
+        guard.install()  # from here a SIGTERM is a stop request, never the default "die with the pid file"
         if pidfile is not None:
             if stale is not None:
                 logger.info("Removing stale pid file left by PID %d (%s).", stale, config.pidfile_display)
@@ -124,6 +133,7 @@ def _serve(
             drop_privileges=(lambda: drop_privileges(identity, euid_only=config.euid)) if identity else None,
         )
         loop_hooks.stopping = functools.partial(notifier.notify, "STOPPING=1", "STATUS=shutting down")
+        loop_hooks.guard = guard
         if config.debug:
             loop_hooks.extra_signals[signal.SIGUSR2] = break_now
         outcome = _run_loop_instrumented(config, root, loop_hooks)
@@ -146,14 +156,19 @@ def _serve(
                 return int(Outcome.UNCLEAN)
         raise
     finally:
-        if pidfile is not None:
-            try:
-                pidfile.release()
-            except TapsterError as exc:  # e.g. root-owned directory after dropping privileges
-                logger.warning("%s", exc)
-        if ready:
-            logger.info("Server Shut Down.")
-        destination.close()
+        with guard.finishing():  # never at once with a forced exit from the guard's thread
+            if pidfile is not None:
+                _release(pidfile)
+            if ready:
+                logger.info("Server Shut Down.")
+            destination.close()
+
+
+def _release(pidfile: PidFile) -> None:
+    try:
+        pidfile.release()
+    except TapsterError as exc:  # e.g. root-owned directory after dropping privileges
+        logger.warning("%s", exc)
 
 
 def _run_loop_instrumented(config: RunConfig, root: Service, hooks: Hooks) -> Outcome:

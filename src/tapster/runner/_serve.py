@@ -8,11 +8,13 @@ happens once it returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import signal
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tapster._version import __version__
 from tapster.errors import StartupError, TapsterError
@@ -21,6 +23,12 @@ from tapster.runner._loop_errors import guard_accept_errors
 from tapster.runner._reactors import describe_loop, new_event_loop
 from tapster.runner._signals import SignalHandlers, signal_name
 from tapster.service import Service, service_path, still_stopping
+
+if TYPE_CHECKING:
+    from tapster.runner._guard import ShutdownGuard
+
+# Seconds the loop waits for cancelled stops to end (the shutdown guard's GRACE leaves room for it).
+CANCEL_WAIT = 1.0
 
 logger = logging.getLogger("tapster")
 
@@ -60,6 +68,8 @@ class Hooks:
         self.drop_privileges = drop_privileges  # between privileged_start and start
         self.stopping: Callable[[], object] | None = None  # a stop signal was received
         self.extra_signals: dict[int, Callable[[], None]] = {}
+        # SIGTERM/SIGINT come through the guard (a handler outside the loop) when there is one; else the loop's
+        self.guard: ShutdownGuard | None = None
 
 
 class StartFailed(StartupError):
@@ -102,8 +112,12 @@ class _Server:
         logger.info("tapster %s (python %d.%d.%d) starting up.", __version__, *sys.version_info[:3])
         logger.info("event loop: %s", describe_loop(self.loop))
         signals = SignalHandlers(self.loop)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signals.install(signum, self._on_stop_signal)
+        guard = self.hooks.guard
+        if guard is not None:
+            guard.attach(self._stop_signal_from_guard)
+        else:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signals.install(signum, self._on_stop_signal)
         signals.install(signal.SIGUSR1, self._on_rotate)
         signals.install(signal.SIGHUP, self._on_reopen)
         for extra, callback in self.hooks.extra_signals.items():
@@ -117,7 +131,13 @@ class _Server:
             await self.stop_requested.wait()
             return await self._stop()
         finally:
+            if guard is not None:
+                guard.attach(None)
             signals.restore()
+
+    def _stop_signal_from_guard(self, signum: int) -> None:
+        """Called in the guard's thread on the first stop signal: hand it to the loop."""
+        self.loop.call_soon_threadsafe(self._on_stop_signal, signum)
 
     async def _start(self) -> bool:
         """Start the tree; False if a stop signal came first (what had started is stopped again)."""
@@ -127,6 +147,7 @@ class _Server:
             await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
+            await asyncio.wait({waiter})  # let it end here, not be destroyed pending when the loop closes
         if start.done():
             exc = start.exception()
             if exc is not None:
@@ -147,16 +168,28 @@ class _Server:
         return False
 
     async def _start_tree(self) -> None:
-        await self.root.privileged_start()
-        if self.hooks.drop_privileges is not None:
-            self.hooks.drop_privileges()
-        await self.root.start()
+        try:
+            await self.root.privileged_start()
+            if self.hooks.drop_privileges is not None:
+                self.hooks.drop_privileges()
+            await self.root.start()
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # asyncio lets these escape the loop ("Task exception was never retrieved" and a traceback); a
+            # service calling sys.exit() in start() is a failed start like any other.
+            where = getattr(exc, "tapster_service_path", None)
+            prefix = f"{where}: " if where else ""
+            what = f"sys.exit({exc.code!r}) called" if isinstance(exc, SystemExit) else "KeyboardInterrupt"
+            raise StartFailed(f"{prefix}{what} while starting") from exc
 
     async def _stop(self) -> Outcome:
+        """Stop the tree within the shutdown timeout; 0 means no drain: each stop is cancelled at its first wait."""
         self.phase = _Phase.STOPPING
         self.stop_task = asyncio.ensure_future(self.root.stop())
         timeout = self.config.shutdown_timeout
-        done, _ = await asyncio.wait({self.stop_task}, timeout=timeout if timeout > 0 else None)
+        done, _ = await asyncio.wait({self.stop_task}, timeout=timeout)  # 0: one turn of the loop
+        if not done and timeout == 0:
+            logger.info("--shutdown-timeout 0: no drain; cancelling the stops at once.")
+            return await self._cancel_stop(clean=Outcome.CLEAN)
         if not done:
             names = ", ".join(
                 f"{service_path(s)} ({type(s).__qualname__})" for s in still_stopping(self.root)
@@ -175,13 +208,25 @@ class _Server:
             return Outcome.UNCLEAN
         return Outcome.CLEAN
 
-    async def _cancel_stop(self) -> Outcome:
+    async def _cancel_stop(self, clean: Outcome = Outcome.UNCLEAN) -> Outcome:
+        """Cancel the stops; ``clean`` is the outcome when they then end (without an error) within CANCEL_WAIT."""
         assert self.stop_task is not None
         self.stop_task.cancel()
-        done, _ = await asyncio.wait({self.stop_task}, timeout=2.0)
+        done, _ = await asyncio.wait({self.stop_task}, timeout=CANCEL_WAIT)
         if not done:
-            logger.error("services ignored cancellation; exiting anyway")
-        return Outcome.UNCLEAN
+            names = ", ".join(service_path(s) for s in still_stopping(self.root))
+            logger.error("services ignored cancellation%s; exiting anyway", f" ({names})" if names else "")
+            # abandoned on purpose: no "Task was destroyed but it is pending!" on stderr when the loop closes
+            for task in asyncio.all_tasks(self.loop):
+                with contextlib.suppress(AttributeError):
+                    task._log_destroy_pending = False  # type: ignore[attr-defined]
+            return Outcome.UNCLEAN
+        if not self.stop_task.cancelled() and self.stop_task.exception() is not None:
+            exc = self.stop_task.exception()
+            assert exc is not None
+            logger.error("error while stopping", exc_info=(type(exc), exc, exc.__traceback__))
+            return Outcome.UNCLEAN
+        return clean
 
     def _on_stop_signal(self, signum: int) -> None:
         name = signal_name(signum)
