@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Figures, root_only, scale
+from reliability.conftest import Figures, root_only, scale
 
 ECHO_LOGGING = '''
 """echo, logging one line per request."""
