@@ -5,18 +5,50 @@ Every test here measures the promise it checks and records the figure with the `
 longer runs) and write the table in docs/reliability.md from what was measured, never from what was hoped.
 
 In CI (the default, short versions) the whole directory stays under three minutes on two cores.
+
+The helpers of tests/conftest.py (``run_tapster``, ``connect``, ``TapsterProcess``, ...) are re-exported here, so
+``from conftest import run_tapster, scale`` works in this directory. That is not a convenience but a necessity:
+pytest imports every conftest.py of a folder without ``__init__.py`` under the one module name ``conftest``, so
+once this file is loaded, ``import conftest`` anywhere (tests/runner is collected after tests/reliability) finds
+this module, and without the re-export the rest of the suite would fail to import.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+
+def _root_conftest() -> ModuleType:
+    """tests/conftest.py, loaded by path under a private name (pytest's own copy is not reachable by name)."""
+    path = Path(__file__).resolve().parent.parent / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_tapster_tests_root_conftest", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _is_fixture(value: object) -> bool:
+    return (
+        any(hasattr(value, marker) for marker in ("_fixture_function_marker", "_pytestfixturefunction"))
+        or type(value).__name__ == "FixtureFunctionDefinition"
+    )
+
+
+_root = _root_conftest()
+for _name, _value in vars(_root).items():
+    # Plain helpers only: fixtures stay defined once, in tests/conftest.py, where pytest registered them.
+    if not _name.startswith("_") and not isinstance(_value, ModuleType) and not _is_fixture(_value):
+        globals().setdefault(_name, _value)
 
 LONG = os.environ.get("TAPSTER_RELIABILITY_LONG") == "1"
 """True when bench/reliability.py runs the long versions."""
@@ -35,6 +67,7 @@ class Figures:
         self._out = os.environ.get("TAPSTER_RELIABILITY_RESULTS")
 
     def record(self, case: str, figure: str, goal: str, held: bool) -> None:
+        """Add a row (only when $TAPSTER_RELIABILITY_RESULTS names a file); call it before asserting ``held``."""
         if self._out:
             row = {
                 "test": self.test,
@@ -44,8 +77,12 @@ class Figures:
                 "held": held,
                 "long": LONG,
             }
-            with open(self._out, "a", encoding="utf-8") as out:
-                out.write(json.dumps(row) + "\n")
+            # One write on an O_APPEND descriptor: rows from parallel workers (pytest -n) never interleave.
+            fd = os.open(self._out, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, (json.dumps(row) + "\n").encode("utf-8"))
+            finally:
+                os.close(fd)
 
 
 @pytest.fixture
