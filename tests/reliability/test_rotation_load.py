@@ -3,7 +3,9 @@
 A daemon runs numbered.tac, which logs ``n 0``, ``n 1``, ... in a tight loop (tens of thousands of lines a
 second) while the test rotates the file under it: SIGUSR1, a rename followed by ``tapster ctl reopen``, tapster's
 own size rotation, and the real ``logrotate`` in its ``create`` mode (postrotate ``tapster ctl reopen``) and its
-``copytruncate`` mode. Afterwards every file is read back, oldest first, and the numbers must run 0..N-1 once each.
+``copytruncate`` mode. The test drives: it rotates a set number of times, each once the file has grown, then tells
+the logger to finish (after at least ``LINES`` lines); so a fast or a slow machine both see every rotation.
+Afterwards every file is read back, oldest first, and the numbers must run 0..N-1 once each.
 
 ``copytruncate`` cannot keep that promise (the lines written between logrotate's copy and its truncate are in
 neither file): there the figure is the number of lines lost, recorded as measured, and the test checks what
@@ -31,20 +33,24 @@ import pytest
 from conftest import Figures, pid_alive, run_tapster, scale
 
 LINES = scale(100_000, 2_000_000)
-"""Lines logged per run: a few seconds' worth in CI, a minute's worth in the long run."""
+"""The fewest lines logged per run: about a second's worth in CI, half a minute's worth in the long run."""
 
 NUMBERED_TAC = textwrap.dedent(
     """
     import asyncio, logging, os, time
     from tapster import Application, Service
 
-    COUNT = int(os.environ["NUMBERED_COUNT"])
+    AT_LEAST = int(os.environ["NUMBERED_AT_LEAST"])
+    ENOUGH = os.environ["NUMBERED_ENOUGH"]
     DONE = os.environ["NUMBERED_DONE"]
     log = logging.getLogger("numbered")
 
 
     class Numbered(Service):
-        '''Logs COUNT numbered lines as fast as the loop allows, then writes the rate to the DONE file.'''
+        '''Logs numbered lines as fast as the loop allows until AT_LEAST are logged and the ENOUGH file exists.
+
+        Then it writes the count and the time taken to the DONE file.
+        '''
 
         transient = ("_task",)
 
@@ -55,13 +61,17 @@ NUMBERED_TAC = textwrap.dedent(
         async def _run(self):
             info = log.info
             began = time.monotonic()
-            for number in range(COUNT):
+            number = 0
+            while True:
                 info("n %d", number)
-                if number % 256 == 255:
+                number += 1
+                if number % 256 == 0:
+                    if number >= AT_LEAST and os.path.exists(ENOUGH):
+                        break
                     await asyncio.sleep(0)  # let the loop run the signal handlers (rotate, reopen, stop)
             elapsed = time.monotonic() - began
             with open(DONE + ".tmp", "w") as out:
-                out.write(f"{COUNT} {elapsed:.6f}")
+                out.write(f"{number} {elapsed:.6f}")
             os.rename(DONE + ".tmp", DONE)
 
         async def stop(self):
@@ -99,10 +109,23 @@ class Run:
     def done(self) -> Path:
         return self.directory / "done"
 
-    def finished(self) -> bool:
+    def alive(self) -> None:
         if not pid_alive(self.pid):
             pytest.fail(f"the daemon died; log:\n{self.log.read_text(errors='replace')[-3000:]}")
-        return self.done.exists()
+
+    def finish(self, timeout: float = 600) -> None:
+        """Tell the logger to stop once it has logged LINES lines, and wait until it has."""
+        (self.directory / "enough").touch()
+        deadline = time.monotonic() + timeout
+        while not self.done.exists():
+            self.alive()
+            if time.monotonic() > deadline:
+                pytest.fail(f"the logger did not finish {LINES} lines within {timeout}s")
+            time.sleep(0.01)
+
+    @property
+    def count(self) -> int:
+        return int(self.done.read_text().split()[0])
 
     def rate(self) -> float:
         count, elapsed = self.done.read_text().split()
@@ -122,7 +145,11 @@ def start_numbered(tmp_path: Path) -> Iterator[Callable[..., Run]]:
     def start(*options: str) -> Run:
         directory = tmp_path / f"run{len(runs)}"
         directory.mkdir(mode=0o700)
-        env = {"NUMBERED_COUNT": str(LINES), "NUMBERED_DONE": str(directory / "done")}
+        env = {
+            "NUMBERED_AT_LEAST": str(LINES),
+            "NUMBERED_ENOUGH": str(directory / "enough"),
+            "NUMBERED_DONE": str(directory / "done"),
+        }
         started = run_tapster(["-y", str(tmp_path / "numbered.tac"), *options], cwd=directory, env=env)
         assert started.returncode == 0, started.stderr
         run = Run(directory, int((directory / "tapster.pid").read_text()))
@@ -135,14 +162,16 @@ def start_numbered(tmp_path: Path) -> Iterator[Callable[..., Run]]:
             os.kill(run.pid, signal.SIGKILL)
 
 
-def wait_growth(path: Path, run: Run, size: int = GROWTH) -> bool:
-    """Wait until ``path`` holds ``size`` bytes; False if the logger finished first."""
+def wait_growth(path: Path, run: Run, size: int = GROWTH, timeout: float = 120) -> None:
+    """Wait until ``path`` holds ``size`` bytes (the logger never stops before the test says so)."""
+    deadline = time.monotonic() + timeout
     while True:
         with contextlib.suppress(FileNotFoundError):
             if path.stat().st_size >= size:
-                return True
-        if run.finished():
-            return False
+                return
+        run.alive()
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path} did not reach {size} bytes within {timeout}s")
         time.sleep(0.001)
 
 
@@ -153,17 +182,9 @@ def wait_replaced(path: Path, inode: int, run: Run, timeout: float = 60) -> None
         with contextlib.suppress(FileNotFoundError):
             if path.stat().st_ino != inode:
                 return
-        run.finished()  # fails the test if the daemon died
+        run.alive()
         time.sleep(0.001)
     pytest.fail(f"{path} was not replaced within {timeout}s")
-
-
-def wait_done(run: Run, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while not run.finished():
-        if time.monotonic() > deadline:
-            pytest.fail(f"the logger did not finish {LINES} lines within {timeout}s")
-        time.sleep(0.01)
 
 
 def numbered_files(log: Path) -> list[Path]:
@@ -197,9 +218,9 @@ class Account:
         )
 
 
-def account(files: list[Path]) -> Account:
-    """Read ``files`` in order and count how the numbered lines in them differ from 0..LINES-1, once each."""
-    seen = bytearray(LINES)
+def account(files: list[Path], count: int) -> Account:
+    """Read ``files`` in order and count how the numbered lines in them differ from 0..count-1, once each."""
+    seen = bytearray(count)
     duplicated = reordered = garbled = nul_bytes = 0
     last = -1
     for path in files:
@@ -215,7 +236,7 @@ def account(files: list[Path]) -> Account:
             if match is None:
                 continue  # tapster's own lines ("Log opened.", "Log rotated (SIGUSR1).", ...)
             number = int(match.group(1))
-            if number >= LINES:
+            if number >= count:
                 garbled += 1
                 continue
             if seen[number]:
@@ -225,12 +246,12 @@ def account(files: list[Path]) -> Account:
                 reordered += 1
             last = number
     gaps = [len(run) for run in bytes(seen).split(b"\x01") if run]
-    return Account(len(files), LINES - sum(seen), duplicated, reordered, garbled, nul_bytes, gaps)
+    return Account(len(files), count - sum(seen), duplicated, reordered, garbled, nul_bytes, gaps)
 
 
 def record(figures: Figures, case: str, run: Run, rotations: int, result: Account) -> None:
     figures.record(
-        f"{case}: {LINES:,} lines at {run.rate():,.0f} lines/s, {rotations} rotations",
+        f"{case}: {run.count:,} lines at {run.rate():,.0f} lines/s, {rotations} rotations",
         result.describe(),
         "0 lost, 0 duplicated, 0 reordered, 0 garbled, 0 NUL bytes",
         result.perfect,
@@ -240,16 +261,16 @@ def record(figures: Figures, case: str, run: Run, rotations: int, result: Accoun
 def test_sigusr1_rotation_under_load(start_numbered: Callable[..., Run], figures: Figures) -> None:
     """SIGUSR1 rotations while lines pour in: every line is in exactly one file, in order."""
     run = start_numbered("--log-max-size", "0")
-    rotations = 0
-    while wait_growth(run.log, run):
+    rotations = scale(20, 200)
+    for _ in range(rotations):
+        wait_growth(run.log, run)
         inode = run.log.stat().st_ino
         os.kill(run.pid, signal.SIGUSR1)
         wait_replaced(run.log, inode, run)
-        rotations += 1
+    run.finish()
     run.stop()
-    result = account(numbered_files(run.log))
+    result = account(numbered_files(run.log), run.count)
     record(figures, "SIGUSR1 rotation", run, rotations, result)
-    assert rotations >= 2, "the logger finished before the test could rotate twice"
     assert result.perfect, result
 
 
@@ -257,7 +278,8 @@ def test_rename_and_ctl_reopen_under_load(start_numbered: Callable[..., Run], fi
     """The file renamed away, then `tapster ctl reopen`: lines go to the old file until the reopen, none lost."""
     run = start_numbered("--log-max-size", "0")
     moved: list[Path] = []
-    while wait_growth(run.log, run):
+    for _ in range(scale(5, 40)):
+        wait_growth(run.log, run)
         inode = run.log.stat().st_ino
         aside = run.directory / f"moved.{len(moved):05d}"
         run.log.rename(aside)
@@ -265,10 +287,10 @@ def test_rename_and_ctl_reopen_under_load(start_numbered: Callable[..., Run], fi
         reopened = run_tapster(["ctl", "reopen"], cwd=run.directory)
         assert reopened.returncode == 0, reopened.stderr
         wait_replaced(run.log, inode, run)
+    run.finish()
     run.stop()
-    result = account([*moved, run.log])
+    result = account([*moved, run.log], run.count)
     record(figures, "rename + `tapster ctl reopen`", run, len(moved), result)
-    assert len(moved) >= 2, "the logger finished before the test could rotate twice"
     assert result.perfect, result
 
 
@@ -276,10 +298,10 @@ def test_size_rotation_under_load(start_numbered: Callable[..., Run], figures: F
     """tapster's own size rotation (--log-max-size) keeps every line, and no file passes the limit."""
     limit = scale(256 * 1024, 1024 * 1024)
     run = start_numbered("--log-max-size", str(limit))
-    wait_done(run)
+    run.finish()
     run.stop()
     files = numbered_files(run.log)
-    result = account(files)
+    result = account(files, run.count)
     oversized = [p.name for p in files if p.stat().st_size > limit]
     record(figures, f"size rotation (--log-max-size {limit})", run, len(files) - 1, result)
     assert len(files) >= 3, [p.name for p in files]
@@ -293,15 +315,17 @@ needs_logrotate = pytest.mark.skipif(
 )
 
 
-def run_logrotate(run: Run, stanza: str) -> int:
-    """Run the real logrotate, forced, whenever the log has grown; return how many times it rotated."""
+def run_logrotate(run: Run, stanza: str, rotations: int) -> None:
+    """Run the real logrotate, forced, ``rotations`` times, each once the log has grown."""
     binary = logrotate()
     assert binary is not None
     conf = run.directory / "logrotate.conf"
-    conf.write_text(f"{run.log} {{\n    rotate 100000\n    missingok\n{textwrap.indent(stanza, '    ')}}}\n")
+    # Keep every rotated file, but say no more than that: logrotate looks for each of the `rotate` old names.
+    body = f"rotate {rotations + 1}\nmissingok\n{stanza}"
+    conf.write_text(f"{run.log} {{\n{textwrap.indent(body, '    ')}}}\n")
     conf.chmod(0o644)
-    rotations = 0
-    while wait_growth(run.log, run):
+    for _ in range(rotations):
+        wait_growth(run.log, run)
         done = subprocess.run(
             [binary, "-f", "-s", str(run.directory / "logrotate.state"), str(conf)],
             capture_output=True,
@@ -309,8 +333,7 @@ def run_logrotate(run: Run, stanza: str) -> int:
             timeout=120,
         )
         assert done.returncode == 0, done.stderr
-        rotations += 1
-    return rotations
+    run.finish()
 
 
 @needs_logrotate
@@ -318,11 +341,11 @@ def test_logrotate_create_with_ctl_reopen(start_numbered: Callable[..., Run], fi
     """logrotate's create mode, postrotate `tapster ctl reopen`: no line lost or reordered."""
     run = start_numbered("--log-max-size", "0")
     reopen = f"{sys.executable} -m tapster ctl reopen --pidfile {run.directory / 'tapster.pid'} >/dev/null"
-    rotations = run_logrotate(run, f"create 0600\npostrotate\n    {reopen}\nendscript\n")
+    rotations = scale(5, 40)
+    run_logrotate(run, f"create 0600\npostrotate\n    {reopen}\nendscript\n", rotations)
     run.stop()
-    result = account(numbered_files(run.log))
+    result = account(numbered_files(run.log), run.count)
     record(figures, "logrotate `create` + postrotate `tapster ctl reopen`", run, rotations, result)
-    assert rotations >= 2, "the logger finished before logrotate could run twice"
     assert result.perfect, result
 
 
@@ -341,10 +364,11 @@ def test_logrotate_copytruncate(start_numbered: Callable[..., Run], figures: Fig
     """logrotate's copytruncate loses only the lines of its copy-to-truncate window, and leaves no NUL hole."""
     run = start_numbered("--log-max-size", "0")
     o_append = appends(run.pid, run.log)
-    rotations = run_logrotate(run, "copytruncate\n")
+    rotations = scale(8, 80)
+    run_logrotate(run, "copytruncate\n", rotations)
     run.stop()
     files = numbered_files(run.log)
-    result = account(files)
+    result = account(files, run.count)
     sparse = [p.name for p in files if p.stat().st_blocks * 512 < p.stat().st_size - 4096]
     # Lines logged after logrotate's copy and before its truncate are in neither file: one run of missing
     # numbers per rotation at most. Any other loss (a second gap, a scattered line) would be tapster's fault.
@@ -354,7 +378,7 @@ def test_logrotate_copytruncate(start_numbered: Callable[..., Run], figures: Fig
     )
     worst = max(result.gaps, default=0)
     figures.record(
-        f"logrotate `copytruncate`: {LINES:,} lines at {run.rate():,.0f} lines/s, {rotations} rotations",
+        f"logrotate `copytruncate`: {run.count:,} lines at {run.rate():,.0f} lines/s, {rotations} rotations",
         f"{result.lost:,} lost in {len(result.gaps)} gaps (at most {worst:,} lines per rotation); "
         f"{result.duplicated} duplicated, {result.reordered} reordered, {result.garbled} garbled, "
         f"{result.nul_bytes} NUL bytes; O_APPEND: {o_append}",
@@ -362,7 +386,6 @@ def test_logrotate_copytruncate(start_numbered: Callable[..., Run], figures: Fig
         "0 duplicated, reordered, garbled, NUL bytes",
         intact and len(result.gaps) <= rotations,
     )
-    assert rotations >= 2, "the logger finished before logrotate could run twice"
     assert o_append, "the log file is not opened with O_APPEND: a copytruncate leaves a hole of NUL bytes"
     assert not sparse, f"sparse files (a write at the old offset after the truncate): {sparse}"
     assert intact, result
