@@ -233,7 +233,7 @@ def values(files: dict[str, str]) -> st.SearchStrategy[str]:
     return st.one_of(
         st.sampled_from(typical),
         st.sampled_from(sorted(files.values())),
-        auth_specs(files),
+        auth_specs(files).filter(harmless),
         st.text(max_size=10).filter(harmless),
     )
 
