@@ -59,6 +59,20 @@ def scale(short: int, long: int) -> int:
     return long if LONG else short
 
 
+LONG_TIMEOUT = 1800
+"""Seconds a long-version test may take (the project's pytest-timeout of 120 s is for the CI versions)."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In the long run, give this directory's tests :data:`LONG_TIMEOUT` unless they set their own."""
+    if not LONG:
+        return
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in item.path.resolve().parents and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(LONG_TIMEOUT))
+
+
 class Figures:
     """Records what a test measured as a row of docs/reliability.md: case, figure, goal, and whether it held."""
 

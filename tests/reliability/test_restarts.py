@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLES, TAPSTER, Figures, connect, pid_alive, read_all, run_tapster, scale
+from tapster.runner._pidfile import read_pid_status
 
 FASTPOETRY = str(EXAMPLES / "fastpoetry.tac")
 POEM = (EXAMPLES / "poetry" / "ecstasy.txt").read_bytes()
@@ -28,10 +29,15 @@ REFUSED = re.compile(r"tapster: Another server is running, PID (\d+|unknown) \(f
 
 @pytest.fixture
 def rundir(tmp_path: Path) -> Iterator[Path]:
-    """A directory for the daemons of one test; whatever daemon its pid file names is killed at the end."""
+    """A directory for the daemons of one test; a daemon still holding its pid file is killed at the end.
+
+    Only a held (locked) file names a live daemon: the pid in a stale one may belong to anyone by now.
+    """
     yield tmp_path
-    with contextlib.suppress(ValueError, ProcessLookupError, FileNotFoundError):
-        os.kill(int((tmp_path / "tapster.pid").read_text()), signal.SIGKILL)
+    state, pid = read_pid_status(str(tmp_path / "tapster.pid"))
+    if state == "running" and pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def wait_gone(pid: int, timeout: float = 30) -> bool:
