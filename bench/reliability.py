@@ -80,6 +80,7 @@ def main() -> int:
         if args.workers == "0":
             command[command.index("-n") : command.index("-n") + 2] = []
         print(f"$ {' '.join(command[2:])}  ({'short' if args.short else 'long'} versions)", file=sys.stderr)
+        load_before = _load()
         began = time.monotonic()
         status = subprocess.run(command, cwd=REPO, env=env).returncode
         elapsed = time.monotonic() - began
@@ -87,7 +88,7 @@ def main() -> int:
         outcomes = read_junit(junit) if junit.exists() else {}
 
     rows = complete(rows, outcomes, order)
-    text = render(rows, outcomes, status, elapsed, short=args.short)
+    text = render(rows, outcomes, status, elapsed, load_before, short=args.short)
     if args.no_write:
         print(text)
     else:
@@ -178,7 +179,13 @@ def _quiet() -> contextlib.suppress:
     )
 
 
-def machine() -> list[str]:
+def _load() -> str:
+    with _quiet():
+        return Path("/proc/loadavg").read_text().split()[0]
+    return "?"
+
+
+def machine(load_before: str) -> list[str]:
     """What the figures depend on: CPUs, memory, kernel, Python and the tools' versions."""
     cpu = ""
     with _quiet():
@@ -192,7 +199,7 @@ def machine() -> list[str]:
         memory = f", {kib / 1024 / 1024:.0f} GB RAM"
     load = ""
     with _quiet():
-        load = f"; load average before the run {Path('/proc/loadavg').read_text().split()[0]}"
+        load = f"; 1-minute load average {load_before} before the run, {_load()} after"
     versions = []
     for dist in ("tapster", "pytest", "pytest-xdist", "hypothesis"):
         with _quiet():
@@ -205,7 +212,7 @@ def machine() -> list[str]:
     else:
         versions.append("logrotate not installed")
     return [
-        f"- Date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')} (the end of the run)",
         f"- Machine: {os.cpu_count()} CPUs ({cpu or platform.machine()}){memory}, "
         f"{platform.system()} {platform.release()}{load}; running as {'root' if os.geteuid() == 0 else 'a user'}",
         f"- Python {platform.python_version()}; {', '.join(versions)}",
@@ -213,7 +220,13 @@ def machine() -> list[str]:
 
 
 def render(
-    rows: list[Row], outcomes: dict[str, tuple[str, str]], status: int, elapsed: float, *, short: bool
+    rows: list[Row],
+    outcomes: dict[str, tuple[str, str]],
+    status: int,
+    elapsed: float,
+    load_before: str,
+    *,
+    short: bool,
 ) -> str:
     counts: dict[str, int] = {}
     for outcome, _ in outcomes.values():
@@ -227,7 +240,7 @@ def render(
         f"Run: {mode}, `python bench/reliability.py{' --short' if short else ''}`: {summary} in "
         f"{elapsed:.0f} s (pytest exit status {status}); {held} of {len(rows)} rows held.",
         "",
-        *machine(),
+        *machine(load_before),
         "",
         "| area | case | figure | goal | held |",
         "| --- | --- | --- | --- | --- |",

@@ -18,9 +18,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -45,6 +46,15 @@ def _is_fixture(value: object) -> bool:
 
 
 _root = _root_conftest()
+# Named here so that readers and type checkers see them; the loop below brings any later addition along too.
+EXAMPLES: Path = _root.EXAMPLES
+REPO: Path = _root.REPO
+TAPSTER: list[str] = _root.TAPSTER
+TapsterProcess = _root.TapsterProcess
+run_tapster: Callable[..., subprocess.CompletedProcess[str]] = _root.run_tapster
+connect: Callable[..., socket.socket] = _root.connect
+read_all: Callable[[socket.socket], bytes] = _root.read_all
+pid_alive: Callable[[int], bool] = _root.pid_alive
 for _name, _value in vars(_root).items():
     # Plain helpers only: fixtures stay defined once, in tests/conftest.py, where pytest registered them.
     if not _name.startswith("_") and not isinstance(_value, ModuleType) and not _is_fixture(_value):
