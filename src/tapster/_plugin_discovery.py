@@ -102,7 +102,7 @@ def plugin_folders(path: Sequence[str]) -> list[str]:
     seen: set[str] = set()
     candidates = [os.path.join(entry or os.getcwd(), "tapster", "plugins") for entry in path]
     for folder in [*candidates, BUILTIN_FOLDER]:
-        if not os.path.isdir(folder) or os.path.exists(os.path.join(folder, "__init__.py")):
+        if not os.path.isdir(folder) or _ignore_reason(folder) is not None:
             continue
         real = os.path.realpath(folder)
         if real not in seen:
@@ -111,21 +111,72 @@ def plugin_folders(path: Sequence[str]) -> list[str]:
     return folders
 
 
-def package_plugin_folders(path: Sequence[str]) -> list[str]:
-    """The ``tapster/plugins`` folders under ``path`` that discovery skips because they hold ``__init__.py``.
+class IgnoredFolder(NamedTuple):
+    """A ``tapster/plugins`` folder discovery skips, and the sentence saying why and what to do."""
 
-    Adding one is a common packaging reflex; the CLI names them so the plugins inside do not vanish silently.
+    folder: str
+    reason: str
+
+
+def _ignore_reason(folder: str) -> str | None:
+    """Why discovery skips the ``tapster/plugins`` folder ``folder`` (which exists), or None to read it.
+
+    Both ``tapster/`` and ``tapster/plugins/`` must be plain folders. A ``tapster/__init__.py`` in a project root
+    makes a package that hides the installed tapster from ``python -m tapster`` and ``import tapster`` run
+    there, so its plugins are refused with a message rather than half-working. tapster's own folder (inside the
+    real package) is the one exception.
     """
-    found: list[str] = []
+    if os.path.exists(os.path.join(folder, "__init__.py")):
+        return "a plugins folder must not have an __init__.py (see docs/plugins.md)"
+    parent = os.path.dirname(folder)
+    init = os.path.join(parent, "__init__.py")
+    if os.path.exists(init) and os.path.realpath(folder) != os.path.realpath(BUILTIN_FOLDER):
+        return (
+            f"{init} makes tapster/ a package that hides the installed tapster (python -m tapster fails "
+            "there), so these plugins are not read: delete it (tapster/ and tapster/plugins/ must be plain "
+            "folders, see docs/plugins.md)"
+        )
+    return None
+
+
+def ignored_plugin_folders(path: Sequence[str]) -> list[IgnoredFolder]:
+    """The ``tapster/plugins`` folders under ``path`` that discovery skips, each with the reason.
+
+    Adding an ``__init__.py`` is a common packaging reflex; the CLI names these folders so the plugins inside
+    do not vanish silently.
+    """
+    found: list[IgnoredFolder] = []
+    seen: set[str] = set()
     for entry in path:
-        folder = os.path.join(entry or os.getcwd(), "tapster", "plugins")
-        if (
-            os.path.exists(os.path.join(folder, "__init__.py"))
-            and os.path.abspath(folder) not in found
-            and os.path.realpath(folder) != os.path.realpath(BUILTIN_FOLDER)
-        ):
-            found.append(os.path.abspath(folder))
+        folder = os.path.abspath(os.path.join(entry or os.getcwd(), "tapster", "plugins"))
+        if folder in seen or not os.path.isdir(folder):
+            continue
+        seen.add(folder)
+        reason = _ignore_reason(folder)
+        if reason is not None:
+            found.append(IgnoredFolder(folder, reason))
     return found
+
+
+def ignored_folders_note(path: Sequence[str]) -> str:
+    """`` Ignored FOLDER: why.`` for each skipped folder (see :func:`ignored_plugin_folders`), or ``""``."""
+    return "".join(f" Ignored {item.folder}: {item.reason}." for item in ignored_plugin_folders(path))
+
+
+def searched_note(path: Sequence[str], *, entry_points: bool) -> str:
+    """Where discovery looked, for an unknown plugin name: the folders it read and what the working directory lacks.
+
+    A user who runs ``tapster NAME`` from the wrong directory sees that the project root's folder was not there.
+    """
+    folders = plugin_folders(path)
+    where = ", ".join(folders)
+    text = f"Searched the tapster/plugins/ folders on sys.path ({where})"
+    text += " and the tapster.plugins entry points" if entry_points else ""
+    cwd = os.getcwd()
+    on_path = any(os.path.abspath(entry or os.curdir) == cwd for entry in path)
+    if on_path and not os.path.isdir(os.path.join(cwd, "tapster", "plugins")):
+        text += f"; the working directory {cwd} has no tapster/plugins/ folder (run tapster from your project's root)"
+    return text + "."
 
 
 def module_name(folder: str, stem: str) -> str:
