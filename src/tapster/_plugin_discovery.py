@@ -12,6 +12,7 @@ same name. The name is stable for a given folder, so the module's classes can be
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 import types
@@ -186,6 +187,30 @@ def module_name(folder: str, stem: str) -> str:
     return f"{_MODULE_PREFIX}{zlib.crc32(os.path.realpath(folder).encode()):08x}_{stem}"
 
 
+def _stem_of(name: str) -> str:
+    """``x_plugin`` for the private module name ``_tapster_plugin_<hash>_x_plugin``; ``""`` for any other name."""
+    return name.removeprefix(_MODULE_PREFIX).partition("_")[2] if name.startswith(_MODULE_PREFIX) else ""
+
+
+def describe_module(name: str) -> str:
+    """How a message names a module: a plugin module by its file (the path once loaded), never by its private
+    name, which means nothing to the user; any other module by its name."""
+    stem = _stem_of(name)
+    if not stem:
+        return name
+    file = getattr(sys.modules.get(name), "__file__", None)
+    return f"plugin file {file}" if file else f"plugin file {stem}.py"
+
+
+_PRIVATE_NAME = re.compile(rf"'?{_MODULE_PREFIX}[0-9a-f]{{8}}_(\w+)'?")
+
+
+def without_private_names(text: str) -> str:
+    """``text`` with every private plugin module name replaced by its file: for messages written by others
+    (pickle's ``Can't get attribute 'X' on <module '_tapster_plugin_...'>``)."""
+    return _PRIVATE_NAME.sub(lambda match: describe_module(match.group(0).strip("'")), text)
+
+
 def import_plugin_file(path: str) -> Any:
     """Import the plugin module at ``path`` (once per process) and return it; its exceptions propagate."""
     folder, file = os.path.split(path)
@@ -218,21 +243,28 @@ def import_plugin_module(name: str, path: Sequence[str] | None = None) -> Any:
     module = sys.modules.get(name)
     if module is not None:
         return module
-    stem = name.removeprefix(_MODULE_PREFIX).partition("_")[2]
-    if name.startswith(_MODULE_PREFIX) and stem:
-        for folder in plugin_folders(sys.path if path is None else path):
+    stem = _stem_of(name)
+    folders = plugin_folders(sys.path if path is None else path)
+    if stem:
+        for folder in folders:
             file = os.path.join(folder, f"{stem}.py")
             if module_name(folder, stem) == name and os.path.isfile(file):
                 return import_plugin_file(file)
         # The state was saved from another folder (a new release directory, a copied project): the same plugin
         # file under the first plugin folder that has it, as discovery would pick it, stands in for it.
-        for folder in plugin_folders(sys.path if path is None else path):
+        for folder in folders:
             file = os.path.join(folder, f"{stem}.py")
             if os.path.isfile(file):
                 module = import_plugin_file(file)
                 sys.modules[name] = module
                 return module
-    raise ImportError(f"no plugin module {name} in the tapster/plugins folders on sys.path", name=name)
+        raise ImportError(
+            f"it uses the plugin file {stem}.py, and no tapster/plugins/ folder on sys.path has it (searched: "
+            f"{', '.join(folders)}); run tapster from the project root that holds tapster/plugins/{stem}.py, "
+            "or put that root on PYTHONPATH",
+            name=name,
+        )
+    raise ImportError(f"{name} is not a plugin module name", name=name)
 
 
 def scan_folder(folder: str, *, use_cache: bool = True) -> list[Candidate]:
