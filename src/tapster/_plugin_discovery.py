@@ -89,9 +89,13 @@ def _records(pairs: list[tuple[str, Any]]) -> list[PluginRecord]:
 
 
 def describe_error(exc: BaseException) -> str:
-    """The one-line form of an import failure: ``ImportError: No module named 'x'``."""
+    """The one-line form of an import failure: ``ImportError: No module named 'x'``, and for a module a tapster
+    extra installs, the command that installs it: ``... (pip install 'tapster[web]')``."""
+    from tapster._extras import install_hint
+
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    described = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return described + install_hint(exc)
 
 
 # -- tapster/plugins/ folders ----------------------------------------------------------------------------------

@@ -243,6 +243,7 @@ def build_application(maker: ServiceMaker, options: Options) -> Application:
         PluginError: ``make_service`` raised (other than a TapsterError, which propagates) or returned something
             that is not a Service.
     """
+    from tapster._extras import install_hint
     from tapster.errors import TapsterError
     from tapster.service import Application, Service
 
@@ -252,7 +253,7 @@ def build_application(maker: ServiceMaker, options: Options) -> Application:
         raise
     except Exception as exc:
         raise PluginError(
-            f"plugin {maker.tapname}: make_service failed: {type(exc).__name__}: {exc}"
+            f"plugin {maker.tapname}: make_service failed: {type(exc).__name__}: {exc}{install_hint(exc)}"
         ) from exc
     if not isinstance(service, Service):
         raise PluginError(
@@ -269,13 +270,14 @@ def make_options(maker: ServiceMaker) -> Options:
     Raises:
         PluginError: ``options`` does not give an Options instance.
     """
+    from tapster._extras import install_hint
     from tapster.options import Options
 
     try:
         options = maker.options()
     except Exception as exc:
         raise PluginError(
-            f"plugin {maker.tapname}: cannot create its options: {type(exc).__name__}: {exc}"
+            f"plugin {maker.tapname}: cannot create its options: {type(exc).__name__}: {exc}{install_hint(exc)}"
         ) from exc
     if not isinstance(options, Options):
         raise PluginError(
