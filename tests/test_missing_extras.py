@@ -130,3 +130,20 @@ def test_hash_package_missing_names_the_ssh_extra(tmp_path: Path) -> None:
     )
     line = one_line(result, 2)
     assert line.endswith("bcrypt hashes need the bcrypt package (pip install 'tapster[ssh]')")
+
+
+def test_broken_uvloop_is_not_called_missing(tmp_path: Path) -> None:
+    """uvloop present but failing on a module of its own: the line says that, not 'pip install' (which would not
+    help)."""
+    fake = tmp_path / "shadow" / "uvloop"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("import uvloop_own_part_that_is_gone\n")
+    result = run_tapster(
+        ["-n", "-o", "--pidfile=", "--reactor", "uvloop", "-y", str(EXAMPLES / "echo.tac")],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path / "shadow")},
+    )
+    assert one_line(result, 1) == (
+        "tapster: reactor 'uvloop' cannot be imported: ModuleNotFoundError: "
+        "No module named 'uvloop_own_part_that_is_gone'"
+    )
