@@ -133,8 +133,9 @@ def _ignore_reason(folder: str) -> str | None:
     """
     if os.path.exists(os.path.join(folder, "__init__.py")):
         return "a plugins folder must not have an __init__.py (see docs/plugins.md)"
-    parent = os.path.dirname(folder)
-    init = os.path.join(parent, "__init__.py")
+    if folder == BUILTIN_FOLDER:  # the common case first: no more system calls for the built-in folder
+        return None
+    init = os.path.join(os.path.dirname(folder), "__init__.py")
     if os.path.exists(init) and os.path.realpath(folder) != os.path.realpath(BUILTIN_FOLDER):
         return (
             f"{init} makes tapster/ a package that hides the installed tapster (python -m tapster fails "
