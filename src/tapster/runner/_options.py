@@ -95,15 +95,10 @@ def _profiler(text: str) -> str:
 
 
 def _ignored_folders_note() -> str:
-    """Name plugin folders skipped for holding an __init__.py, so their plugins do not vanish silently."""
-    from tapster._plugin_discovery import package_plugin_folders
+    """Name plugin folders discovery skips (an __init__.py in them), so their plugins do not vanish silently."""
+    from tapster._plugin_discovery import ignored_folders_note
 
-    folders = package_plugin_folders(sys.path)
-    if not folders:
-        return ""
-    return (
-        f" Ignored {', '.join(folders)}: a plugins folder must not have an __init__.py (see docs/plugins.md)."
-    )
+    return ignored_folders_note(sys.path)
 
 
 class ServerOptions(Options):
@@ -233,12 +228,7 @@ class ServerOptions(Options):
         """A positional argument that names no plugin: say so, with the closest plugin name."""
         if name.endswith((".py", ".tac")) or os.path.isfile(name):
             raise UsageError(f"Unknown command: {name}. To run an application file, use -y {name}")
-        close = self.plugins().suggest(name)
-        raise UsageError(
-            f"Unknown command: {name}."
-            + (f" Did you mean {close}?" if close else "")
-            + _ignored_folders_note()
-        )
+        raise UsageError(f"Unknown command: {name}. {self.plugins().explain_unknown(name)}")
 
     def format_help(self) -> str:
         """The global options, then every plugin with its description, sorted, shadowed and failed ones marked."""
