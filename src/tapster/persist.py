@@ -145,21 +145,27 @@ def load_state(path: str, *, trust_any_owner: bool = False) -> Service:
             value = StateUnpickler(io.BytesIO(body), modules).load()
     except StateRefused as exc:
         raise AppLoadError(
-            f"refusing to load {path}: it names {without_private_names(str(exc))} "
+            f"refusing to load {path}: it names {_printable(without_private_names(str(exc)))} "
             "(--trust-state-file loads a file you trust anyway)"
         ) from None
     except (EOFError, pickle.UnpicklingError, struct.error, IndexError, KeyError) as exc:
         # the pure-Python unpickler reports a cut or garbled stream with struct, index and memo-key errors
-        raise AppLoadError(f"saved state {path} is truncated or damaged: {exc}") from exc
+        raise AppLoadError(f"saved state {path} is truncated or damaged: {_printable(str(exc))}") from exc
     except (ImportError, AttributeError) as exc:
-        reason = without_private_names(str(exc))
+        reason = _printable(without_private_names(str(exc)))
         raise AppLoadError(f"saved state {path} needs code that cannot be found: {reason}") from exc
     except Exception as exc:
-        reason = without_private_names(f"{type(exc).__name__}: {exc}")
+        reason = _printable(without_private_names(f"{type(exc).__name__}: {exc}"))
         raise AppLoadError(f"saved state {path} cannot be loaded: {reason}") from exc
     if not isinstance(value, Service):
         raise AppLoadError(f"saved state {path} holds a {type(value).__qualname__}, not a tapster Service")
     return value
+
+
+def _printable(text: str) -> str:
+    """Names read from a damaged file may hold line breaks or control bytes: escape them, so the error stays the
+    one line the CLI prints and cannot forge further lines on the terminal or in the log."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _read_checked(path: str, trust_any_owner: bool) -> bytes:

@@ -374,7 +374,7 @@ def saved_state(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 def test_fuzz_saved_state_files(saved_state: bytes, tmp_path: Path, figures: Figures) -> None:
-    """A .tap file with a damaged header, or truncated anywhere: loaded or AppLoadError, never a traceback."""
+    """A .tap file with a damaged header or pickle, or truncated anywhere: loaded or AppLoadError, never a traceback."""
     from tapster.persist import load_state
 
     header, _, body = saved_state.partition(b"\n")
@@ -386,8 +386,20 @@ def test_fuzz_saved_state_files(saved_state: bytes, tmp_path: Path, figures: Fig
         mangled[position % len(mangled)] ^= draw_bytes[0] or 1
         return bytes(mangled) + draw_bytes[1:] + body
 
+    def damaged_pickle(edits: list[tuple[int, int]]) -> bytes:
+        start = saved_state.index(b"\x80")  # the pickle's PROTO opcode, after the header lines
+        mangled = bytearray(saved_state)
+        for position, value in edits:
+            mangled[start + position % (len(mangled) - start)] = value
+        return bytes(mangled)
+
     strategy = st.one_of(
         st.binary(max_size=64),  # no header at all
+        st.lists(  # one to four bytes of the pickle itself changed
+            st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)),
+            min_size=1,
+            max_size=4,
+        ).map(damaged_pickle),
         st.builds(damaged_header, st.binary(min_size=1, max_size=16), st.integers(min_value=0)),
         st.integers(min_value=0, max_value=len(saved_state)).map(lambda n: saved_state[:n]),  # truncated
     )
@@ -400,4 +412,4 @@ def test_fuzz_saved_state_files(saved_state: bytes, tmp_path: Path, figures: Fig
         except AppLoadError as exc:
             one_line(exc, data)
 
-    fuzz(figures, "saved-state files (damaged header, truncated)", strategy, check)
+    fuzz(figures, "saved-state files (damaged header or pickle, truncated)", strategy, check)
