@@ -271,7 +271,7 @@ def test_debug_sigusr2_enters_pdb_and_continue_resumes(tmp_path: Path) -> None:
 def test_plugin_run_saves_state_and_dash_f_serves_the_same_poem_on_the_same_port(
     tapster, tmp_path: Path
 ) -> None:
-    """`tapster fastpoetry` leaves fastpoetry-shutdown.tap; `tapster -n -f` on it serves the same poem, same port."""
+    """`tapster --save fastpoetry` leaves NAME-shutdown.tap; `-f` on it serves the same poem on the same port."""
     import socket
 
     with socket.socket() as probe:  # a port the OS says is free, fixed for both runs
@@ -279,7 +279,9 @@ def test_plugin_run_saves_state_and_dash_f_serves_the_same_poem_on_the_same_port
         port = probe.getsockname()[1]
     poem = EXAMPLES / "poetry" / "ecstasy.txt"
     env = {"PYTHONPATH": str(EXAMPLES)}
-    first = tapster(["-n", "--pidfile=", "fastpoetry", "--port", str(port), "--poem", str(poem)], env=env)
+    first = tapster(
+        ["-n", "--pidfile=", "--save", "fastpoetry", "--port", str(port), "--poem", str(poem)], env=env
+    )
     assert first.port("PoetryProtocol") == port
     assert fetch(port) == poem.read_bytes()
     first.signal(signal.SIGTERM)
@@ -301,7 +303,7 @@ def test_saved_plugin_state_loads_after_the_project_moves(tapster, tmp_path: Pat
         shutil.copytree(EXAMPLES / "tapster", tmp_path / release / "tapster")
     poem = EXAMPLES / "poetry" / "ecstasy.txt"
     first = tapster(
-        ["-n", "--pidfile=", "fastpoetry", "--port", "0", "--poem", str(poem)], cwd=tmp_path / "v1"
+        ["-n", "--pidfile=", "--save", "fastpoetry", "--port", "0", "--poem", str(poem)], cwd=tmp_path / "v1"
     )
     first.port("PoetryProtocol")
     first.signal(signal.SIGTERM)

@@ -89,9 +89,11 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def _profiler(text: str) -> str:
-    if text not in ("cprofile", "profile"):
+    """twistd compares profiler names case-insensitively (``--profiler=cProfile`` works there too)."""
+    name = text.lower()
+    if name not in ("cprofile", "profile"):
         raise ValueError(f"expected 'cprofile' or 'profile', got {text!r}")
-    return text
+    return name
 
 
 def _ignored_folders_note() -> str:
@@ -177,6 +179,11 @@ class ServerOptions(Options):
         ("spew", None, "Log every Python call and line executed (very slow; for finding hangs)."),
         ("originalname", None, "Do not change the process title to 'tapster: NAME'."),
         ("no_save", "o", "Do not save the application state at shutdown."),
+        (
+            "save",
+            None,
+            "Save the state at shutdown for a plugin or -y run too (a tapster extension; -f runs always save).",
+        ),
         ("syslog", None, "Log to the system log instead of a file."),
         ("log-daily", None, "Rotate the log file once a day, at midnight."),
         ("euid", None, "With --uid/--gid, switch only the effective ids."),
@@ -276,6 +283,8 @@ class ServerOptions(Options):
                     "(see tapster --help)"
                 )
             self["file"] = "tapster.tap"  # twistd loads twistd.tap when given nothing else
+        if self["save"] and self["no_save"]:
+            raise UsageError("give only one of --save and -o/--no_save")
         if self["debug"]:
             self["nodaemon"] = True
 
@@ -290,14 +299,15 @@ class ServerOptions(Options):
         """The RunConfig these options describe, with paths resolved against ``launch_dir`` (default: cwd)."""
         base = launch_dir or os.getcwd()
         logfile = self["logfile"]
-        if logfile == "-" or (logfile is None and self["nodaemon"]):
+        if logfile == "-" or (not logfile and self["nodaemon"]):  # twistd: an empty name with -n is stdout
             resolved_log: str | None = None
         else:
             resolved_log = os.path.join(base, logfile or "tapster.log")
         pidfile = self["pidfile"] or None
         return RunConfig(
             nodaemon=self["nodaemon"],
-            no_save=self["no_save"] or bool(self["python"]),
+            # twistd saves only -f runs; --save asks for it on a plugin or -y run (docs/running.md)
+            no_save=self["no_save"] or not (self["file"] or self["save"]),
             logfile=resolved_log,
             log_max_bytes=self._log_max_bytes(),
             log_keep=self["log-keep"],
