@@ -106,7 +106,7 @@ def test_resolve_user_by_name_or_number(uid: str) -> None:
     entry = nobody()
     values: dict[str, str | int] = {"nobody": "nobody", "NUMBER": entry.pw_uid, "STRING": str(entry.pw_uid)}
     value = values[uid]
-    assert resolve_identity(value, None) == Identity(entry.pw_uid, entry.pw_gid, "nobody")
+    assert resolve_identity(value, None) == Identity(entry.pw_uid, entry.pw_gid, "nobody", (entry.pw_gid,))
 
 
 @needs_nobody
@@ -114,9 +114,15 @@ def test_resolve_group_by_name_or_number() -> None:
     """A group given by name or number overrides the user's primary group."""
     entry = nobody()
     root_group = grp.getgrgid(0).gr_name
-    assert resolve_identity("nobody", root_group) == Identity(entry.pw_uid, 0, "nobody")
-    assert resolve_identity("nobody", 0) == Identity(entry.pw_uid, 0, "nobody")
-    assert resolve_identity("nobody", "0") == Identity(entry.pw_uid, 0, "nobody")
+    assert resolve_identity("nobody", root_group) == Identity(
+        entry.pw_uid, 0, "nobody", tuple(os.getgrouplist("nobody", 0))
+    )
+    assert resolve_identity("nobody", 0) == Identity(
+        entry.pw_uid, 0, "nobody", tuple(os.getgrouplist("nobody", 0))
+    )
+    assert resolve_identity("nobody", "0") == Identity(
+        entry.pw_uid, 0, "nobody", tuple(os.getgrouplist("nobody", 0))
+    )
 
 
 def test_resolve_group_only_keeps_current_user() -> None:

@@ -295,6 +295,12 @@ class ServerOptions(Options):
             return None if self["log-daily"] else 1_000_000
         return size or None
 
+    def _rundir(self, base: str) -> str:
+        """With --chroot the run directory is a path inside the jail, ``/`` by default (as twistd)."""
+        if self["chroot"]:
+            return os.path.join("/", "" if self["rundir"] == "." else self["rundir"])
+        return os.path.join(base, self["rundir"])
+
     def run_config(self, launch_dir: str | None = None) -> RunConfig:
         """The RunConfig these options describe, with paths resolved against ``launch_dir`` (default: cwd)."""
         base = launch_dir or os.getcwd()
@@ -322,7 +328,7 @@ class ServerOptions(Options):
             gid=self["gid"],
             euid=self["euid"],
             chroot=os.path.join(base, self["chroot"]) if self["chroot"] else None,
-            rundir=os.path.join(base, self["rundir"]),
+            rundir=self._rundir(base),
             umask=_umask(self["umask"]),
             reactor=self["reactor"],
             shutdown_timeout=self["shutdown-timeout"],

@@ -50,6 +50,10 @@ class PidFile:
         self._path = path
         self._display = path if display is None else display
         self._fd: int | None = None
+        # The directory, held open from acquire() on: release() looks up and removes the file through it, so
+        # it still works after a chroot has made the absolute path meaningless (twistd leaves the file there).
+        self._dir_fd: int | None = None
+        self._name = os.path.basename(path)
 
     @property
     def path(self) -> str:
@@ -114,6 +118,17 @@ class PidFile:
             # We may have opened the file just before a stopping server removed it, then locked the removed
             # inode once it unlocked: that lock guards nothing. Only a lock on the file at the path counts.
             if _is_current(fd, self._path):
+                try:
+                    self._dir_fd = os.open(os.path.dirname(self._path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+                except OSError as exc:
+                    os.close(fd)
+                    raise StartupError(
+                        f"cannot open the directory of pid file {self._display}: {exc.strerror}"
+                    ) from exc
+                if not _is_current(fd, self._name, dir_fd=self._dir_fd):  # renamed between the two opens
+                    self._close_dir()
+                    os.close(fd)
+                    continue
                 self._fd = fd
                 return _read_pid(fd)
             os.close(fd)
@@ -149,15 +164,16 @@ class PidFile:
         if fd is None:
             return
         error: OSError | None = None
+        dir_fd = self._dir_fd
         try:
-            current = _is_current(fd, self._path, strict=True)
+            current = _is_current(fd, self._name, strict=True, dir_fd=dir_fd)
         except OSError as exc:  # the path cannot even be looked at any more (privileges dropped)
             current, error = False, exc
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)  # a leftover then names no process
         if current:
             try:
-                os.unlink(self._path)
+                os.unlink(self._name, dir_fd=dir_fd)
             except FileNotFoundError:
                 pass
             except OSError as exc:
@@ -165,6 +181,7 @@ class PidFile:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)  # a leftover then names no process
         self._fd = None
+        self._close_dir()
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
@@ -181,6 +198,12 @@ class PidFile:
         if fd is not None:
             self._fd = None
             os.close(fd)
+        self._close_dir()
+
+    def _close_dir(self) -> None:
+        dir_fd, self._dir_fd = self._dir_fd, None
+        if dir_fd is not None:
+            os.close(dir_fd)
 
     def _held(self) -> int:
         if self._fd is None:
@@ -274,15 +297,15 @@ def _read_pid(fd: int) -> int | None:
     return pid if pid > 0 else None
 
 
-def _is_current(fd: int, path: str, *, strict: bool = False) -> bool:
+def _is_current(fd: int, path: str, *, strict: bool = False, dir_fd: int | None = None) -> bool:
     """Whether ``fd`` is still the file found at ``path`` (not removed, not replaced by another file).
 
     The path is looked at with ``lstat``: a symbolic link put in the file's place is never "our file", even if it
     points at it. With ``strict``, an error other than "no such file" (permission denied) is raised instead of
-    answering no.
+    answering no. With ``dir_fd``, ``path`` is a name in that directory.
     """
     try:
-        at_path = os.lstat(path)
+        at_path = os.lstat(path, dir_fd=dir_fd)
     except FileNotFoundError:
         return False
     except OSError:

@@ -38,16 +38,22 @@ class Identity(Record):
     without a passwd entry, or when only a group was asked for, and the group list is then just ``gid``.
     """
 
-    __slots__ = ("gid", "uid", "user_name")
+    __slots__ = ("gid", "groups", "uid", "user_name")
 
     uid: Final[int]
     gid: Final[int]
     user_name: Final[str | None]
+    groups: Final[tuple[int, ...] | None]
 
-    def __init__(self, uid: int, gid: int, user_name: str | None) -> None:
+    def __init__(
+        self, uid: int, gid: int, user_name: str | None, groups: tuple[int, ...] | None = None
+    ) -> None:
         self.uid = uid
         self.gid = gid
         self.user_name = user_name
+        # The supplementary groups, read from the group database when resolving: after a --chroot the jail's
+        # /etc/group (if any) is not the one the user is defined in. None: look them up when switching.
+        self.groups = groups
 
 
 def resolve_identity(uid: str | int | None, gid: str | int | None) -> Identity | None:
@@ -69,7 +75,9 @@ def resolve_identity(uid: str | int | None, gid: str | int | None) -> Identity |
         group_id = entry.pw_gid
     else:
         raise StartupError(f"uid {user_id} has no entry in the user database: give a group (gid) as well")
-    return Identity(user_id, group_id, None if entry is None else entry.pw_name)
+    if entry is None:
+        return Identity(user_id, group_id, None)
+    return Identity(user_id, group_id, entry.pw_name, tuple(os.getgrouplist(entry.pw_name, group_id)))
 
 
 def check_can_switch(identity: Identity) -> None:
@@ -100,7 +108,9 @@ def drop_privileges(identity: Identity, *, euid_only: bool = False) -> None:
     if os.geteuid() != 0:
         return  # already running as identity: nothing to change, and setgroups would need root
     try:
-        if identity.user_name is not None:
+        if identity.groups is not None:
+            os.setgroups(list(identity.groups))
+        elif identity.user_name is not None:
             os.initgroups(identity.user_name, identity.gid)
         else:
             os.setgroups([identity.gid])

@@ -22,6 +22,7 @@ from tapster.runner._daemon import StartupPipe, daemonize
 from tapster.runner._debug import break_now, post_mortem, start_spewing
 from tapster.runner._guard import ShutdownGuard
 from tapster.runner._pidfile import PidFile
+from tapster.runner._preload import preload
 from tapster.runner._privileges import (
     Identity,
     check_can_switch,
@@ -121,9 +122,11 @@ def _serve(
             if stale is not None:
                 logger.info("Removing stale pid file left by PID %d (%s).", stale, config.pidfile_display)
             pidfile.write(os.getpid())
-        _process_setup(config)
-        if not config.originalname:
+        if not config.originalname:  # before the chroot: it may need ctypes and ldconfig
             set_process_title(f"tapster: {root.name or 'tapster'}")
+        if config.chroot or identity is not None:
+            preload(config)  # the jail, or the user we switch to, may not reach the standard library
+        _process_setup(config)
         if hooks.before_loop is not None:
             hooks.before_loop()
         loop_hooks = Hooks(
