@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 from pathlib import Path
 
 from conftest import EXAMPLES, run_tapster
@@ -57,3 +59,28 @@ def test_save_and_no_save_together_is_a_usage_error(tmp_path: Path) -> None:
     result = run_tapster(["--save", "-o", "-y", FASTPOETRY], cwd=tmp_path)
     assert result.returncode == 2
     assert "give only one of --save and -o/--no_save" in result.stderr
+
+
+def _daemon(tmp_path: Path, *args: str) -> int:
+    result = run_tapster(["-y", FASTPOETRY, *args], cwd=tmp_path, env={"FASTPOETRY_PORT": "0"})
+    assert result.returncode == 0, result.stderr
+    return int((tmp_path / "tapster.pid").read_text())
+
+
+def _stop(tmp_path: Path) -> None:
+    result = run_tapster(["ctl", "stop"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_daemon_log_and_pid_files_follow_the_umask(tmp_path: Path) -> None:
+    """A daemon's tapster.log and tapster.pid are 0600 under its default umask 077, 0644 with --umask 022."""
+    os.umask(0o022)  # what a shell usually gives: the files must not simply inherit it
+    _daemon(tmp_path)
+    modes = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("tapster.log", "tapster.pid")}
+    _stop(tmp_path)
+    assert modes == {"tapster.log": 0o600, "tapster.pid": 0o600}
+    (tmp_path / "tapster.log").unlink()
+    _daemon(tmp_path, "--umask", "022")
+    modes = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("tapster.log", "tapster.pid")}
+    _stop(tmp_path)
+    assert modes == {"tapster.log": 0o644, "tapster.pid": 0o644}

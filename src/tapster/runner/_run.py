@@ -63,6 +63,7 @@ def run(config: RunConfig, root: Service, hooks: RunHooks | None = None) -> int:
         check_can_switch(identity)
     if not config.nodaemon and config.logfile is None and config.logger is None and not config.syslog:
         raise StartupError("a daemon has no standard output: give --logfile PATH, --syslog, or -n")
+    _apply_umask(config)  # before the log and pid files are created: they follow it (docs/running.md)
     destination = install(_log_config(config))
     logger.info("Log opened.")
     pidfile = PidFile(config.pidfile, display=config.pidfile_display) if config.pidfile else None
@@ -202,13 +203,17 @@ def _save(root: Service) -> None:
 
 
 def _process_setup(config: RunConfig) -> None:
-    """chroot, chdir to the run directory, umask: after the pid and log files are open, before the loop."""
+    """chroot, chdir to the run directory: after the pid and log files are open, before the loop."""
     if config.chroot:
         enter_chroot(config.chroot)
     try:
         os.chdir(config.rundir)
     except OSError as exc:
         raise StartupError(f"cannot change to run directory {config.rundir}: {exc.strerror}") from exc
+
+
+def _apply_umask(config: RunConfig) -> None:
+    """--umask, or 077 for a daemon (twistd's default), set before any file of the run is created."""
     if config.umask is not None:
         os.umask(config.umask)
     elif not config.nodaemon:
