@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
+import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import EXAMPLES, run_tapster
@@ -84,3 +89,37 @@ def test_daemon_log_and_pid_files_follow_the_umask(tmp_path: Path) -> None:
     modes = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("tapster.log", "tapster.pid")}
     _stop(tmp_path)
     assert modes == {"tapster.log": 0o644, "tapster.pid": 0o644}
+
+
+def test_syslog_lines_of_a_daemon_all_carry_its_pid(tmp_path: Path) -> None:
+    """With --syslog, "Log opened." and every later line name the daemon's pid, not the launcher's."""
+    address = f"/tmp/tapster-syslog-{os.getpid()}-{tmp_path.name[-20:]}.sock"
+    with contextlib.closing(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)) as server:
+        server.bind(address)
+        try:
+            launcher = (
+                f"import sys, tapster.log._syslog as s; s.SYSLOG_SOCKET = {address!r}; "
+                "from tapster.cli import main; main()"
+            )
+            result = subprocess.run(
+                [sys.executable, "-c", launcher, "--syslog", "-y", FASTPOETRY],
+                cwd=tmp_path,
+                env={**os.environ, "FASTPOETRY_PORT": "0"},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert result.returncode == 0, result.stderr
+            pid = int((tmp_path / "tapster.pid").read_text())
+            _stop(tmp_path)
+            server.settimeout(10)
+            pids = set()
+            lines = []
+            while not any("Server Shut Down." in line for line in lines):
+                line = server.recv(65536).decode()
+                lines.append(line)
+                pids.update(re.findall(r"tapster\[(\d+)\]", line))
+        finally:
+            os.unlink(address)
+    assert any("Log opened." in line for line in lines), lines
+    assert pids == {str(pid)}, lines

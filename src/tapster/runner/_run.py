@@ -65,7 +65,6 @@ def run(config: RunConfig, root: Service, hooks: RunHooks | None = None) -> int:
         raise StartupError("a daemon has no standard output: give --logfile PATH, --syslog, or -n")
     _apply_umask(config)  # before the log and pid files are created: they follow it (docs/running.md)
     destination = install(_log_config(config))
-    logger.info("Log opened.")
     pidfile = PidFile(config.pidfile, display=config.pidfile_display) if config.pidfile else None
     try:
         stale = pidfile.acquire() if pidfile is not None else None
@@ -87,6 +86,7 @@ def run(config: RunConfig, root: Service, hooks: RunHooks | None = None) -> int:
                 pidfile.close_without_unlock()
             return 0
         capture_stdio()
+    logger.info("Log opened.")  # in the daemon: a syslog line carries the pid of the process that logs
     return _serve(config, root, hooks, destination, pidfile, stale, pipe, identity, notifier)
 
 
