@@ -86,7 +86,10 @@ def test_launch_returns_only_when_the_port_accepts_and_ctl_stops_it(tmp_path: Pa
     text = log.read_text()
     assert "Received SIGTERM, shutting down." in text and text.rstrip().endswith("Server Shut Down.")
     after = run_tapster(["ctl", "status"], cwd=tmp_path)
-    assert (after.returncode, after.stdout.strip()) == (3, "not running")
+    assert (after.returncode, after.stdout.strip()) == (
+        3,
+        f"not running (no pid file {tmp_path / 'tapster.pid'})",
+    )
 
 
 def test_second_start_is_refused_while_one_runs(tmp_path: Path, stop_daemons) -> None:
@@ -94,7 +97,10 @@ def test_second_start_is_refused_while_one_runs(tmp_path: Path, stop_daemons) ->
     pid = start_daemon(tmp_path)
     second = run_tapster(["-y", FASTPOETRY], cwd=tmp_path, env=ENV)
     assert second.returncode == 1
-    assert second.stderr.strip() == f"tapster: Another server is running, PID {pid} (from tapster.pid)"
+    assert second.stderr.strip() == (
+        f"tapster: Another server is running, PID {pid} (from tapster.pid); "
+        "to run a second server here, give each its own --pidfile (--pidfile= for none)"
+    )
     assert pid_alive(pid)
     assert (tmp_path / "tapster.pid").read_text() == str(pid)
 
@@ -105,7 +111,10 @@ def test_pid_file_of_a_killed_server_is_taken_over(tmp_path: Path, stop_daemons)
     os.kill(pid, signal.SIGKILL)
     wait_gone(pid)
     status = run_tapster(["ctl", "status"], cwd=tmp_path)
-    assert (status.returncode, status.stdout.strip()) == (1, "not running, stale pid file")
+    assert (status.returncode, status.stdout.strip()) == (
+        1,
+        f"not running, stale pid file {tmp_path / 'tapster.pid'}",
+    )
     new_pid = start_daemon(tmp_path)
     assert new_pid != pid
     assert (

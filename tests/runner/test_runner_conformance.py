@@ -123,3 +123,34 @@ def test_syslog_lines_of_a_daemon_all_carry_its_pid(tmp_path: Path) -> None:
             os.unlink(address)
     assert any("Log opened." in line for line in lines), lines
     assert pids == {str(pid)}, lines
+
+
+def test_plugin_given_a_global_option_says_where_it_belongs(tmp_path: Path) -> None:
+    """`tapster fastpoetry -n` says that -n is a global option that goes before the plugin name."""
+    result = run_tapster(["fastpoetry", "-n"], cwd=tmp_path, env=PLUGIN_ENV)
+    assert result.returncode == 2
+    assert (
+        "-n is a global option: give it before the plugin name, tapster -n ... fastpoetry ..."
+        in result.stderr
+    )
+    long = run_tapster(["fastpoetry", "--pidfile", "x.pid"], cwd=tmp_path, env=PLUGIN_ENV)
+    assert "--pidfile is a global option" in long.stderr
+
+
+def test_ctl_stop_in_the_wrong_directory_names_the_pid_file(tmp_path: Path) -> None:
+    """`tapster ctl stop` where no pid file is says which file it looked at (still exit 0: nothing runs)."""
+    result = run_tapster(["ctl", "stop"], cwd=tmp_path)
+    assert (result.returncode, result.stdout.strip()) == (
+        0,
+        f"not running (no pid file {tmp_path}/tapster.pid)",
+    )
+
+
+def test_second_foreground_server_in_one_directory_hints_at_pidfile(tapster, tmp_path: Path) -> None:
+    """Two foreground servers in one directory: the second is refused with a hint at --pidfile."""
+    first = tapster(["-n", "-y", FASTPOETRY], env={"FASTPOETRY_PORT": "0"})
+    first.port("PoetryProtocol")
+    second = run_tapster(["-n", "-y", FASTPOETRY], cwd=tmp_path, env={"FASTPOETRY_PORT": "0"})
+    assert second.returncode == 1
+    assert "give each its own --pidfile (--pidfile= for none)" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1

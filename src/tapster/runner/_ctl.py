@@ -68,19 +68,25 @@ def run_ctl(options: CtlOptions) -> tuple[int, str]:
     sub = options.sub_options
     assert sub is not None and options.subcommand is not None
     shown = sub["pidfile"]
-    _check_pid_path(os.path.abspath(shown), shown)
-    state, pid = read_pid_status(os.path.abspath(shown))
+    path = os.path.abspath(shown)
+    _check_pid_path(path, shown)
+    state, pid = read_pid_status(path)
     command = options.subcommand
     if command == "status":
         if state == "running":
             return ExitStatus.OK, f"running (pid {pid})" if pid is not None else "running"
+        if state == "stale" and pid is None and _is_empty(path):
+            # What a server leaves when it stopped cleanly but could not remove its file (its directory is
+            # not writable after --uid): it names no process, so nothing is stale.
+            return ExitStatus.NOT_RUNNING, f"not running (pid file {path} is empty: left by a clean stop)"
         if state == "stale":
-            return ExitStatus.FAILURE, "not running, stale pid file"
-        return ExitStatus.NOT_RUNNING, "not running"
+            return ExitStatus.FAILURE, f"not running, stale pid file {path}"
+        return ExitStatus.NOT_RUNNING, f"not running (no pid file {path})"
     if state != "running" or pid is None:
+        where = f"no pid file {path}" if state == "absent" else f"no live server holds {path}"
         if command == "stop":
-            return ExitStatus.OK, "not running"
-        return ExitStatus.FAILURE, f"not running (no live server holds {shown})"
+            return ExitStatus.OK, f"not running ({where})"
+        return ExitStatus.FAILURE, f"not running ({where})"
     if command in ("rotate", "reopen"):
         signum = signal.SIGUSR1 if command == "rotate" else signal.SIGHUP
         try:
@@ -117,6 +123,13 @@ def _stop(pid: int, timeout: float, shown: str) -> tuple[int, str]:
         f"passes, its log names the services still stopping; run 'tapster ctl stop' again to force it, "
         f"or kill -KILL {pid}"
     )
+
+
+def _is_empty(path: str) -> bool:
+    try:
+        return os.stat(path).st_size == 0
+    except OSError:
+        return False
 
 
 def _check_pid_path(path: str, shown: str) -> None:

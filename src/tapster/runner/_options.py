@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -267,6 +268,33 @@ class ServerOptions(Options):
         if note := _ignored_folders_note():
             listing.append(" " + note)
         return "\n".join([text.rstrip("\n"), "", heading, *listing]) + "\n"
+
+    def parse_options(self, argv: Sequence[str]) -> None:
+        """Parse as Options does; a global option given after the plugin name gets a hint where it belongs."""
+        try:
+            super().parse_options(argv)
+        except UsageError as exc:
+            if self.subcommand is None or exc.prog == self.prog:
+                raise
+            match = re.match(r"unrecognized option: (-\S+)", str(exc))
+            if match is None or not self._is_global(match.group(1)):
+                raise
+            option = match.group(1)
+            raise UsageError(
+                f"{exc} ({option} is a global option: give it before the plugin name, "
+                f"tapster {option} ... {self.subcommand} ...)",
+                prog=exc.prog,
+                usage=exc.usage,
+            ) from None
+
+    def _is_global(self, option: str) -> bool:
+        """Whether ``option`` (``-n``, ``--nodaemon``) names one of these global options."""
+        from tapster.options import _canonical, _table_for
+
+        table = _table_for(type(self))
+        if option.startswith("--"):
+            return _canonical(option[2:]) in table.by_long
+        return option[1:2] in table.by_short
 
     def post_options(self) -> None:
         sources = [

@@ -27,7 +27,12 @@ import time
 from tapster._safefile import UnsafeFileError, open_regular
 from tapster.errors import StartupError
 
-__all__ = ["PidFile", "read_pid_status"]
+__all__ = ["PidFile", "PidFileLocked", "read_pid_status"]
+
+
+class PidFileLocked(StartupError):
+    """Another live process holds the pid file: "Another server is running, PID N (from F)"."""
+
 
 # How often acquire() reopens the path when the file it locked was removed or replaced meanwhile (a stopping
 # server removes its file just before unlocking it). Each retry needs another process to win a race, so a few
@@ -104,7 +109,7 @@ class PidFile:
                     pid = _read_pid(fd)
                     os.close(fd)
                     shown = "unknown" if pid is None else str(pid)
-                    raise StartupError(
+                    raise PidFileLocked(
                         f"Another server is running, PID {shown} (from {self._display})"
                     ) from None
                 os.close(fd)

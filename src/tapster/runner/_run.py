@@ -21,7 +21,7 @@ from tapster.runner._config import RunConfig
 from tapster.runner._daemon import StartupPipe, daemonize
 from tapster.runner._debug import break_now, post_mortem, start_spewing
 from tapster.runner._guard import ShutdownGuard
-from tapster.runner._pidfile import PidFile
+from tapster.runner._pidfile import PidFile, PidFileLocked
 from tapster.runner._preload import preload
 from tapster.runner._privileges import (
     Identity,
@@ -68,6 +68,11 @@ def run(config: RunConfig, root: Service, hooks: RunHooks | None = None) -> int:
     pidfile = PidFile(config.pidfile, display=config.pidfile_display) if config.pidfile else None
     try:
         stale = pidfile.acquire() if pidfile is not None else None
+    except PidFileLocked as exc:
+        destination.close()
+        raise StartupError(
+            f"{exc}; to run a second server here, give each its own --pidfile (--pidfile= for none)"
+        ) from None
     except TapsterError:
         destination.close()
         raise
