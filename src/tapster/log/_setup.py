@@ -130,6 +130,28 @@ class LogDestination:
             return True
         return False
 
+    def give_to(self, uid: int, gid: int) -> None:
+        """Make a log file ``uid``'s before the runner switches to that user, so the server can reopen it.
+
+        The file is opened again by its path with the same checks as any log file (no link, a regular file with
+        one link), so nothing planted meanwhile is handed over. Other destinations are left alone.
+
+        Raises:
+            StartupError: the file cannot be opened or its owner changed.
+        """
+        if not isinstance(self.handler, RotatingFileHandler):
+            return
+        from tapster._safefile import open_regular
+
+        try:
+            fd = open_regular(self.handler.path, os.O_RDONLY, what="log file")
+            try:
+                os.fchown(fd, uid, gid)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StartupError(f"cannot hand the log file {self.handler.path} to uid {uid}: {exc}") from exc
+
     def close(self) -> None:
         """Take the handler off the root logger, flush and close it. Safe to call twice."""
         logging.getLogger().removeHandler(self.handler)

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from tapster.errors import ExitStatus, StartupError
 from tapster.options import Options
+from tapster.runner._answers import answer_path, read_answer, wait_for_answer
 from tapster.runner._options import seconds
 from tapster.runner._pidfile import read_pid_status
 
@@ -36,12 +37,21 @@ class _StatusOptions(_CtlCommand):
     )
 
 
-class _RotateOptions(_CtlCommand):
-    description = "Rotate the server's log file now (SIGUSR1)."
+class _AnsweringCommand(_CtlCommand):
+    parameters = (
+        *_CtlCommand.parameters,
+        ("timeout", None, 5.0, "Seconds to wait for the server's answer (0 to 86400).", seconds),
+    )
 
 
-class _ReopenOptions(_CtlCommand):
-    description = "Reopen the server's log file (SIGHUP), after logrotate moved it away."
+class _RotateOptions(_AnsweringCommand):
+    description = "Rotate the server's log file now (SIGUSR1) and say whether it did."
+
+
+class _ReopenOptions(_AnsweringCommand):
+    description = (
+        "Reopen the server's log file (SIGHUP), after logrotate moved it away, and say whether it did."
+    )
 
 
 class CtlOptions(Options):
@@ -52,8 +62,8 @@ class CtlOptions(Options):
     subcommands = (
         ("status", None, _StatusOptions, "Is the server running? (LSB exit codes 0 / 3 / 1)"),
         ("stop", None, _StopOptions, "Stop the server and wait until it has exited."),
-        ("rotate", None, _RotateOptions, "Rotate the log file now (SIGUSR1)."),
-        ("reopen", None, _ReopenOptions, "Reopen the log file (SIGHUP)."),
+        ("rotate", None, _RotateOptions, "Rotate the log file now (SIGUSR1); waits for the answer."),
+        ("reopen", None, _ReopenOptions, "Reopen the log file (SIGHUP); waits for the answer."),
     )
 
     def post_options(self) -> None:
@@ -88,15 +98,35 @@ def run_ctl(options: CtlOptions) -> tuple[int, str]:
             return ExitStatus.OK, f"not running ({where})"
         return ExitStatus.FAILURE, f"not running ({where})"
     if command in ("rotate", "reopen"):
-        signum = signal.SIGUSR1 if command == "rotate" else signal.SIGHUP
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            return ExitStatus.FAILURE, f"not running (pid {pid} from {shown} has just exited)"
-        except PermissionError:
-            return ExitStatus.FAILURE, _not_permitted(pid, signum.name, shown)
-        return ExitStatus.OK, f"sent {signum.name} to pid {pid}"
+        return _log_command(command, pid, path, shown, sub["timeout"])
     return _stop(pid, sub["timeout"], shown)
+
+
+def _log_command(command: str, pid: int, path: str, shown: str, timeout: float) -> tuple[int, str]:
+    """Send SIGUSR1/SIGHUP and report what the server answered in its answer file (runner/_answers.py)."""
+    signum = signal.SIGUSR1 if command == "rotate" else signal.SIGHUP
+    answers = answer_path(path)
+    before = read_answer(answers)
+    has_answers = os.path.exists(answers)
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        return ExitStatus.FAILURE, f"not running (pid {pid} from {shown} has just exited)"
+    except PermissionError:
+        return ExitStatus.FAILURE, _not_permitted(pid, signum.name, shown)
+    if not has_answers:  # a server without an answer file (an older tapster): all we know is that it was sent
+        return ExitStatus.OK, f"sent {signum.name} to pid {pid} (it gives no answer: see its log)"
+    answer = wait_for_answer(answers, pid, before, timeout)
+    done = "rotated" if command == "rotate" else "reopened"
+    if answer is None:
+        return ExitStatus.FAILURE, (
+            f"sent {signum.name} to pid {pid}, but it did not answer within {timeout:g} s (see its log)"
+        )
+    if answer.outcome == "ok":
+        return ExitStatus.OK, f"log {done} (pid {pid})"
+    if answer.outcome == "skipped":
+        return ExitStatus.OK, f"nothing {done} (pid {pid}): {answer.reason}"
+    return ExitStatus.FAILURE, f"pid {pid} could not {command} its log: {answer.reason}"
 
 
 def _stop(pid: int, timeout: float, shown: str) -> tuple[int, str]:

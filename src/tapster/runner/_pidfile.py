@@ -26,6 +26,7 @@ import time
 
 from tapster._safefile import UnsafeFileError, open_regular
 from tapster.errors import StartupError
+from tapster.runner._answers import AnswerFile, answer_path
 
 __all__ = ["PidFile", "PidFileLocked", "read_pid_status"]
 
@@ -59,6 +60,7 @@ class PidFile:
         # it still works after a chroot has made the absolute path meaningless (twistd leaves the file there).
         self._dir_fd: int | None = None
         self._name = os.path.basename(path)
+        self._answers = AnswerFile(answer_path(path))  # what `tapster ctl rotate/reopen` waits for
 
     @property
     def path(self) -> str:
@@ -135,6 +137,7 @@ class PidFile:
                     os.close(fd)
                     continue
                 self._fd = fd
+                self._answers.open()
                 return _read_pid(fd)
             os.close(fd)
         raise StartupError(f"cannot lock pid file {self._display}: it was replaced while being locked")
@@ -186,6 +189,7 @@ class PidFile:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)  # a leftover then names no process
         self._fd = None
+        self._answers.remove(dir_fd)
         self._close_dir()
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -193,6 +197,10 @@ class PidFile:
             os.close(fd)
         if error is not None:
             raise StartupError(f"cannot remove pid file {self._display}: {error.strerror}") from error
+
+    def answer(self, command: str, outcome: str, reason: str = "") -> None:
+        """Tell ``tapster ctl`` how a control signal went (``runner/_answers.py``); never raises."""
+        self._answers.answer(command, outcome, reason)
 
     def close_without_unlock(self) -> None:
         """Close this process's descriptor but keep the lock, which a forked child still shares.
@@ -203,6 +211,7 @@ class PidFile:
         if fd is not None:
             self._fd = None
             os.close(fd)
+        self._answers.close()
         self._close_dir()
 
     def _close_dir(self) -> None:

@@ -19,8 +19,10 @@ from tapster.errors import StartupError, UsageError
 __all__ = [
     "Identity",
     "check_can_switch",
+    "describe_user",
     "drop_privileges",
     "enter_chroot",
+    "may_create_files_in",
     "parse_umask",
     "resolve_identity",
 ]
@@ -129,6 +131,41 @@ def drop_privileges(identity: Identity, *, euid_only: bool = False) -> None:
     except PermissionError:
         return
     raise StartupError(f"switched to {_describe_user(identity)} but root can be regained: refusing to run")
+
+
+def may_create_files_in(identity: Identity, directory: str) -> bool:
+    """Whether ``identity`` can reach ``directory`` and create and remove files in it, by the mode bits.
+
+    Every ancestor needs search permission and the directory itself write and search permission; access
+    control lists are not read (they can only be stricter in what they show here, rarely looser).
+    """
+    if identity.uid == 0:
+        return True
+    groups = {identity.gid, *(identity.groups or ())}
+    path = os.path.abspath(directory)
+    parts = [path]
+    while parts[-1] != os.path.dirname(parts[-1]):
+        parts.append(os.path.dirname(parts[-1]))
+    for i, part in enumerate(parts):
+        try:
+            info = os.stat(part)
+        except OSError:
+            return False
+        needed = 0o3 if i == 0 else 0o1  # write and search for the directory itself, search for ancestors
+        if info.st_uid == identity.uid:
+            bits = (info.st_mode >> 6) & 0o7
+        elif info.st_gid in groups:
+            bits = (info.st_mode >> 3) & 0o7
+        else:
+            bits = info.st_mode & 0o7
+        if bits & needed != needed:
+            return False
+    return True
+
+
+def describe_user(identity: Identity) -> str:
+    """``user nobody (uid 65534)``, or ``uid N`` without a name."""
+    return _describe_user(identity)
 
 
 def enter_chroot(path: str) -> None:

@@ -26,8 +26,10 @@ from tapster.runner._preload import preload
 from tapster.runner._privileges import (
     Identity,
     check_can_switch,
+    describe_user,
     drop_privileges,
     enter_chroot,
+    may_create_files_in,
     resolve_identity,
 )
 from tapster.runner._proctitle import set_process_title
@@ -61,10 +63,17 @@ def run(config: RunConfig, root: Service, hooks: RunHooks | None = None) -> int:
     identity = _identity(config, root)
     if identity is not None:
         check_can_switch(identity)
+        _check_log_directory(config, identity)
     if not config.nodaemon and config.logfile is None and config.logger is None and not config.syslog:
         raise StartupError("a daemon has no standard output: give --logfile PATH, --syslog, or -n")
     _apply_umask(config)  # before the log and pid files are created: they follow it (docs/running.md)
     destination = install(_log_config(config))
+    if identity is not None and identity.uid != os.geteuid():
+        try:
+            destination.give_to(identity.uid, identity.gid)  # so it can be reopened after the switch
+        except TapsterError:
+            destination.close()
+            raise
     pidfile = PidFile(config.pidfile, display=config.pidfile_display) if config.pidfile else None
     try:
         stale = pidfile.acquire() if pidfile is not None else None
@@ -142,6 +151,8 @@ def _serve(
             drop_privileges=(lambda: drop_privileges(identity, euid_only=config.euid)) if identity else None,
         )
         loop_hooks.stopping = functools.partial(notifier.notify, "STOPPING=1", "STATUS=shutting down")
+        if pidfile is not None:
+            loop_hooks.answer = pidfile.answer
         loop_hooks.guard = guard
         if config.debug:
             loop_hooks.extra_signals[signal.SIGUSR2] = break_now
@@ -215,6 +226,24 @@ def _process_setup(config: RunConfig) -> None:
         os.chdir(config.rundir)
     except OSError as exc:
         raise StartupError(f"cannot change to run directory {config.rundir}: {exc.strerror}") from exc
+
+
+def _check_log_directory(config: RunConfig, identity: Identity) -> None:
+    """Refuse a log file the server could not rotate or reopen once it runs as ``identity``.
+
+    Rotation creates a file beside the log and renames the old one; both need write permission on the
+    directory, which a root-owned ``/var/log`` does not give ``nobody``. Failing at the start says so once,
+    instead of every rotation failing later (and size rotation is on by default).
+    """
+    if config.logfile is None or config.logger is not None or config.syslog or identity.uid == os.geteuid():
+        return
+    directory = os.path.dirname(config.logfile)
+    if not may_create_files_in(identity, directory):
+        raise StartupError(
+            f"{describe_user(identity)} could not rotate or reopen the log file {config.logfile}: it cannot "
+            f"create files in {directory}; give the log a directory that user may write (for instance "
+            "--logfile /var/log/NAME/tapster.log with chown USER /var/log/NAME) or use --syslog"
+        )
 
 
 def _apply_umask(config: RunConfig) -> None:

@@ -66,6 +66,8 @@ class Hooks:
         self.rotate = rotate  # SIGUSR1
         self.reopen = reopen  # SIGHUP
         self.drop_privileges = drop_privileges  # between privileged_start and start
+        # how a SIGUSR1/SIGHUP went, for `tapster ctl` (command, ok|skipped|failed, reason)
+        self.answer: Callable[[str, str, str], None] = _no_answer
         self.stopping: Callable[[], object] | None = None  # a stop signal was received
         self.extra_signals: dict[int, Callable[[], None]] = {}
         # SIGTERM/SIGINT come through the guard (a handler outside the loop) when there is one; else the loop's
@@ -241,18 +243,32 @@ class _Server:
             self.stop_task.cancel()
 
     def _on_rotate(self, _signum: int) -> None:
-        try:
-            if self.hooks.rotate is not None and self.hooks.rotate():
-                logger.info("Log rotated (SIGUSR1).")
-        except OSError as exc:  # the old file stays in use
-            logger.error("cannot rotate the log (SIGUSR1): %s", exc)
+        self._log_command(
+            "rotate", self.hooks.rotate, "Log rotated (SIGUSR1).", "cannot rotate the log (SIGUSR1)"
+        )
 
     def _on_reopen(self, _signum: int) -> None:
+        self._log_command(
+            "reopen", self.hooks.reopen, "Log file reopened (SIGHUP).", "cannot reopen the log (SIGHUP)"
+        )
+
+    def _log_command(self, command: str, action: Callable[[], bool] | None, done: str, failed: str) -> None:
+        """Carry out a rotate or reopen, log how it went, and answer `tapster ctl` the same."""
         try:
-            if self.hooks.reopen is not None and self.hooks.reopen():
-                logger.info("Log file reopened (SIGHUP).")
-        except OSError as exc:
-            logger.error("cannot reopen the log (SIGHUP): %s", exc)
+            changed = action is not None and action()
+        except (OSError, TapsterError) as exc:  # the old file stays in use
+            logger.error("%s: %s", failed, exc)
+            self.hooks.answer(command, "failed", str(exc))
+            return
+        if changed:
+            logger.info("%s", done)
+            self.hooks.answer(command, "ok", "")
+        else:
+            self.hooks.answer(command, "skipped", "the log is not a file")
+
+
+def _no_answer(_command: str, _outcome: str, _reason: str) -> None:
+    pass
 
 
 def _ignore_signum(callback: Callable[[], None]) -> Callable[[int], None]:
