@@ -90,3 +90,29 @@ def test_ctl_rotate_and_reopen_report_what_the_server_did(shared: Path) -> None:
     # The root-owned directory kept nobody from removing the pid file: it is empty, and status says why.
     assert status.returncode == 3, (status.stdout, status.stderr)
     assert "not running" in status.stdout and "stale" not in status.stdout
+
+
+def test_state_is_saved_at_stop_after_switching_to_nobody(shared: Path) -> None:
+    """--save -u nobody: saving at stop needs pickle, imported before the switch (the stdlib under /root is 0700)."""
+    env = {"PYTHONPATH": str(EXAMPLES)}
+    run = nobody_dir(shared)
+    args = [
+        "-u",
+        "nobody",
+        "-d",
+        str(run),
+        "--logfile",
+        str(run / "t.log"),
+        "--save",
+        "fastpoetry",
+        "--port",
+        "0",
+    ]
+    started = run_tapster(args, cwd=shared, env=env)
+    assert started.returncode == 0, started.stderr
+    pid = int((shared / "tapster.pid").read_text())
+    assert run_tapster(["ctl", "stop"], cwd=shared).returncode == 0
+    wait_until(lambda: not pid_alive(pid))
+    text = (run / "t.log").read_text()
+    assert "Saved application state to fastpoetry-shutdown.tap." in text, text
+    assert "ModuleNotFoundError" not in text and "Traceback" not in text, text
