@@ -24,8 +24,6 @@ from tapster.log._stream import StreamHandler
 
 __all__ = ["LogConfig", "LogDestination", "install"]
 
-_FORMATS = ("text", "json")
-
 
 class LogConfig(Record):
     """Where and how the process logs; built once from the command line, immutable, compared by value.
@@ -35,13 +33,15 @@ class LogConfig(Record):
     no formatter of its own); syslog lines have their own shape.
 
     Attributes:
-        logfile: ``None`` or ``"-"``: stdout; otherwise the path of the log file.
+        logfile: ``None``: stdout; otherwise the path of the log file (the command line's ``-`` and an empty
+            ``-n --logfile=`` become ``None`` where they are parsed, in runner/_options.py).
         max_bytes: rotate the file before it would grow past this many bytes; ``None`` or 0: never by size.
         keep: how many rotated files to keep; ``None`` keeps all.
         daily: also rotate at local midnight, naming old files by date.
         syslog: log to the local syslog daemon instead of a file.
         prefix: the program name in syslog lines.
-        format: ``"text"`` (twistd's lines) or ``"json"`` (one object per line).
+        format: ``"text"`` (twistd's lines) or ``"json"`` (one object per line); checked by the option's
+            coercer, not again here.
         logger_factory: ``"module.attr"`` or ``"module:attr"``, a callable that takes no argument and
             returns a :class:`logging.Handler` to use instead of all of the above.
         level: the root logger's level.
@@ -179,11 +179,9 @@ def install(config: LogConfig, *, stream: TextIO | None = None) -> LogDestinatio
         stream: where stdout logging writes, instead of :data:`sys.stdout`.
 
     Raises:
-        StartupError: the file cannot be opened, syslog is not there, the format is unknown, or the custom
+        StartupError: the file cannot be opened, syslog is not there, or the custom
             handler factory cannot be loaded or does not return a handler. Earlier logging stays as it was.
     """
-    if config.format not in _FORMATS:
-        raise StartupError(f"unknown log format {config.format!r}: expected 'text' or 'json'")
     handler, description = _make_handler(config, stream)
     if handler.formatter is None:
         handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
@@ -208,7 +206,7 @@ def _make_handler(config: LogConfig, stream: TextIO | None) -> tuple[logging.Han
         from tapster.log._syslog import make_syslog_handler  # imports logging.handlers: only when used
 
         return make_syslog_handler(config.prefix), f"syslog (prefix {config.prefix})"
-    if config.logfile and config.logfile != "-":
+    if config.logfile is not None:
         try:
             handler = RotatingFileHandler(
                 config.logfile, max_bytes=config.max_bytes, keep=config.keep, daily=config.daily

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from tapster._version import __version__
 from tapster.errors import HelpRequested, StartupError, UsageError
+from tapster.log._setup import LogConfig
 from tapster.options import Options
 from tapster.runner._config import RunConfig
 from tapster.runner._reactors import reactors_help
@@ -316,6 +317,24 @@ class ServerOptions(Options):
         if self["debug"]:
             self["nodaemon"] = True
 
+    def _log_config(self, base: str) -> LogConfig:
+        """The log settings as the log package takes them; the file's path is made absolute here, once."""
+        logfile = self["logfile"]
+        if logfile == "-" or (not logfile and self["nodaemon"]):  # twistd: an empty name with -n is stdout
+            path = None
+        else:
+            path = os.path.join(base, logfile or "tapster.log")
+        return LogConfig(
+            logfile=path,
+            max_bytes=self._log_max_bytes(),
+            keep=self["log-keep"],
+            daily=self["log-daily"],
+            syslog=self["syslog"],
+            prefix=self["prefix"],
+            format=self["log-format"],
+            logger_factory=self["logger"],
+        )
+
     def _log_max_bytes(self) -> int | None:
         """--log-daily rotates by date instead of size, unless a size is given as well."""
         size: int | None = self["log-max-size"]
@@ -332,24 +351,12 @@ class ServerOptions(Options):
     def run_config(self, launch_dir: str | None = None) -> RunConfig:
         """The RunConfig these options describe, with paths resolved against ``launch_dir`` (default: cwd)."""
         base = launch_dir or os.getcwd()
-        logfile = self["logfile"]
-        if logfile == "-" or (not logfile and self["nodaemon"]):  # twistd: an empty name with -n is stdout
-            resolved_log: str | None = None
-        else:
-            resolved_log = os.path.join(base, logfile or "tapster.log")
         pidfile = self["pidfile"] or None
         return RunConfig(
             nodaemon=self["nodaemon"],
             # twistd saves only -f runs; --save asks for it on a plugin or -y run (docs/running.md)
             no_save=self["no_save"] or not (self["file"] or self["save"]),
-            logfile=resolved_log,
-            log_max_bytes=self._log_max_bytes(),
-            log_keep=self["log-keep"],
-            log_daily=self["log-daily"],
-            log_format=self["log-format"],
-            logger=self["logger"],
-            syslog=self["syslog"],
-            prefix=self["prefix"],
+            log=self._log_config(base),
             pidfile=os.path.join(base, pidfile) if pidfile else None,
             pidfile_display=pidfile or "",
             uid=self["uid"],

@@ -16,7 +16,7 @@ import signal
 from collections.abc import Callable
 
 from tapster.errors import StartupError, TapsterError
-from tapster.log import LogConfig, LogDestination, capture_stdio, install
+from tapster.log import LogDestination, capture_stdio, install
 from tapster.runner._config import RunConfig
 from tapster.runner._daemon import StartupPipe, daemonize
 from tapster.runner._debug import break_now, post_mortem, start_spewing
@@ -64,10 +64,11 @@ def run(config: RunConfig, root: Service, hooks: RunHooks | None = None) -> int:
     if identity is not None:
         check_can_switch(identity)
         _check_log_directory(config, identity)
-    if not config.nodaemon and config.logfile is None and config.logger is None and not config.syslog:
+    log = config.log
+    if not config.nodaemon and log.logfile is None and log.logger_factory is None and not log.syslog:
         raise StartupError("a daemon has no standard output: give --logfile PATH, --syslog, or -n")
     _apply_umask(config)  # before the log and pid files are created: they follow it (docs/running.md)
-    destination = install(_log_config(config))
+    destination = install(config.log)
     if identity is not None and identity.uid != os.geteuid():
         try:
             destination.give_to(identity.uid, identity.gid)  # so it can be reopened after the switch
@@ -235,12 +236,13 @@ def _check_log_directory(config: RunConfig, identity: Identity) -> None:
     directory, which a root-owned ``/var/log`` does not give ``nobody``. Failing at the start says so once,
     instead of every rotation failing later (and size rotation is on by default).
     """
-    if config.logfile is None or config.logger is not None or config.syslog or identity.uid == os.geteuid():
+    log = config.log
+    if log.logfile is None or log.logger_factory is not None or log.syslog or identity.uid == os.geteuid():
         return
-    directory = os.path.dirname(config.logfile)
+    directory = os.path.dirname(log.logfile)
     if not may_create_files_in(identity, directory):
         raise StartupError(
-            f"{describe_user(identity)} could not rotate or reopen the log file {config.logfile}: it cannot "
+            f"{describe_user(identity)} could not rotate or reopen the log file {log.logfile}: it cannot "
             f"create files in {directory}; give the log a directory that user may write (for instance "
             "--logfile /var/log/NAME/tapster.log with chown USER /var/log/NAME) or use --syslog"
         )
@@ -260,16 +262,3 @@ def _identity(config: RunConfig, root: Service) -> Identity | None:
     if uid is None and gid is None and isinstance(root, Application):
         uid, gid = root.uid, root.gid
     return resolve_identity(uid, gid)
-
-
-def _log_config(config: RunConfig) -> LogConfig:
-    return LogConfig(
-        logfile=config.logfile,
-        max_bytes=config.log_max_bytes,
-        keep=config.log_keep,
-        daily=config.log_daily,
-        syslog=config.syslog,
-        prefix=config.prefix,
-        format=config.log_format,
-        logger_factory=config.logger,
-    )
