@@ -28,7 +28,7 @@ from tapster._safefile import UnsafeFileError, open_regular
 from tapster.errors import StartupError
 from tapster.runner._answers import AnswerFile, answer_path
 
-__all__ = ["PidFile", "PidFileLocked", "read_pid_status"]
+__all__ = ["NoPidFile", "PidFile", "PidFileLocked", "read_pid_status"]
 
 
 class PidFileLocked(StartupError):
@@ -223,6 +223,29 @@ class PidFile:
         if self._fd is None:
             raise RuntimeError(f"pid file {self._display} is not held by this process")
         return self._fd
+
+
+class NoPidFile:
+    """``--pidfile=``: a pid file that is not there. Every step the runner takes on a pid file does nothing."""
+
+    path = ""
+    display = ""
+    fd = None
+
+    def acquire(self) -> int | None:
+        return None
+
+    def write(self, pid: int | None = None) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    def answer(self, command: str, outcome: str, reason: str = "") -> None:
+        pass
+
+    def close_without_unlock(self) -> None:
+        pass
 
 
 def _lock_exclusive(fd: int) -> None:

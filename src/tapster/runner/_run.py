@@ -13,7 +13,6 @@ import functools
 import logging
 import os
 import signal
-from collections.abc import Callable
 
 from tapster.errors import StartupError, TapsterError
 from tapster.log import LogDestination, capture_stdio, install
@@ -21,7 +20,7 @@ from tapster.runner._config import RunConfig
 from tapster.runner._daemon import StartupPipe, daemonize
 from tapster.runner._debug import break_now, post_mortem, start_spewing
 from tapster.runner._guard import ShutdownGuard
-from tapster.runner._pidfile import PidFile, PidFileLocked
+from tapster.runner._pidfile import NoPidFile, PidFile, PidFileLocked
 from tapster.runner._preload import preload
 from tapster.runner._privileges import (
     Identity,
@@ -42,23 +41,12 @@ from tapster.service import Application, Service
 logger = logging.getLogger("tapster")
 
 
-class RunHooks:
-    """Work around the loop that callers plug in (the CLI's extras); a plain class to keep imports cheap."""
-
-    def __init__(
-        self, *, before_loop: Callable[[], None] | None = None, after_stop: Callable[[], None] | None = None
-    ) -> None:
-        self.before_loop = before_loop
-        self.after_stop = after_stop
-
-
-def run(config: RunConfig, root: Service, hooks: RunHooks | None = None) -> int:
+def run(config: RunConfig, root: Service) -> int:
     """Run ``root`` as configured and return the exit status of this process.
 
     Raises:
         TapsterError: a failure before the service was ready (in the launching process).
     """
-    hooks = hooks or RunHooks()
     check_reactor(config.reactor)
     identity = _identity(config, root)
     if identity is not None:
@@ -75,9 +63,9 @@ def run(config: RunConfig, root: Service, hooks: RunHooks | None = None) -> int:
         except TapsterError:
             destination.close()
             raise
-    pidfile = PidFile(config.pidfile, display=config.pidfile_display) if config.pidfile else None
+    pidfile = PidFile(config.pidfile, display=config.pidfile_display) if config.pidfile else NoPidFile()
     try:
-        stale = pidfile.acquire() if pidfile is not None else None
+        stale = pidfile.acquire()
     except PidFileLocked as exc:
         destination.close()
         raise StartupError(
@@ -92,25 +80,22 @@ def run(config: RunConfig, root: Service, hooks: RunHooks | None = None) -> int:
         try:
             pipe = daemonize()
         except BaseException:
-            if pidfile is not None:
-                pidfile.close_without_unlock()
+            pidfile.close_without_unlock()
             destination.close()
             raise
         if pipe is None:  # the launcher: the daemon has started
-            if pidfile is not None:
-                pidfile.close_without_unlock()
+            pidfile.close_without_unlock()
             return 0
         capture_stdio()
     logger.info("Log opened.")  # in the daemon: a syslog line carries the pid of the process that logs
-    return _serve(config, root, hooks, destination, pidfile, stale, pipe, identity, notifier)
+    return _serve(config, root, destination, pidfile, stale, pipe, identity, notifier)
 
 
 def _serve(
     config: RunConfig,
     root: Service,
-    hooks: RunHooks,
     destination: LogDestination,
-    pidfile: PidFile | None,
+    pidfile: PidFile | NoPidFile,
     stale: int | None,
     pipe: StartupPipe | None,
     identity: Identity | None,
@@ -119,8 +104,7 @@ def _serve(
     ready = False
 
     def forced_cleanup() -> None:  # the guard's thread, on a forced exit; the main thread is stuck or busy
-        if pidfile is not None:
-            _release(pidfile)
+        _release(pidfile)
         logger.error("Server Shut Down (forced, exit status 1).")
 
     guard = ShutdownGuard(config.shutdown_timeout, root, forced_cleanup, destination.handler.flush)
@@ -134,36 +118,29 @@ def _serve(
 
     try:
         guard.install()  # from here a SIGTERM is a stop request, never the default "die with the pid file"
-        if pidfile is not None:
-            if stale is not None:
-                logger.info("Removing stale pid file left by PID %d (%s).", stale, config.pidfile_display)
-            pidfile.write(os.getpid())
+        if stale is not None:
+            logger.info("Removing stale pid file left by PID %d (%s).", stale, config.pidfile_display)
+        pidfile.write(os.getpid())
         if not config.originalname:  # before the chroot: it may need ctypes and ldconfig
             set_process_title(f"tapster: {root.name or 'tapster'}")
         if config.chroot or identity is not None:
             preload(config)  # the jail, or the user we switch to, may not reach the standard library
         _process_setup(config)
-        if hooks.before_loop is not None:
-            hooks.before_loop()
         loop_hooks = Hooks(
             ready=on_ready,
             rotate=destination.rotate,
             reopen=destination.reopen,
-            drop_privileges=(lambda: drop_privileges(identity, euid_only=config.euid)) if identity else None,
+            drop_privileges=functools.partial(_switch_user, identity, config.euid),
+            stopping=functools.partial(notifier.notify, "STOPPING=1", "STATUS=shutting down"),
+            answer=pidfile.answer,
+            guard=guard,
+            extra_signals={signal.SIGUSR2: break_now} if config.debug else {},
         )
-        loop_hooks.stopping = functools.partial(notifier.notify, "STOPPING=1", "STATUS=shutting down")
-        if pidfile is not None:
-            loop_hooks.answer = pidfile.answer
-        loop_hooks.guard = guard
-        if config.debug:
-            loop_hooks.extra_signals[signal.SIGUSR2] = break_now
         outcome = _run_loop_instrumented(config, root, loop_hooks)
         ready = True  # the loop ended normally, even if a signal came during start-up: "Server Shut Down."
         logger.info("Main loop terminated.")
         if not config.no_save:
             _save(root)
-        if hooks.after_stop is not None:
-            hooks.after_stop()
         return int(outcome)
     except BaseException as exc:
         if not ready:
@@ -178,14 +155,19 @@ def _serve(
         raise
     finally:
         with guard.finishing():  # never at once with a forced exit from the guard's thread
-            if pidfile is not None:
-                _release(pidfile)
+            _release(pidfile)
             if ready:
                 logger.info("Server Shut Down.")
             destination.close()
 
 
-def _release(pidfile: PidFile) -> None:
+def _switch_user(identity: Identity | None, euid_only: bool) -> None:
+    """Between privileged_start and start: become ``identity`` (nothing to do without --uid/--gid)."""
+    if identity is not None:
+        drop_privileges(identity, euid_only=euid_only)
+
+
+def _release(pidfile: PidFile | NoPidFile) -> None:
     try:
         pidfile.release()
     except TapsterError as exc:  # e.g. root-owned directory after dropping privileges

@@ -33,6 +33,18 @@ CANCEL_WAIT = 1.0
 logger = logging.getLogger("tapster")
 
 
+def _nothing() -> None:
+    pass
+
+
+def _false() -> bool:
+    return False
+
+
+def _no_answer(_command: str, _outcome: str, _reason: str) -> None:
+    pass
+
+
 class Outcome(enum.IntEnum):
     """How a run ended; the value is the process exit status."""
 
@@ -48,30 +60,33 @@ class _Phase(enum.Enum):
 
 
 class Hooks:
-    """What the runner around the loop wants to hear about. Each callback is optional.
+    """What the runner around the loop wants to hear about; every hook does nothing unless given.
 
-    A plain class rather than a dataclass: dataclasses generate code at import, and this module is on the
-    start-up path that bench/startup_echo.py measures.
+    Built once, complete, by the runner. A plain class rather than a dataclass: dataclasses generate code at
+    import, and this module is on the start-up path that bench/startup_echo.py measures.
     """
 
     def __init__(
         self,
         *,
-        ready: Callable[[], None] | None = None,
-        rotate: Callable[[], bool] | None = None,
-        reopen: Callable[[], bool] | None = None,
-        drop_privileges: Callable[[], None] | None = None,
+        ready: Callable[[], None] = _nothing,
+        rotate: Callable[[], bool] = _false,
+        reopen: Callable[[], bool] = _false,
+        drop_privileges: Callable[[], None] = _nothing,
+        stopping: Callable[[], object] = _nothing,
+        answer: Callable[[str, str, str], None] = _no_answer,
+        guard: ShutdownGuard | None = None,
+        extra_signals: dict[int, Callable[[], None]] | None = None,
     ) -> None:
         self.ready = ready  # the tree has started: tell the launcher / systemd
-        self.rotate = rotate  # SIGUSR1
-        self.reopen = reopen  # SIGHUP
+        self.rotate = rotate  # SIGUSR1; True if a log file was rotated
+        self.reopen = reopen  # SIGHUP; True if a log file was reopened
         self.drop_privileges = drop_privileges  # between privileged_start and start
-        # how a SIGUSR1/SIGHUP went, for `tapster ctl` (command, ok|skipped|failed, reason)
-        self.answer: Callable[[str, str, str], None] = _no_answer
-        self.stopping: Callable[[], object] | None = None  # a stop signal was received
-        self.extra_signals: dict[int, Callable[[], None]] = {}
+        self.stopping = stopping  # a stop signal was received
+        self.answer = answer  # how a SIGUSR1/SIGHUP went, for `tapster ctl` (command, ok|skipped|failed, why)
         # SIGTERM/SIGINT come through the guard (a handler outside the loop) when there is one; else the loop's
-        self.guard: ShutdownGuard | None = None
+        self.guard = guard
+        self.extra_signals = dict(extra_signals or {})
 
 
 class StartFailed(StartupError):
@@ -128,8 +143,7 @@ class _Server:
             if not await self._start():
                 return Outcome.CLEAN
             self.phase = _Phase.RUNNING
-            if self.hooks.ready is not None:
-                self.hooks.ready()
+            self.hooks.ready()
             await self.stop_requested.wait()
             return await self._stop()
         finally:
@@ -172,8 +186,7 @@ class _Server:
     async def _start_tree(self) -> None:
         try:
             await self.root.privileged_start()
-            if self.hooks.drop_privileges is not None:
-                self.hooks.drop_privileges()
+            self.hooks.drop_privileges()
             await self.root.start()
         except (SystemExit, KeyboardInterrupt) as exc:
             # asyncio lets these escape the loop ("Task exception was never retrieved" and a traceback); a
@@ -235,8 +248,7 @@ class _Server:
         if self.phase in (_Phase.STARTING, _Phase.RUNNING) and not self.stop_requested.is_set():
             logger.info("Received %s, shutting down.", name)
             self.stop_requested.set()
-            if self.hooks.stopping is not None:
-                self.hooks.stopping()
+            self.hooks.stopping()
         elif self.phase is _Phase.STOPPING and self.stop_task is not None:
             logger.warning("Received %s again: forcing shutdown.", name)
             self.phase = _Phase.FORCED
@@ -252,10 +264,10 @@ class _Server:
             "reopen", self.hooks.reopen, "Log file reopened (SIGHUP).", "cannot reopen the log (SIGHUP)"
         )
 
-    def _log_command(self, command: str, action: Callable[[], bool] | None, done: str, failed: str) -> None:
+    def _log_command(self, command: str, action: Callable[[], bool], done: str, failed: str) -> None:
         """Carry out a rotate or reopen, log how it went, and answer `tapster ctl` the same."""
         try:
-            changed = action is not None and action()
+            changed = action()
         except (OSError, TapsterError) as exc:  # the old file stays in use
             logger.error("%s: %s", failed, exc)
             self.hooks.answer(command, "failed", str(exc))
@@ -265,10 +277,6 @@ class _Server:
             self.hooks.answer(command, "ok", "")
         else:
             self.hooks.answer(command, "skipped", "the log is not a file")
-
-
-def _no_answer(_command: str, _outcome: str, _reason: str) -> None:
-    pass
 
 
 def _ignore_signum(callback: Callable[[], None]) -> Callable[[int], None]:
