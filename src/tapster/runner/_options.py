@@ -215,10 +215,9 @@ class ServerOptions(Options):
         """
         if self._plugins is None:
             from tapster.plugin import discover_plugins
+            from tapster.runner._appload import use_launch_directory
 
-            cwd = os.getcwd()
-            if not any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path):
-                sys.path.insert(0, cwd)
+            use_launch_directory()  # the one sys.path rule (runner/_appload.py)
             self._plugins = discover_plugins(reserved=_RESERVED)
         return self._plugins
 
