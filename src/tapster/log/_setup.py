@@ -250,27 +250,18 @@ def _from_factory(spec: str) -> logging.Handler:
 
 
 def _load(spec: str) -> Callable[[], object]:
-    """Resolve ``module:attr.sub`` or ``module.attr`` to a callable."""
-    import importlib
+    """Resolve ``module:attr.sub`` or ``module.attr`` to a callable (tapster's one resolver, _resolve.py)."""
+    from tapster._resolve import NameNotResolved, resolve_name
 
-    module_name, sep, attr_path = spec.partition(":")
-    if not sep:
-        module_name, _, attr_path = spec.rpartition(".")
-    if not module_name or not attr_path:
+    if ":" not in spec and "." not in spec:
         raise StartupError(f"bad log handler factory {spec!r}: expected 'module.attr' or 'module:attr'")
     try:
-        obj: object = importlib.import_module(module_name)
-    except Exception as exc:
-        raise StartupError(
-            f"cannot import log handler factory {spec!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise StartupError(
-                f"log handler factory {spec!r} not found: {module_name!r} has no attribute {attr_path!r}"
-            ) from None
+        obj: object = resolve_name(spec)
+    except NameNotResolved as exc:
+        what = "cannot import" if str(exc).startswith("cannot import") else "cannot load"
+        if str(exc).startswith("not found"):
+            raise StartupError(f"log handler factory {spec!r} {exc}") from None
+        raise StartupError(f"{what} log handler factory {spec!r}: {exc}") from None
     if not callable(obj):
         raise StartupError(f"log handler factory {spec!r} is a {type(obj).__name__}, not callable")
     return obj
