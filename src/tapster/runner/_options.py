@@ -289,7 +289,7 @@ class ServerOptions(Options):
 
     def _is_global(self, option: str) -> bool:
         """Whether ``option`` (``-n``, ``--nodaemon``) names one of these global options."""
-        from tapster.options import _canonical, _table_for
+        from tapster._options_table import _canonical, _table_for
 
         table = _table_for(type(self))
         if option.startswith("--"):
