@@ -5,32 +5,16 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, connect, pid_alive, read_all, run_tapster
+from conftest import connect, read_all, run_tapster
+from support import PERSIST_FIXTURES, make_state, wait_gone
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
 
-FIXTURES = str(REPO / "tests" / "persist")
-ENV = {"PYTHONPATH": FIXTURES}
-
-
-def make_state(tmp_path: Path) -> str:
-    script = "import statefixtures as f, tapster.persist as p; p.save_state(f.build(), 'counting.tap')"
-    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, **ENV}, check=True)
-    return "counting.tap"
-
-
-def wait_for(predicate, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+ENV = {"PYTHONPATH": PERSIST_FIXTURES}
 
 
 def test_daemon_in_an_empty_jail_serves_saves_and_removes_its_pid_file(tmp_path: Path) -> None:
@@ -48,7 +32,7 @@ def test_daemon_in_an_empty_jail_serves_saves_and_removes_its_pid_file(tmp_path:
         assert read_all(sock) == b"1\n"
     stopped = run_tapster(["ctl", "stop"], cwd=tmp_path)
     assert stopped.returncode == 0, stopped.stderr
-    wait_for(lambda: not pid_alive(pid))
+    wait_gone(pid)
     text = log.read_text()
     assert "Traceback" not in text and "Error" not in text, text
     assert "Saved application state to counting-shutdown.tap." in text, text

@@ -7,13 +7,13 @@ import pwd
 import re
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, pid_alive, run_tapster
+from conftest import EXAMPLES, run_tapster
+from support import wait_gone
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 
@@ -41,13 +41,6 @@ def nobody_dir(parent: Path) -> Path:
     user = pwd.getpwnam("nobody")
     os.chown(logs, user.pw_uid, user.pw_gid)
     return logs
-
-
-def wait_until(predicate, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def test_log_in_a_directory_nobody_cannot_write_is_refused_at_start(shared: Path) -> None:
@@ -85,7 +78,7 @@ def test_ctl_rotate_and_reopen_report_what_the_server_did(shared: Path) -> None:
     assert re.fullmatch(rf"pid {pid} could not rotate its log: .*Permission denied.*", failed.stderr.strip())
     stopped = run_tapster(["ctl", "stop"], cwd=shared)
     assert stopped.returncode == 0, stopped.stderr
-    wait_until(lambda: not pid_alive(pid))
+    wait_gone(pid)
     status = run_tapster(["ctl", "status"], cwd=shared)
     # The root-owned directory kept nobody from removing the pid file: it is empty, and status says why.
     assert status.returncode == 3, (status.stdout, status.stderr)
@@ -112,7 +105,7 @@ def test_state_is_saved_at_stop_after_switching_to_nobody(shared: Path) -> None:
     assert started.returncode == 0, started.stderr
     pid = int((shared / "tapster.pid").read_text())
     assert run_tapster(["ctl", "stop"], cwd=shared).returncode == 0
-    wait_until(lambda: not pid_alive(pid))
+    wait_gone(pid)
     text = (run / "t.log").read_text()
     assert "Saved application state to fastpoetry-shutdown.tap." in text, text
     assert "ModuleNotFoundError" not in text and "Traceback" not in text, text

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import grp
 import os
-import pickle
 import pwd
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from support import run_in_child
 from tapster.errors import StartupError, UsageError
 from tapster.runner._privileges import (
     Identity,
@@ -56,31 +55,6 @@ def unused_id() -> int:
         except KeyError:
             return candidate
     raise AssertionError("no unused id found")
-
-
-def run_in_child(func: Callable[[], object]) -> object:
-    """Run ``func`` in a forked child; return its result, or the child's exception re-raised here."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(read_end)
-            try:
-                payload = ("ok", func())
-            except BaseException as exc:
-                payload = ("err", exc)
-            with os.fdopen(write_end, "wb") as out:
-                pickle.dump(payload, out)
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as inp:
-        data = inp.read()
-    os.waitpid(pid, 0)
-    kind, value = pickle.loads(data)
-    if kind == "err":
-        raise value
-    return value
 
 
 def regains_root() -> bool:

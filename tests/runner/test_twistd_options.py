@@ -8,7 +8,6 @@ import pty
 import select
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -16,15 +15,10 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLES, REPO, TAPSTER, connect, read_all, run_tapster
+from support import make_state
 
 FIXTURES = str(REPO / "tests" / "persist")
 ENV = {"PYTHONPATH": FIXTURES}
-
-
-def make_state(tmp_path: Path, name: str = "counting.tap") -> str:
-    script = f"import statefixtures as f; import tapster.persist as p; p.save_state(f.build(), {name!r})"
-    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, **ENV}, check=True)
-    return name
 
 
 def fetch(port: int) -> bytes:
