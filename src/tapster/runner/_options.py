@@ -54,10 +54,9 @@ def _log_format(text: str) -> str:
     return text
 
 
-def _umask(text: str | None) -> int | None:
-    """The --umask value; a bad one fails the start (exit 1) like the other process settings."""
-    if text is None:
-        return None
+def _umask(text: str) -> int:
+    """The --umask coercer; a bad value fails the start (exit 1, a StartupError the parser passes on) like the
+    other process settings."""
     from tapster.runner._privileges import parse_umask
 
     try:
@@ -149,7 +148,7 @@ class ServerOptions(Options):
             "Write the process id here and lock it; an empty value disables it.",
         ),
         ("rundir", "d", ".", "Change to this directory before starting the services."),
-        ("umask", None, None, "The umask of the process (octal). Daemon default: 077."),
+        ("umask", None, None, "The umask of the process (octal). Daemon default: 077.", _umask),
         ("uid", "u", None, "Switch to this user (name or number) after privileged start."),
         ("gid", "g", None, "Switch to this group (name or number); default: the user's primary group."),
         ("chroot", None, None, "chroot to this directory before starting the services."),
@@ -363,7 +362,7 @@ class ServerOptions(Options):
             euid=self["euid"],
             chroot=os.path.join(base, self["chroot"]) if self["chroot"] else None,
             rundir=self._rundir(base),
-            umask=_umask(self["umask"]),
+            umask=self["umask"],
             reactor=self["reactor"],
             shutdown_timeout=self["shutdown-timeout"],
             traceback=self["traceback"],
