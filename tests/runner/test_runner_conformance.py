@@ -154,3 +154,38 @@ def test_second_foreground_server_in_one_directory_hints_at_pidfile(tapster, tmp
     assert second.returncode == 1
     assert "give each its own --pidfile (--pidfile= for none)" in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1
+
+
+def test_ctl_rotate_of_a_server_logging_to_stdout_says_nothing_was_rotated(tapster, tmp_path: Path) -> None:
+    """ctl rotate on a foreground server logging to stdout reports the server's answer: nothing to rotate."""
+    proc = tapster(["-n", "-y", FASTPOETRY], env={"FASTPOETRY_PORT": "0"})
+    proc.port("PoetryProtocol")
+    pid = int((tmp_path / "tapster.pid").read_text())
+    result = run_tapster(["ctl", "rotate"], cwd=tmp_path)
+    assert (result.returncode, result.stdout.strip()) == (
+        0,
+        f"nothing rotated (pid {pid}): the log is not a file",
+    )
+    assert (tmp_path / "tapster.pid.answer").exists()
+    proc.signal(signal.SIGTERM)
+    assert proc.finish()[0] == 0
+    assert not (tmp_path / "tapster.pid.answer").exists()  # removed with the pid file
+
+
+def test_ctl_rotate_without_an_answer_in_time_is_a_failure(tapster, tmp_path: Path) -> None:
+    """A server that does not answer within --timeout (its loop is stopped) makes ctl rotate exit 1, saying so."""
+    proc = tapster(["-n", "-y", FASTPOETRY], env={"FASTPOETRY_PORT": "0"})
+    proc.port("PoetryProtocol")
+    pid = int((tmp_path / "tapster.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        result = run_tapster(["ctl", "rotate", "--timeout", "0.5"], cwd=tmp_path)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == f"sent SIGUSR1 to pid {pid}, but it did not answer within 0.5 s (see its log)"
+    )
+    proc.signal(signal.SIGTERM)
+    assert proc.finish()[0] == 0
