@@ -104,13 +104,18 @@ class AnswerFile:
             os.close(fd)
 
 
-def read_answer(path: str) -> Answer | None:
-    """The answer in the file at ``path``, or ``None`` (no file, empty, unreadable, or not an answer line)."""
+def read_answer(path: str, owner: int | None = None) -> Answer | None:
+    """The answer in the file at ``path``, or ``None`` (no file, empty, unreadable, or not an answer line).
+
+    With ``owner`` (the pid file's owner), a file someone else owns is ignored: it was not written by the server.
+    """
     try:
         fd = open_regular(path, os.O_RDONLY, what="answer file")
     except OSError:
         return None
     try:
+        if owner is not None and os.fstat(fd).st_uid != owner:
+            return None
         data = os.pread(fd, _MAX_BYTES, 0)
     except OSError:
         return None
@@ -124,14 +129,16 @@ def read_answer(path: str) -> Answer | None:
     return Answer(int(sequence), int(pid), command, outcome, reason)
 
 
-def wait_for_answer(path: str, pid: int, before: Answer | None, timeout: float) -> Answer | None:
+def wait_for_answer(
+    path: str, pid: int, before: Answer | None, timeout: float, owner: int | None = None
+) -> Answer | None:
     """Wait up to ``timeout`` seconds for an answer from ``pid`` newer than ``before``; ``None`` if none came.
 
     Polled every 10 ms: the answer comes within a loop turn of the signal, and ``ctl`` is a one-shot command.
     """
     deadline = time.monotonic() + timeout
     while True:
-        answer = read_answer(path)
+        answer = read_answer(path, owner)
         if (
             answer is not None
             and answer.pid == pid

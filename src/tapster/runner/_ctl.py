@@ -106,7 +106,11 @@ def _log_command(command: str, pid: int, path: str, shown: str, timeout: float) 
     """Send SIGUSR1/SIGHUP and report what the server answered in its answer file (runner/_answers.py)."""
     signum = signal.SIGUSR1 if command == "rotate" else signal.SIGHUP
     answers = answer_path(path)
-    before = read_answer(answers)
+    try:
+        owner: int | None = os.stat(path).st_uid  # the server's file; an answer file must be the same user's
+    except OSError:
+        owner = None
+    before = read_answer(answers, owner)
     has_answers = os.path.exists(answers)
     try:
         os.kill(pid, signum)
@@ -116,7 +120,7 @@ def _log_command(command: str, pid: int, path: str, shown: str, timeout: float) 
         return ExitStatus.FAILURE, _not_permitted(pid, signum.name, shown)
     if not has_answers:  # a server without an answer file (an older tapster): all we know is that it was sent
         return ExitStatus.OK, f"sent {signum.name} to pid {pid} (it gives no answer: see its log)"
-    answer = wait_for_answer(answers, pid, before, timeout)
+    answer = wait_for_answer(answers, pid, before, timeout, owner)
     done = "rotated" if command == "rotate" else "reopened"
     if answer is None:
         return ExitStatus.FAILURE, (
