@@ -68,10 +68,12 @@ def wait_gone(pid: int, timeout: float = 10) -> None:
     wait_until(lambda: not pid_alive(pid), timeout, f"pid {pid} gone")
 
 
-def run_in_child(func: Callable[[], object]) -> object:
+def run_in_child(func: Callable[[], object], *, user: str | None = None) -> object:
     """Run ``func`` in a forked child; return its result, or the child's exception re-raised here.
 
-    For what changes a whole process for good (switching ids, chroot) without changing the test's own.
+    For what changes a whole process for good (switching ids, chroot) without changing the test's own. With
+    ``user``, the child becomes that user first (forking keeps the interpreter: ``nobody`` could not exec the
+    venv's python under /root, 0700).
     """
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -79,11 +81,21 @@ def run_in_child(func: Callable[[], object]) -> object:
         try:
             os.close(read_end)
             try:
+                if user is not None:
+                    import pwd
+
+                    entry = pwd.getpwnam(user)
+                    os.setgroups([])
+                    os.setgid(entry.pw_gid)
+                    os.setuid(entry.pw_uid)
                 payload: tuple[str, object] = ("ok", func())
             except BaseException as exc:
                 payload = ("err", exc)
             with os.fdopen(write_end, "wb") as out:
-                pickle.dump(payload, out)
+                try:
+                    pickle.dump(payload, out)
+                except Exception:  # an exception that does not pickle: send what it said
+                    pickle.dump(("err", AssertionError(f"the child failed: {payload[1]!r}")), out)
         finally:
             os._exit(0)
     os.close(write_end)
