@@ -189,3 +189,17 @@ def test_ctl_rotate_without_an_answer_in_time_is_a_failure(tapster, tmp_path: Pa
     )
     proc.signal(signal.SIGTERM)
     assert proc.finish()[0] == 0
+
+
+def test_help_and_ctl_load_neither_asyncio_nor_logging(tmp_path: Path) -> None:
+    """`tapster --help` (plugin listing included) and `tapster ctl status` import neither asyncio nor logging."""
+    for args in (["--help"], ["ctl", "status"]):
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "tapster", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        loaded = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if "|" in line}
+        assert not loaded & {"asyncio", "logging"}, (args, sorted(loaded & {"asyncio", "logging"}))

@@ -15,10 +15,10 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from tapster.errors import AppLoadError
-from tapster.service import Service
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # both imported when used: plugin discovery for --help calls use_launch_directory()
     from tapster.runner._options import ServerOptions
+    from tapster.service import Service
 
 __all__ = ["load_application_file", "load_root", "use_launch_directory"]
 
@@ -88,6 +88,8 @@ def load_application_file(path: str) -> Service:
     if "application" not in namespace:
         raise AppLoadError(f"application file {path} defines no 'application' variable")
     application = namespace["application"]
+    from tapster.service import Service
+
     if not isinstance(application, Service):
         raise AppLoadError(
             f"'application' in {path} is {_article(type(application).__qualname__)}, not a tapster Service "

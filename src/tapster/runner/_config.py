@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from tapster._record import Record
-from tapster.log._setup import LogConfig
+
+# LogConfig is imported when needed: `tapster ctl` and `tapster --help` never load logging.
+if TYPE_CHECKING:
+    from tapster.log._setup import LogConfig
 
 
 class RunConfig(Record):
@@ -85,7 +88,11 @@ class RunConfig(Record):
     ) -> None:
         self.nodaemon = nodaemon
         self.no_save = no_save
-        self.log = LogConfig(logfile=None) if log is None else log  # where and how: the log package's record
+        if log is None:
+            from tapster.log._setup import LogConfig
+
+            log = LogConfig(logfile=None)
+        self.log = log  # where and how to log: the log package's own record, not a copy
         self.pidfile = pidfile
         self.pidfile_display = pidfile_display
         self.uid = uid

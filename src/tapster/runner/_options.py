@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from tapster._version import __version__
 from tapster.errors import HelpRequested, StartupError, UsageError
-from tapster.log._setup import LogConfig
 from tapster.options import Options
 from tapster.runner._config import RunConfig
 from tapster.runner._reactors import reactors_help
 
 if TYPE_CHECKING:
+    from tapster.log._setup import LogConfig
     from tapster.plugin import Plugins, ServiceMaker
 
 _RESERVED = {"ctl": "the 'tapster ctl' command"}  # words the CLI handles before looking for a plugin
@@ -317,6 +317,8 @@ class ServerOptions(Options):
 
     def _log_config(self, base: str) -> LogConfig:
         """The log settings as the log package takes them; the file's path is made absolute here, once."""
+        from tapster.log._setup import LogConfig
+
         logfile = self["logfile"]
         if logfile == "-" or (not logfile and self["nodaemon"]):  # twistd: an empty name with -n is stdout
             path = None
