@@ -68,7 +68,9 @@ def run(config: RunConfig, root: Service) -> int:
         stale = pidfile.acquire()
     except PidFileLocked as exc:
         destination.close()
-        raise StartupError(
+        if not config.nodaemon:  # a second start of a daemon is a mistake to report, not a setup to suggest
+            raise
+        raise StartupError(  # two servers run by hand in one directory (the trial's case)
             f"{exc}; to run a second server here, give each its own --pidfile (--pidfile= for none)"
         ) from None
     except TapsterError:
