@@ -5,17 +5,17 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import pickle
 import pwd
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import EXAMPLES, pid_alive, run_tapster
+from support import run_in_child
 
 
 def _nobody() -> pwd.struct_passwd | None:
@@ -29,38 +29,6 @@ NOBODY = _nobody()
 as_root_with_nobody = pytest.mark.skipif(
     os.geteuid() != 0 or NOBODY is None, reason="needs root and a user 'nobody'"
 )
-
-
-def run_as_nobody(func: Callable[[], object]) -> object:
-    """Run ``func`` in a forked child that has become ``nobody``; return its result (or raise its exception).
-
-    Forking keeps the test's interpreter: ``nobody`` could not exec the venv's python under /root (0700).
-    """
-    assert NOBODY is not None
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(read_end)
-            try:
-                os.setgroups([])
-                os.setgid(NOBODY.pw_gid)
-                os.setuid(NOBODY.pw_uid)
-                payload: tuple[str, object] = ("ok", func())
-            except BaseException as exc:
-                payload = ("err", repr(exc))
-            with os.fdopen(write_end, "wb") as out:
-                pickle.dump(payload, out)
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as inp:
-        data = inp.read()
-    os.waitpid(pid, 0)
-    kind, value = pickle.loads(data)
-    if kind == "err":
-        raise AssertionError(f"the child failed: {value}")
-    return value
 
 
 def ctl_in_process(*args: str) -> tuple[int, str, str]:
@@ -94,14 +62,16 @@ def test_ctl_on_another_users_server_is_one_line(tapster, shared_dir: Path, comm
     )
     proc.port("Echo")
     server_pid = int(pidfile.read_text())
-    status, out, err = run_as_nobody(lambda: ctl_in_process(command, "--pidfile", str(pidfile)))  # type: ignore[misc]
+    status, out, err = run_in_child(
+        user="nobody", func=lambda: ctl_in_process(command, "--pidfile", str(pidfile))
+    )  # type: ignore[misc]
     lines = err.strip().splitlines()
     assert status == 1, (out, err)
     assert len(lines) == 1 and "Traceback" not in err, err
     assert "not permitted to send" in lines[0] and f"pid {server_pid}" in lines[0], lines[0]
     assert "(it runs as root)" in lines[0] and str(pidfile) in lines[0], lines[0]
     assert pid_alive(server_pid)
-    state = run_as_nobody(lambda: ctl_in_process("status", "--pidfile", str(pidfile)))
+    state = run_in_child(user="nobody", func=lambda: ctl_in_process("status", "--pidfile", str(pidfile)))
     assert state == (0, f"running (pid {server_pid})\n", "")  # status needs no permission to signal
     proc.signal(signal.SIGTERM)
     assert proc.finish()[0] == 0

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from tapster.errors import ExitStatus, StartupError
 from tapster.options import Options
+from tapster.runner._answers import answer_path, read_answer, wait_for_answer
 from tapster.runner._options import seconds
 from tapster.runner._pidfile import read_pid_status
 
@@ -36,12 +37,21 @@ class _StatusOptions(_CtlCommand):
     )
 
 
-class _RotateOptions(_CtlCommand):
-    description = "Rotate the server's log file now (SIGUSR1)."
+class _AnsweringCommand(_CtlCommand):
+    parameters = (
+        *_CtlCommand.parameters,
+        ("timeout", None, 5.0, "Seconds to wait for the server's answer (0 to 86400).", seconds),
+    )
 
 
-class _ReopenOptions(_CtlCommand):
-    description = "Reopen the server's log file (SIGHUP), after logrotate moved it away."
+class _RotateOptions(_AnsweringCommand):
+    description = "Rotate the server's log file now (SIGUSR1) and say whether it did."
+
+
+class _ReopenOptions(_AnsweringCommand):
+    description = (
+        "Reopen the server's log file (SIGHUP), after logrotate moved it away, and say whether it did."
+    )
 
 
 class CtlOptions(Options):
@@ -52,8 +62,8 @@ class CtlOptions(Options):
     subcommands = (
         ("status", None, _StatusOptions, "Is the server running? (LSB exit codes 0 / 3 / 1)"),
         ("stop", None, _StopOptions, "Stop the server and wait until it has exited."),
-        ("rotate", None, _RotateOptions, "Rotate the log file now (SIGUSR1)."),
-        ("reopen", None, _ReopenOptions, "Reopen the log file (SIGHUP)."),
+        ("rotate", None, _RotateOptions, "Rotate the log file now (SIGUSR1); waits for the answer."),
+        ("reopen", None, _ReopenOptions, "Reopen the log file (SIGHUP); waits for the answer."),
     )
 
     def post_options(self) -> None:
@@ -68,29 +78,59 @@ def run_ctl(options: CtlOptions) -> tuple[int, str]:
     sub = options.sub_options
     assert sub is not None and options.subcommand is not None
     shown = sub["pidfile"]
-    _check_pid_path(os.path.abspath(shown), shown)
-    state, pid = read_pid_status(os.path.abspath(shown))
+    path = os.path.abspath(shown)
+    _check_pid_path(path, shown)
+    state, pid = read_pid_status(path)
     command = options.subcommand
     if command == "status":
         if state == "running":
             return ExitStatus.OK, f"running (pid {pid})" if pid is not None else "running"
+        if state == "stale" and pid is None and _is_empty(path):
+            # What a server leaves when it stopped cleanly but could not remove its file (its directory is
+            # not writable after --uid): it names no process, so nothing is stale.
+            return ExitStatus.NOT_RUNNING, f"not running (pid file {path} is empty: left by a clean stop)"
         if state == "stale":
-            return ExitStatus.FAILURE, "not running, stale pid file"
-        return ExitStatus.NOT_RUNNING, "not running"
+            return ExitStatus.FAILURE, f"not running, stale pid file {path}"
+        return ExitStatus.NOT_RUNNING, f"not running (no pid file {path})"
     if state != "running" or pid is None:
+        where = f"no pid file {path}" if state == "absent" else f"no live server holds {path}"
         if command == "stop":
-            return ExitStatus.OK, "not running"
-        return ExitStatus.FAILURE, f"not running (no live server holds {shown})"
+            return ExitStatus.OK, f"not running ({where})"
+        return ExitStatus.FAILURE, f"not running ({where})"
     if command in ("rotate", "reopen"):
-        signum = signal.SIGUSR1 if command == "rotate" else signal.SIGHUP
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            return ExitStatus.FAILURE, f"not running (pid {pid} from {shown} has just exited)"
-        except PermissionError:
-            return ExitStatus.FAILURE, _not_permitted(pid, signum.name, shown)
-        return ExitStatus.OK, f"sent {signum.name} to pid {pid}"
+        return _log_command(command, pid, path, shown, sub["timeout"])
     return _stop(pid, sub["timeout"], shown)
+
+
+def _log_command(command: str, pid: int, path: str, shown: str, timeout: float) -> tuple[int, str]:
+    """Send SIGUSR1/SIGHUP and report what the server answered in its answer file (runner/_answers.py)."""
+    signum = signal.SIGUSR1 if command == "rotate" else signal.SIGHUP
+    answers = answer_path(path)
+    try:
+        owner: int | None = os.stat(path).st_uid  # the server's file; an answer file must be the same user's
+    except OSError:
+        owner = None
+    before = read_answer(answers, owner)
+    has_answers = os.path.exists(answers)
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        return ExitStatus.FAILURE, f"not running (pid {pid} from {shown} has just exited)"
+    except PermissionError:
+        return ExitStatus.FAILURE, _not_permitted(pid, signum.name, shown)
+    if not has_answers:  # a server without an answer file (an older tapster): all we know is that it was sent
+        return ExitStatus.OK, f"sent {signum.name} to pid {pid} (it gives no answer: see its log)"
+    answer = wait_for_answer(answers, pid, before, timeout, owner)
+    done = "rotated" if command == "rotate" else "reopened"
+    if answer is None:
+        return ExitStatus.FAILURE, (
+            f"sent {signum.name} to pid {pid}, but it did not answer within {timeout:g} s (see its log)"
+        )
+    if answer.outcome == "ok":
+        return ExitStatus.OK, f"log {done} (pid {pid})"
+    if answer.outcome == "skipped":
+        return ExitStatus.OK, f"nothing {done} (pid {pid}): {answer.reason}"
+    return ExitStatus.FAILURE, f"pid {pid} could not {command} its log: {answer.reason}"
 
 
 def _stop(pid: int, timeout: float, shown: str) -> tuple[int, str]:
@@ -117,6 +157,13 @@ def _stop(pid: int, timeout: float, shown: str) -> tuple[int, str]:
         f"passes, its log names the services still stopping; run 'tapster ctl stop' again to force it, "
         f"or kill -KILL {pid}"
     )
+
+
+def _is_empty(path: str) -> bool:
+    try:
+        return os.stat(path).st_size == 0
+    except OSError:
+        return False
 
 
 def _check_pid_path(path: str, shown: str) -> None:

@@ -33,6 +33,18 @@ CANCEL_WAIT = 1.0
 logger = logging.getLogger("tapster")
 
 
+def _nothing() -> None:
+    pass
+
+
+def _false() -> bool:
+    return False
+
+
+def _no_answer(_command: str, _outcome: str, _reason: str) -> None:
+    pass
+
+
 class Outcome(enum.IntEnum):
     """How a run ended; the value is the process exit status."""
 
@@ -48,28 +60,33 @@ class _Phase(enum.Enum):
 
 
 class Hooks:
-    """What the runner around the loop wants to hear about. Each callback is optional.
+    """What the runner around the loop wants to hear about; every hook does nothing unless given.
 
-    A plain class rather than a dataclass: dataclasses generate code at import, and this module is on the
-    start-up path that bench/startup_echo.py measures.
+    Built once, complete, by the runner. A plain class rather than a dataclass: dataclasses generate code at
+    import, and this module is on the start-up path that bench/startup_echo.py measures.
     """
 
     def __init__(
         self,
         *,
-        ready: Callable[[], None] | None = None,
-        rotate: Callable[[], bool] | None = None,
-        reopen: Callable[[], bool] | None = None,
-        drop_privileges: Callable[[], None] | None = None,
+        ready: Callable[[], None] = _nothing,
+        rotate: Callable[[], bool] = _false,
+        reopen: Callable[[], bool] = _false,
+        drop_privileges: Callable[[], None] = _nothing,
+        stopping: Callable[[], object] = _nothing,
+        answer: Callable[[str, str, str], None] = _no_answer,
+        guard: ShutdownGuard | None = None,
+        extra_signals: dict[int, Callable[[], None]] | None = None,
     ) -> None:
         self.ready = ready  # the tree has started: tell the launcher / systemd
-        self.rotate = rotate  # SIGUSR1
-        self.reopen = reopen  # SIGHUP
+        self.rotate = rotate  # SIGUSR1; True if a log file was rotated
+        self.reopen = reopen  # SIGHUP; True if a log file was reopened
         self.drop_privileges = drop_privileges  # between privileged_start and start
-        self.stopping: Callable[[], object] | None = None  # a stop signal was received
-        self.extra_signals: dict[int, Callable[[], None]] = {}
+        self.stopping = stopping  # a stop signal was received
+        self.answer = answer  # how a SIGUSR1/SIGHUP went, for `tapster ctl` (command, ok|skipped|failed, why)
         # SIGTERM/SIGINT come through the guard (a handler outside the loop) when there is one; else the loop's
-        self.guard: ShutdownGuard | None = None
+        self.guard = guard
+        self.extra_signals = dict(extra_signals or {})
 
 
 class StartFailed(StartupError):
@@ -126,8 +143,7 @@ class _Server:
             if not await self._start():
                 return Outcome.CLEAN
             self.phase = _Phase.RUNNING
-            if self.hooks.ready is not None:
-                self.hooks.ready()
+            self.hooks.ready()
             await self.stop_requested.wait()
             return await self._stop()
         finally:
@@ -170,8 +186,7 @@ class _Server:
     async def _start_tree(self) -> None:
         try:
             await self.root.privileged_start()
-            if self.hooks.drop_privileges is not None:
-                self.hooks.drop_privileges()
+            self.hooks.drop_privileges()
             await self.root.start()
         except (SystemExit, KeyboardInterrupt) as exc:
             # asyncio lets these escape the loop ("Task exception was never retrieved" and a traceback); a
@@ -233,26 +248,35 @@ class _Server:
         if self.phase in (_Phase.STARTING, _Phase.RUNNING) and not self.stop_requested.is_set():
             logger.info("Received %s, shutting down.", name)
             self.stop_requested.set()
-            if self.hooks.stopping is not None:
-                self.hooks.stopping()
+            self.hooks.stopping()
         elif self.phase is _Phase.STOPPING and self.stop_task is not None:
             logger.warning("Received %s again: forcing shutdown.", name)
             self.phase = _Phase.FORCED
             self.stop_task.cancel()
 
     def _on_rotate(self, _signum: int) -> None:
-        try:
-            if self.hooks.rotate is not None and self.hooks.rotate():
-                logger.info("Log rotated (SIGUSR1).")
-        except OSError as exc:  # the old file stays in use
-            logger.error("cannot rotate the log (SIGUSR1): %s", exc)
+        self._log_command(
+            "rotate", self.hooks.rotate, "Log rotated (SIGUSR1).", "cannot rotate the log (SIGUSR1)"
+        )
 
     def _on_reopen(self, _signum: int) -> None:
+        self._log_command(
+            "reopen", self.hooks.reopen, "Log file reopened (SIGHUP).", "cannot reopen the log (SIGHUP)"
+        )
+
+    def _log_command(self, command: str, action: Callable[[], bool], done: str, failed: str) -> None:
+        """Carry out a rotate or reopen, log how it went, and answer `tapster ctl` the same."""
         try:
-            if self.hooks.reopen is not None and self.hooks.reopen():
-                logger.info("Log file reopened (SIGHUP).")
-        except OSError as exc:
-            logger.error("cannot reopen the log (SIGHUP): %s", exc)
+            changed = action()
+        except (OSError, TapsterError) as exc:  # the old file stays in use
+            logger.error("%s: %s", failed, exc)
+            self.hooks.answer(command, "failed", str(exc))
+            return
+        if changed:
+            logger.info("%s", done)
+            self.hooks.answer(command, "ok", "")
+        else:
+            self.hooks.answer(command, "skipped", "the log is not a file")
 
 
 def _ignore_signum(callback: Callable[[], None]) -> Callable[[int], None]:
