@@ -147,3 +147,31 @@ def test_broken_uvloop_is_not_called_missing(tmp_path: Path) -> None:
         "tapster: reactor 'uvloop' cannot be imported: ModuleNotFoundError: "
         "No module named 'uvloop_own_part_that_is_gone'"
     )
+
+
+def test_application_file_importing_a_missing_extra_names_it(tmp_path: Path) -> None:
+    """A `-y` file that imports aiohttp without the web extra: one line ending in the pip command."""
+    (tmp_path / "web.tac").write_text(
+        "import aiohttp\nfrom tapster import Application\napplication = Application('w')\n"
+    )
+    result = run_tapster(["-n", "-y", "web.tac", "--pidfile="], cwd=tmp_path, env=hidden(tmp_path, "aiohttp"))
+    line = one_line(result, 1)
+    assert "No module named 'aiohttp'" in line
+    assert line.endswith("(pip install 'tapster[web]')")
+
+
+def test_service_importing_a_missing_extra_at_start_names_it(tmp_path: Path) -> None:
+    """A service whose start() imports uvloop, which is hidden: the failed start's line names the extra."""
+    (tmp_path / "late.tac").write_text(
+        "from tapster import Application, Service\n"
+        "class Late(Service):\n"
+        "    async def start(self):\n"
+        "        import uvloop  # noqa: F401\n"
+        "        await super().start()\n"
+        "application = Application('late')\n"
+        "Late().set_parent(application)\n"
+    )
+    result = run_tapster(["-n", "-y", "late.tac", "--pidfile="], cwd=tmp_path, env=hidden(tmp_path, "uvloop"))
+    line = one_line(result, 1)
+    assert "No module named 'uvloop'" in line
+    assert line.endswith("(pip install 'tapster[uvloop]')")

@@ -23,7 +23,7 @@ def run_command(argv: Sequence[str]) -> int:
         return ExitStatus.OK
     except UsageError as exc:
         prog = exc.prog or "tapster"
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
         if exc.usage:
             print(exc.usage, file=sys.stderr)
         return ExitStatus.USAGE
@@ -32,10 +32,18 @@ def run_command(argv: Sequence[str]) -> int:
             import traceback
 
             traceback.print_exception(exc)
-        print(f"tapster: {exc}", file=sys.stderr)
+        print(f"tapster: {_one_line(str(exc))}", file=sys.stderr)
         return int(exc.exit_status)
     except KeyboardInterrupt:
         return 130
+
+
+def _one_line(message: str) -> str:
+    """An error is one line: a line break or control character in it came from the input it echoes (a plugin
+    name, a damaged file), and is shown escaped so it cannot split the line or forge another one."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def _dispatch(argv: list[str], parsed: dict[str, bool]) -> int:

@@ -252,3 +252,12 @@ def test_shutdown_timeout_must_be_finite(tmp_path: Path, value: str) -> None:
     assert result.stderr.startswith(
         f"tapster: error: --shutdown-timeout: expected a number of seconds from 0 to 86400, got {value!r}\n"
     )
+
+
+def test_a_line_break_in_the_input_is_escaped_not_printed(tmp_path: Path) -> None:
+    """An unknown plugin name holding a line break: still one line, the break shown as \\n."""
+    result = run_tapster(["foo\nInjected: line"], cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("Usage: "), result.stderr
+    assert "Unknown command: foo\\nInjected: line" in lines[0]

@@ -84,7 +84,10 @@ def load_application_file(path: str) -> Service:
         BaseException
     ) as exc:  # KeyboardInterrupt or a bare BaseException raised by the file is its error too
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        raise AppLoadError(f"error in application file {_where(exc, path)}: {message}") from exc
+        from tapster._extras import install_hint
+
+        hint = install_hint(exc)
+        raise AppLoadError(f"error in application file {_where(exc, path)}: {message}{hint}") from exc
     if "application" not in namespace:
         raise AppLoadError(f"application file {path} defines no 'application' variable")
     application = namespace["application"]

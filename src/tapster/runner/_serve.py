@@ -171,7 +171,9 @@ class _Server:
                     raise exc
                 where = getattr(exc, "tapster_service_path", None)
                 prefix = f"{where}: " if where else ""
-                raise StartFailed(f"{prefix}{type(exc).__name__}: {exc}") from exc
+                from tapster._extras import install_hint
+
+                raise StartFailed(f"{prefix}{type(exc).__name__}: {exc}{install_hint(exc)}") from exc
             return True
         logger.info("Stopping during start-up: stopping the services that started.")
         start.cancel()
