@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from conftest import EXAMPLES
 from reliability.conftest import LONG, Figures, scale
 from tapster.endpoints import parse_client, parse_server
-from tapster.errors import AppLoadError, EndpointError, HelpRequested, TapsterError, UsageError
+from tapster.errors import AppLoadError, EndpointError, HelpRequested, TapsterError
 from test_endpoints_property import (
     CLIENT_KEYS,
     CLIENT_TYPE_KEYS,
@@ -192,13 +192,14 @@ def auth_specs(files: dict[str, str]) -> st.SearchStrategy[str]:
 
 
 def test_fuzz_auth_specs(files: dict[str, str], figures: Figures) -> None:
-    """`--auth` specs: a checker or a UsageError naming the spec, never another exception."""
+    """`--auth` specs: a checker, a UsageError naming the spec, or (for a file that is there but unsafe or unusable:
+    a directory, a link) a one-line TapsterError (exit 1); never another exception."""
     from tapster.auth import parse_auth
 
     def check(spec: str) -> None:
         try:
             parse_auth(spec)
-        except UsageError as exc:
+        except TapsterError as exc:
             one_line(exc, spec)
 
     fuzz(figures, "--auth specs", auth_specs(files), check)
