@@ -5,13 +5,15 @@ status; stderr is one line (two for a usage error: the message, then the usage l
 offending value; there is no "Traceback" on stdout or stderr; and nothing is left behind (no pid file, no other
 new file except a log the case asked for).
 
-The cases a test elsewhere owns (``-f DIR``, a ``.tap`` whose unpickling raises, ``--logfile /dev/full``) are not
-here; they join once their fixes land.
+The saved-state and file-safety cases (``-f DIR``, a ``.tap`` whose unpickling raises, ``--logfile /dev/full``, files
+that are directories, FIFOs or links) are in ``FILE_CASES``; test_symlink_attacks.py tries the links and planted
+files in depth.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -674,6 +676,71 @@ def _port_in_use_cases() -> list[Any]:
     ]
 
 
+# --- saved state and the files tapster opens: unusable or unsafe (exit 1; the line names the path) -----------
+
+
+def _state(body: bytes, modules: str = "builtins") -> bytes:
+    """A format-2 saved state around ``body`` (a pickle, or anything)."""
+    return b"TAPSTER-STATE 2\nmodules: " + modules.encode() + b"\n" + body
+
+
+def _pickle_calling(func: object, *args: object) -> bytes:
+    """A pickle that calls ``func(*args)`` when loaded (``int('x')`` raises ValueError)."""
+
+    class Call:
+        def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+            return func, args
+
+    return pickle.dumps(Call(), protocol=5)
+
+
+FILE_CASES = [
+    case("-f a directory", ["-n", "-f", "state"], 1, "state", files={"state": None}),
+    case("-f a missing file", ["-n", "-f", "missing.tap"], 1, "missing.tap"),
+    case("-f an empty file", ["-n", "-f", "empty.tap"], 1, "empty.tap", files={"empty.tap": b""}),
+    case("-f a foreign file", ["-n", "-f", "x.tap"], 1, "x.tap", files={"x.tap": b"not a state at all"}),
+    case(
+        "-f a pickle that raises when loaded",
+        ["-n", "-f", "raises.tap"],
+        1,
+        "raises.tap",
+        files={"raises.tap": _state(_pickle_calling(int, "x"))},
+    ),
+    case(
+        "-f a pickle that raises when loaded, trusted",
+        ["-n", "--trust-state-file", "-f", "raises.tap"],
+        1,
+        "raises.tap",
+        files={"raises.tap": _state(_pickle_calling(int, "x"))},
+    ),
+    case(
+        "-f a pickle cut short",
+        ["-n", "-f", "cut.tap"],
+        1,
+        "cut.tap",
+        files={"cut.tap": _state(_pickle_calling(int, "x")[:9])},
+    ),
+    case(
+        "-f a pickle that is not a Service",
+        ["-n", "-f", "list.tap"],
+        1,
+        "list.tap",
+        files={"list.tap": _state(pickle.dumps([1, 2, 3], protocol=5))},
+    ),
+    case(
+        "-f a module list that is not names",
+        ["-n", "-f", "mods.tap"],
+        1,
+        "mods.tap",
+        files={"mods.tap": _state(b"", modules="os;rm -rf")},
+    ),
+    case("logfile /dev/full", ["-l", "/dev/full", *RUN_OK], 1, "/dev/full", files=tac(OK_TAC)),
+    case("logfile /dev/null", ["-l", "/dev/null", *RUN_OK], 1, "/dev/null", files=tac(OK_TAC)),
+    case("logfile a directory", ["-l", "logs", *RUN_OK], 1, "logs", files={**tac(OK_TAC), "logs": None}),
+    case("pidfile a directory", ["--pidfile", "run", *RUN_OK], 1, "run", files={**tac(OK_TAC), "run": None}),
+    case("daemon logfile /dev/full", ["-y", "app.tac", "-l", "/dev/full"], 1, "/dev/full", files=tac(OK_TAC)),
+]
+
 ALL_CASES = [
     *USAGE_CASES,
     *PROCESS_CASES,
@@ -681,6 +748,7 @@ ALL_CASES = [
     *ENDPOINT_CASES,
     *CTL_CASES,
     *AUTH_CASES,
+    *FILE_CASES,
     *_port_in_use_cases(),
 ]
 
