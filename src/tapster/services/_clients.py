@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from tapster.endpoints import ClientEndpoint, parse_client
 from tapster.log._context import ConnectionContext, log_context
@@ -24,6 +24,8 @@ from tapster.services._connection import (
 __all__ = ["ClientService", "StreamClient"]
 
 logger = logging.getLogger("tapster.services")
+
+_Inner = TypeVar("_Inner", asyncio.Protocol, asyncio.BufferedProtocol)
 
 Connection = asyncio.BaseProtocol | tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -58,16 +60,18 @@ class _Session:
                 abort()
 
 
-class _Forwarder(asyncio.Protocol):
+class _ForwarderBase(Generic[_Inner]):
     """Passes every callback on to a protocol whose ``connection_lost`` cannot be wrapped (it has ``__slots__``).
 
     Only such protocols pay for the extra call per callback; the others are watched through an instance attribute.
+    The callbacks both protocol kinds share live here; the two subclasses add their own read path (asyncio picks
+    it by the protocol's type, so a plain and a buffered protocol each need a forwarder of their own type).
     """
 
     __slots__ = ("_finished", "_inner")
 
-    def __init__(self, inner: asyncio.Protocol, finished: Callable[[], None]) -> None:
-        self._inner = inner
+    def __init__(self, inner: _Inner, finished: Callable[[], None]) -> None:
+        self._inner: _Inner = inner
         self._finished = finished
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -84,46 +88,30 @@ class _Forwarder(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
-
-    def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
 
 
-class _BufferedForwarder(asyncio.BufferedProtocol):
-    """:class:`_Forwarder` for a ``BufferedProtocol`` (asyncio picks the read path by the protocol's type)."""
+class _Forwarder(_ForwarderBase[asyncio.Protocol], asyncio.Protocol):
+    """The forwarder for a plain ``Protocol``: data arrives as bytes."""
 
-    __slots__ = ("_finished", "_inner")
+    __slots__ = ()
 
-    def __init__(self, inner: asyncio.BufferedProtocol, finished: Callable[[], None]) -> None:
-        self._inner = inner
-        self._finished = finished
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._inner.connection_made(transport)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        try:
-            self._inner.connection_lost(exc)
-        finally:
-            self._finished()
+class _BufferedForwarder(_ForwarderBase[asyncio.BufferedProtocol], asyncio.BufferedProtocol):
+    """The forwarder for a ``BufferedProtocol``: data is read into the buffer the inner protocol hands out."""
 
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
+    __slots__ = ()
 
     def get_buffer(self, sizehint: int) -> Any:
         return self._inner.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
         self._inner.buffer_updated(nbytes)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
 
 
 class _HangUp(asyncio.Protocol):
