@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -162,3 +164,17 @@ def opened() -> Iterator[list[Any]]:
     yield handlers
     for handler in handlers:
         handler.close()
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A root-owned 0755 directory under /tmp that every user may enter (pytest's tmp_path sits in 0700 parents).
+
+    For tests that run something as ``nobody`` (an attacker planting a file, a daemon after dropping privileges).
+    """
+    path = Path(tempfile.mkdtemp(prefix="tapster-shared-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -8,8 +8,6 @@ import contextlib
 import datetime
 import os
 import pwd
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -188,17 +186,6 @@ def as_nobody() -> Iterator[None]:
         yield
     finally:
         os.seteuid(0)
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A root-owned 0755 directory that nobody can search (pytest's tmp_path is 0700 inside 0700 parents)."""
-    path = Path(tempfile.mkdtemp(prefix="tapster-auth-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_unix_checker_permission_message(shared_dir: Path):

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +30,6 @@ NOBODY = pwd.getpwnam("nobody").pw_uid
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (files owned by nobody)")
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A root-owned 0755 directory under /tmp (pytest's tmp_path sits in 0700 parents other users cannot cross)."""
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="tapster-auth-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _as_nobody(*command: str) -> None:

@@ -6,10 +6,7 @@ import contextlib
 import io
 import os
 import pwd
-import shutil
 import signal
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,17 +36,6 @@ def ctl_in_process(*args: str) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = run_command(["ctl", *args])
     return status, out.getvalue(), err.getvalue()
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory under /tmp that every user may enter and read (pytest's own temp dirs are 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="tapster-ctl-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @as_root_with_nobody

@@ -270,11 +270,6 @@ def test_unwritable_directory_is_a_startup_error() -> None:
         path = os.path.join(directory, "tapster.pid")
 
         def attempt() -> object:
-            if os.geteuid() == 0:
-                nobody = pwd.getpwnam("nobody")
-                os.setgroups([])
-                os.setgid(nobody.pw_gid)
-                os.setuid(nobody.pw_uid)
             return PidFile(path, display="ro/tapster.pid").acquire()
 
         if os.geteuid() == 0:
@@ -283,7 +278,7 @@ def test_unwritable_directory_is_a_startup_error() -> None:
             except KeyError:
                 pytest.skip("no user 'nobody' to drop to")
         with pytest.raises(StartupError) as info:
-            run_in_child(attempt)
+            run_in_child(attempt, user="nobody" if os.geteuid() == 0 else None)
         assert str(info.value) == "cannot write pid file ro/tapster.pid: Permission denied"
         assert not os.path.exists(path)
     finally:
@@ -415,10 +410,6 @@ def test_release_in_unwritable_directory_clears_and_unlocks(tmp_path: Path) -> N
         path = os.path.join(directory, "tapster.pid")
 
         def run() -> object:
-            if os.geteuid() == 0:
-                os.setgroups([])
-                os.setgid(nobody.pw_gid)
-                os.setuid(nobody.pw_uid)
             pidfile = PidFile(path, display="t.pid")
             pidfile.acquire()
             pidfile.write()
@@ -429,7 +420,8 @@ def test_release_in_unwritable_directory_clears_and_unlocks(tmp_path: Path) -> N
                 return (str(exc), pidfile.fd)
             return None
 
-        assert run_in_child(run) == ("cannot remove pid file t.pid: Permission denied", None)
+        as_user = "nobody" if os.geteuid() == 0 else None
+        assert run_in_child(run, user=as_user) == ("cannot remove pid file t.pid: Permission denied", None)
         assert read_pid_status(path) == ("stale", None)
     finally:
         os.chmod(directory, 0o700)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,17 +20,12 @@ ENV = {"FASTPOETRY_PORT": "0"}
 
 
 @pytest.fixture
-def shared() -> Iterator[Path]:
-    """A root-owned 0755 directory under /tmp that nobody may enter (pytest's temp dirs are 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="tapster-priv-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        pid = path / "tapster.pid"
-        if pid.exists() and pid.read_text().strip():
-            run_tapster(["ctl", "stop", "--pidfile", str(pid)], cwd=path)
-        shutil.rmtree(path, ignore_errors=True)
+def shared(shared_dir: Path) -> Iterator[Path]:
+    """conftest's ``shared_dir`` (nobody may enter it), with any daemon left running there stopped at the end."""
+    yield shared_dir
+    pid = shared_dir / "tapster.pid"
+    if pid.exists() and pid.read_text().strip():
+        run_tapster(["ctl", "stop", "--pidfile", str(pid)], cwd=shared_dir)
 
 
 def nobody_dir(parent: Path) -> Path:

@@ -260,19 +260,15 @@ def test_not_root_cannot_switch() -> None:
 @needs_nobody
 def test_not_root_message_names_user_without_user_name() -> None:
     """The not-root message finds the user name from the uid when the identity carries none."""
-    entry = nobody()
 
     def child() -> object:
-        os.setgroups([])
-        os.setgid(entry.pw_gid)
-        os.setuid(entry.pw_uid)
         check_can_switch(Identity(0, 0, None))
         return None
 
     with pytest.raises(
         StartupError, match=r"^cannot switch to user root \(uid 0\): tapster is not running as root$"
     ):
-        run_in_child(child)
+        run_in_child(child, user="nobody")
 
 
 # --- enter_chroot -------------------------------------------------------------------------------------------
@@ -320,17 +316,13 @@ def test_chroot_not_a_directory(tmp_path: Path) -> None:
 @needs_nobody
 def test_chroot_not_root() -> None:
     """Without root, chroot fails with a message saying so."""
-    entry = nobody()
 
     def child() -> object:
-        os.setgroups([])
-        os.setgid(entry.pw_gid)
-        os.setuid(entry.pw_uid)
         enter_chroot("/")
         return None
 
     with pytest.raises(StartupError) as info:
-        run_in_child(child)
+        run_in_child(child, user="nobody")
     assert str(info.value) == "cannot chroot to /: tapster is not running as root"
 
 
