@@ -232,6 +232,12 @@ def start_lingering_close(
     return True
 
 
+def is_lingering(transport: asyncio.BaseTransport) -> bool:
+    """Whether ``transport`` is in a lingering close already (its protocol is then the lingerer)."""
+    get_protocol = getattr(transport, "get_protocol", None)
+    return get_protocol is not None and isinstance(get_protocol(), _Lingerer)
+
+
 def _tracker(caller: str) -> ConnectionTracker:
     tracker = serving.get()
     if tracker is None:
