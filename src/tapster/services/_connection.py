@@ -90,6 +90,14 @@ class _HangUp(asyncio.Protocol):
             transport.close()
 
 
+def _inherited(protocol: asyncio.BaseProtocol, name: str) -> bool:
+    """Whether ``protocol.name`` is its class's method (not an instance attribute of its own)."""
+    bound = getattr(protocol, name, None)
+    return getattr(bound, "__self__", None) is protocol and getattr(bound, "__func__", None) is getattr(
+        type(protocol), name, None
+    )
+
+
 class _Connection(ConnectionContext):
     """One Protocol connection, in one small object: its log context, its entry in the tracker, and what stands
     in for the protocol's ``connection_made`` and ``connection_lost``.
@@ -121,15 +129,16 @@ class _Connection(ConnectionContext):
     def watch(self, protocol: asyncio.BaseProtocol) -> None:
         """Stand in for ``protocol``'s ``connection_made`` and ``connection_lost`` (not for one with its own
         instance attributes of those names, nor for one with ``__slots__``: they work, untracked)."""
-        try:
-            attributes = vars(protocol)
-        except TypeError:
+        # Set with setattr, never through vars(protocol): that would give every protocol a dict of its own
+        # (64 bytes more per connection) where Python otherwise keeps its attributes inline.
+        if not (_inherited(protocol, "connection_made") and _inherited(protocol, "connection_lost")):
             return
-        if "connection_made" in attributes or "connection_lost" in attributes:
+        try:
+            protocol.connection_made = self  # type: ignore[method-assign, assignment]
+            protocol.connection_lost = self  # type: ignore[method-assign, assignment]
+        except AttributeError:
             return
         self.protocol = protocol
-        attributes["connection_made"] = self
-        attributes["connection_lost"] = self
 
     def __call__(self, argument: Any) -> None:
         if argument is None or isinstance(argument, Exception):
@@ -142,7 +151,7 @@ class _Connection(ConnectionContext):
         assert protocol is not None
         tracker = self.tracker
         self.transport = transport
-        tracker.transports[transport] = self
+        tracker.connections.add(self)
         if self.shared:
             token = log_context.set(self)
             try:
@@ -164,10 +173,9 @@ class _Connection(ConnectionContext):
         finally:
             if token is not None:
                 log_context.reset(token)
-            transport = self.transport
-            if transport is not None:
+            if self.transport is not None:
                 tracker = self.tracker
-                tracker.transports.pop(transport, None)
+                tracker.connections.discard(self)
                 tracker._maybe_idle()
 
 
@@ -193,8 +201,9 @@ class ConnectionTracker:
         self.label = label
         self.linger = linger
         self._numbers = itertools.count(1)
-        # Open Protocol connections: transport -> its _Connection (the protocol, and its log context).
-        self.transports: dict[asyncio.BaseTransport, _Connection] = {}
+        # Open Protocol connections (each knows its transport and protocol, and is its log context). A set, not
+        # a dict by transport: an idle connection costs what a bare server's set of transports costs.
+        self.connections: set[_Connection] = set()
         self.handler_tasks: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         # Handler connections whose handler returned during the stop, in their lingering close.
         self.lingering: set[asyncio.BaseTransport] = set()
@@ -209,7 +218,7 @@ class ConnectionTracker:
 
     @property
     def open_count(self) -> int:
-        return len(self.transports) + len(self.handler_tasks) + len(self.lingering)
+        return len(self.connections) + len(self.handler_tasks) + len(self.lingering)
 
     def wrap_protocol_factory(self, factory: ProtocolFactory) -> ProtocolFactory:
         """A factory whose protocols carry a log context and report their connection's life to this tracker."""
@@ -309,8 +318,9 @@ class ConnectionTracker:
         """Tell every open connection the server is stopping (the listener is closed already)."""
         self.closing = True
         self.stopping.set()
-        for transport, connection in list(self.transports.items()):
-            self._tell(transport, connection)
+        for connection in list(self.connections):
+            assert connection.transport is not None
+            self._tell(connection.transport, connection)
         for task in list(self.waiting):
             self.interrupt(task)
 
@@ -357,13 +367,14 @@ class ConnectionTracker:
     def abort_all(self) -> int:
         """Abort open transports and cancel running handlers now; return how many connections there were."""
         count = self.open_count
-        for transport in [*self.transports, *self.lingering]:
+        opened = [connection.transport for connection in self.connections if connection.transport is not None]
+        for transport in [*opened, *self.lingering]:
             abort = getattr(transport, "abort", None)
             if abort is not None:
                 abort()
             else:
                 transport.close()
-        self.transports.clear()
+        self.connections.clear()
         self.lingering.clear()
         for task, writer in list(self.handler_tasks.items()):
             task.cancel()
