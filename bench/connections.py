@@ -149,6 +149,42 @@ def measure_idle(spec: ServerSpec, env: Env, count: int, pinned: bool) -> tuple[
         server.kill()
 
 
+PLAIN_CLOSE_TAC = """\
+# examples/echo.tac, except that the stop closes each connection at once instead of the lingering close.
+import asyncio
+import os
+
+from tapster import Application
+from tapster.services import StreamServer
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+    def stop_requested(self):
+        self.transport.close()
+
+
+application = Application("echo")
+StreamServer(f"tcp:{os.environ.get('ECHO_PORT', '7001')}:interface=127.0.0.1", Echo).set_parent(application)
+"""
+
+
+def plain_close_servers(directory: Path) -> list[ServerSpec]:
+    """tapster without the lingering close (what the drain costs at stop), on both loops."""
+    tac = directory / "echo_plain_close.tac"
+    tac.write_text(PLAIN_CLOSE_TAC)
+    base = (tool("tapster"), "-n", "-y", str(tac), "--pidfile=")
+    return [
+        ServerSpec("tapster, plain close", "asyncio", base),
+        ServerSpec("tapster uvloop, plain close", "uvloop", (*base, "--reactor", "uvloop")),
+    ]
+
+
 # -- echo throughput and CPU per round trip ----------------------------------------------------------------
 
 
@@ -293,10 +329,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with temp_dir("tapster-bench-conns-") as tmp:
         env: Env = bytecode_env(Path(tmp) / "pycache")
         specs = echo_servers(Path(tmp))
+        plain_close = plain_close_servers(Path(tmp))
         for spec in specs:  # fill the bytecode cache
             start(spec, env).terminate()
         if "idle" in parts:
-            out += idle_report(specs, env, counts, args.runs, pinned)
+            out += idle_report([*specs, *plain_close], env, counts, args.runs, pinned)
         if "echo" in parts:
             out += echo_report(specs, env, args.runs, args.seconds, pinned)
         if "tree" in parts:
@@ -328,6 +365,10 @@ def _by_turns(
 
 
 PAIRS = (("tapster", "bare asyncio"), ("tapster uvloop", "bare uvloop"))
+PLAIN_PAIRS = (
+    ("tapster, plain close", "bare asyncio"),
+    ("tapster uvloop, plain close", "bare uvloop"),
+)
 
 
 def idle_report(specs: list[ServerSpec], env: Env, counts: list[int], runs: int, pinned: bool) -> list[str]:
@@ -350,7 +391,8 @@ def idle_report(specs: list[ServerSpec], env: Env, counts: list[int], runs: int,
     ]
     lines = [table(headers, rows), ""]
     goal_rows = []
-    for ours, bare in PAIRS:
+    names = {spec.name for spec in specs}
+    for ours, bare in [*PAIRS, *(pair for pair in PLAIN_PAIRS if pair[0] in names)]:
         cells = [f"{ours} / {bare}"]
         for c in counts:
             r = ratio(rss[ours, c], rss[bare, c])
