@@ -1,10 +1,12 @@
-"""What the connection tracking keeps per connection: no reference cycle, and log names that stay right.
+"""What tapster keeps per connection and per service: no reference cycle, log names that stay right, tree stops.
 
 The tracker stands in for each protocol's connection_made/connection_lost with one small object. These tests hold
 it to what that design promises: with the garbage collector off, a closed connection's protocol is freed at once
 (by reference counting, as with a bare asyncio server), whether the client closed it or the server's drain did;
 the connection's log context still names it ``label,number,peer``, in every callback, before and after close.
-No timings here: the costs themselves are measured by bench/connections.py.
+A MultiService stops children whose stop is the base class's inline, without a task: the tree tests hold the stop
+semantics (reverse order, concurrency, errors logged, still_stopping) for a mixed tree. No timings here: the costs
+themselves are measured by bench/connections.py.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TypeVar
 import pytest
 
 from tapster.log._context import record_context
+from tapster.service import MultiService, Service, still_stopping
 from tapster.services import StreamServer, lingering_close
 
 T = TypeVar("T")
@@ -238,3 +241,72 @@ def test_a_protocol_with_its_own_connection_made_attribute_still_serves() -> Non
         await server.stop()
 
     run(scenario, "asyncio")
+
+
+# ------------------------------------------------------------------------------------------ stop of a service tree
+
+
+class Slow(Service):
+    """A stop that waits (a listener draining): it must still run concurrently with its siblings' stops."""
+
+    def __init__(self, name: str, release: asyncio.Event, calls: list[str]) -> None:
+        self.name, self.release, self.calls = name, release, calls
+
+    async def stop(self) -> None:
+        self.calls.append(self.name)
+        await super().stop()
+        await self.release.wait()
+
+
+class Failing(Service):
+    async def stop(self) -> None:
+        await super().stop()
+        raise RuntimeError("stop went wrong")
+
+
+def test_plain_children_stop_at_once_and_the_others_still_concurrently(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A mixed tree: plain services stop inline, waiting ones overlap, a failure is logged, none is skipped."""
+
+    async def scenario() -> None:
+        release, calls = asyncio.Event(), []
+        root = MultiService()
+        plain = [Service() for _ in range(3)]
+        slow = [Slow(f"slow{n}", release, calls) for n in range(2)]
+        for child in (plain[0], slow[0], plain[1], Failing(), slow[1], plain[2]):
+            child.set_parent(root)
+        await root.start()
+        stopping = asyncio.ensure_future(root.stop())
+        await until(lambda: len(calls) == 2, "both waiting stops to have begun")
+        assert calls == ["slow1", "slow0"]  # reverse order, and the second began before the first ended
+        assert not any(child.running for child in root)
+        assert set(still_stopping(root)) == set(slow)  # the plain ones are stopped already
+        release.set()
+        await stopping
+        assert still_stopping(root) == []
+
+    with caplog.at_level(logging.ERROR):
+        run(scenario, "asyncio")
+    assert [record.getMessage() for record in caplog.records] == ["error stopping MultiService/Failing"]
+
+
+def test_a_service_with_its_own_stop_attribute_is_not_stopped_inline() -> None:
+    """Only the base class's stop is run inline: a stop set on the instance is called (and awaited) as usual."""
+
+    async def scenario() -> list[str]:
+        seen: list[str] = []
+        child = Service()
+
+        async def stop() -> None:
+            await asyncio.sleep(0)
+            seen.append("own stop")
+
+        child.stop = stop  # type: ignore[method-assign]
+        root = MultiService()
+        child.set_parent(root)
+        await root.start()
+        await root.stop()
+        return seen
+
+    assert run(scenario, "asyncio") == ["own stop"]
