@@ -101,6 +101,9 @@ class PluginInfo(NamedTuple):
         return self.shadowed_by is None
 
 
+_new_info = tuple.__new__
+
+
 class Plugins:
     """The plugins discovery found, with shadowing worked out; loading one imports only its module."""
 
@@ -122,8 +125,11 @@ class Plugins:
             if winner is None:
                 owners[candidate.name] = candidate.origin
                 self._loaders[candidate.name] = candidate.load
+            # tuple.__new__ rather than PluginInfo(...): a NamedTuple's __new__ is Python code, run per plugin
             infos.append(
-                PluginInfo(candidate.name, candidate.description, candidate.origin, shadowed_by=winner)
+                _new_info(
+                    PluginInfo, (candidate.name, candidate.description, candidate.origin, None, winner, None)
+                )
             )
         for candidate in candidates:
             if candidate.error is None:
