@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -152,3 +153,12 @@ def pid_alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def opened() -> Iterator[list[Any]]:
+    """Log handlers a test opens (support.make_handler), closed at its end."""
+    handlers: list[Any] = []
+    yield handlers
+    for handler in handlers:
+        handler.close()

@@ -262,7 +262,7 @@ BAD_CLIENTS: list[tuple[str, str]] = [
     ("tcp:host=h:port=80:timeout=soon", "timeout must be a positive number of seconds"),
     ("tcp:host=h:port=80:timeout=nan", "timeout must be a positive number of seconds"),
     ("tcp:host=h:port=80:timeout=1e3", "timeout must be a positive number of seconds"),
-    ("tcp:host=h:port=80:ca=x", "unknown parameter 'ca' for tcp (expected: host, port, timeout)"),
+    ("tcp:host=h:port=80:ca=x", "unknown parameter 'ca' for tcp (expected: bindAddress, host, port,"),
     ("tcp:host=h:host=i:port=80", "duplicate parameter 'host' for tcp"),
     ("unix", "missing required parameter 'path' for unix"),
     ("unix:path=", "path must be a non-empty path"),

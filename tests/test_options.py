@@ -826,3 +826,35 @@ def test_any_command_line_gives_result_usage_error_or_help(argv: list[str]) -> N
         assert str(outcome)
     elif isinstance(outcome, HelpRequested):
         assert outcome.text.startswith("Usage: ")
+
+
+@pytest.mark.parametrize("coercer", ["int", 3, ["int"]])
+def test_a_coercer_that_cannot_be_called_is_a_type_error_when_the_class_is_defined(coercer: object) -> None:
+    """A plugin author's mistake is a TypeError at class definition naming the class, the option and the value,
+    not a usage error shown to the user at parse time."""
+    with pytest.raises(
+        TypeError, match=r"Bad\.parameters: the coercer of 'port' is .*, which is not callable"
+    ):
+
+        class Bad(Options):
+            parameters = [("port", "p", "80", "the port", coercer)]
+
+
+def test_a_non_callable_coercer_set_after_the_class_is_defined_is_still_a_type_error() -> None:
+    """Parameters assigned to the class later are checked when the option table is first built."""
+
+    class Late(Options):
+        pass
+
+    Late.parameters = [("port", "p", None, "the port", "int")]
+    with pytest.raises(TypeError, match=r"Late\.parameters: the coercer of 'port' is 'int'"):
+        Late().parse_options(["--port", "8"])
+
+
+def test_a_none_coercer_is_allowed_and_keeps_the_text() -> None:
+    class Plain(Options):
+        parameters = [("name", "n", None, "a name", None)]
+
+    options = Plain()
+    options.parse_options(["--name", "x"])
+    assert options["name"] == "x"

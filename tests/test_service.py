@@ -127,6 +127,37 @@ def test_second_parent_is_refused_naming_both() -> None:
         child.set_parent(second)
 
 
+def test_renaming_a_service_with_a_parent_is_refused_and_the_index_stays_right() -> None:
+    """As in twistd (setName raises while a parent exists): assigning name or set_name() under a parent raises,
+    naming the service, the new name and the parent; after disown_parent() the rename is allowed."""
+    app = Application("demo")
+    child = Service()
+    child.set_name("web")
+    child.set_parent(app)
+    with pytest.raises(ServiceTreeError, match=r"cannot rename Service 'web' to 'api'.*Application 'demo'"):
+        child.name = "api"
+    with pytest.raises(ServiceTreeError, match="disown_parent"):
+        child.set_name(None)
+    child.name = "web"  # the same name again changes nothing and is fine
+    assert child.name == "web" and app["web"] is child and "api" not in app
+    child.disown_parent()
+    child.name = "api"
+    child.set_parent(app)
+    assert app["api"] is child and "web" not in app
+    assert Service.name is None and Service().name is None
+
+
+def test_a_named_service_pickles_with_its_name() -> None:
+    """The name is stored as before (an instance attribute): a saved tree loads with its names and index."""
+    app = Application("demo")
+    child = Service()
+    child.name = "web"
+    child.set_parent(app)
+    copy = pickle.loads(pickle.dumps(app))
+    assert copy["web"].name == "web" and copy["web"].parent is copy
+    assert "name" in vars(copy["web"])
+
+
 def test_duplicate_child_name_is_refused_naming_both() -> None:
     """Two children with one name under one parent is an error naming the parent and the name."""
     app = Application("demo")

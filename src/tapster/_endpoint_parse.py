@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "REQUIRED",
     "SERVER_GRAMMARS",
+    "SSL_METHODS",
     "Fault",
     "Grammar",
     "Param",
@@ -44,13 +45,16 @@ __all__ = [
     "to_interface6",
     "to_mode",
     "to_port",
+    "to_ssl_method",
     "to_timeout",
     "to_unix_path",
+    "unsupported",
 ]
 
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _OCTAL = re.compile(r"(?:0[oO])?([0-7]+)", re.ASCII)
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+", re.ASCII)
+_BARE_IPV6 = re.compile(r"(\w+)=\[?[0-9A-Fa-f]{0,4}::", re.ASCII)  # key=::1, key=fe80::1, key=[::1]
 _FD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,255}", re.ASCII)  # printable ASCII except ':' (systemd's rule)
 
 
@@ -138,7 +142,16 @@ def parse(
     try:
         return _parse(grammars, description if text is None else text)
     except Fault as fault:
-        raise EndpointError(f"invalid endpoint {description!r}: {fault}") from None
+        raise EndpointError(f"invalid endpoint {description!r}: {fault}{_ipv6_hint(description)}") from None
+
+
+def _ipv6_hint(description: str) -> str:
+    """A hint when the string failed and holds an IPv6 address with bare colons (``interface=::1``)."""
+    match = _BARE_IPV6.search(description)
+    if match is None:
+        return ""
+    key = match.group(1)
+    return f" (an IPv6 address needs its colons escaped: {key}=\\:\\:1, in Python source a raw string)"
 
 
 def _parse(grammars: Mapping[str, Grammar], text: str) -> tuple[str, dict[str, Any]]:
@@ -152,23 +165,7 @@ def _parse(grammars: Mapping[str, Grammar], text: str) -> tuple[str, dict[str, A
     grammar = grammars.get(type_name)
     if grammar is None:
         raise Fault(f"unknown endpoint type {type_text!r} (expected one of: {', '.join(sorted(grammars))})")
-    given: dict[str, str] = {}
-    positional = iter(grammar.positional)
-    for key, text in fields[1:]:
-        if key is None:
-            name = next(positional, None)
-            if name is None:
-                raise Fault(_extra_positional(type_name, grammar, text))
-        elif not key:
-            raise Fault(f"empty parameter name in {'=' + text!r}")
-        elif key not in grammar.params:
-            expected = ", ".join(sorted(grammar.params))
-            raise Fault(f"unknown parameter {key!r} for {type_name} (expected: {expected})")
-        else:
-            name = key
-        if name in given:
-            raise Fault(f"duplicate parameter {name!r} for {type_name}")
-        given[name] = text
+    given = _assign(type_name, grammar, fields[1:])
     values: dict[str, Any] = {}
     for name, param in grammar.params.items():
         if name in given:
@@ -180,6 +177,34 @@ def _parse(grammars: Mapping[str, Grammar], text: str) -> tuple[str, dict[str, A
     if grammar.finish is not None:
         grammar.finish(values)
     return grammar.kind, values
+
+
+def _assign(type_name: str, grammar: Grammar, fields: list[tuple[str | None, str]]) -> dict[str, str]:
+    """Name every field's value: ``key=value`` by its key, then the bare values in order, each to the next
+    positional parameter not given by key (Twisted's rule: ``tcp:host=H:1234`` is port 1234)."""
+    given: dict[str, str] = {}
+    bare: list[str] = []
+    for key, text in fields:
+        if key is None:
+            bare.append(text)
+        elif not key:
+            raise Fault(f"empty parameter name in {'=' + text!r}")
+        elif key not in grammar.params:
+            expected = ", ".join(sorted(grammar.params))
+            raise Fault(f"unknown parameter {key!r} for {type_name} (expected: {expected})")
+        elif key in given:
+            raise Fault(f"duplicate parameter {key!r} for {type_name}")
+        else:
+            given[key] = text
+    free = [name for name in grammar.positional if name not in given]
+    for index, text in enumerate(bare):
+        if index < len(free):
+            given[free[index]] = text
+        elif index < len(grammar.positional):  # tcp:80:port=81: the bare value is a second port
+            raise Fault(f"duplicate parameter {grammar.positional[index]!r} for {type_name}")
+        else:
+            raise Fault(_extra_positional(type_name, grammar, text))
+    return given
 
 
 def _extra_positional(type_name: str, grammar: Grammar, value: str) -> str:
@@ -333,6 +358,44 @@ def to_file(name: str, text: str) -> str:
     return _check_path(name, text)
 
 
+SSL_METHODS: Final[Mapping[str, str | None]] = {
+    "SSLv23_METHOD": None,
+    "TLS_METHOD": None,
+    "TLS_SERVER_METHOD": None,
+    "TLSv1_2_METHOD": "TLSv1_2",
+}
+"""Twisted's ``sslmethod`` names (OpenSSL.SSL constants) that tapster serves, and the one TLS version each pins
+(None: any version the system's OpenSSL allows)."""
+
+_OLD_SSL_METHODS: Final = {
+    "SSLv2_METHOD": "SSL 2",
+    "SSLv3_METHOD": "SSL 3",
+    "TLSv1_METHOD": "TLS 1.0",
+    "TLSv1_1_METHOD": "TLS 1.1",
+}
+
+
+def to_ssl_method(name: str, text: str) -> str:
+    """An OpenSSL method name as Twisted's ``sslmethod=`` takes it; the versions before TLS 1.2 are refused."""
+    if text in SSL_METHODS:
+        return text
+    if text in _OLD_SSL_METHODS:
+        raise Fault(
+            f"{name}={text} ({_OLD_SSL_METHODS[text]}) is not supported: OpenSSL's default security level "
+            "refuses versions before TLS 1.2; use TLSv1_2_METHOD or TLS_METHOD"
+        )
+    raise Fault(f"{name} must be one of {', '.join(SSL_METHODS)}, not {text!r}")
+
+
+def unsupported(reason: str) -> Callable[[str, str], object]:
+    """A converter for a Twisted parameter tapster recognises but does not offer: it always says why."""
+
+    def refuse(name: str, text: str) -> object:
+        raise Fault(f"{name}= is not supported by tapster: {reason}")
+
+    return refuse
+
+
 def to_domain(name: str, text: str) -> str:
     """A systemd socket family: INET, INET6 or UNIX (any case); returned in upper case."""
     upper = text.upper()
@@ -382,6 +445,9 @@ _SSL_SERVER = Grammar(
         "certKey": Param(to_file, None, "cert_key"),
         "interface": Param(to_interface, ""),
         "backlog": Param(to_backlog, DEFAULT_BACKLOG),
+        "sslmethod": Param(to_ssl_method, None, "ssl_method"),
+        "extraCertChain": Param(to_file, None, "extra_cert_chain"),
+        "dhParameters": Param(to_file, None, "dh_parameters"),
     },
     _cert_defaults_to_key,
 )
@@ -411,20 +477,64 @@ SERVER_GRAMMARS: Mapping[str, Grammar] = {
 }
 """Server endpoint types; the attribute names match the fields of the endpoint classes."""
 
+
+def _client_key_needs_certificate(cert_param: str) -> Callable[[dict[str, Any]], None]:
+    """The check that a client's ``privateKey`` comes with its certificate (``certKey=`` or ``certificate=``)."""
+
+    def finish(values: dict[str, Any]) -> None:
+        values.pop("endpoint", None)  # tls: only ever None here: given, it was refused
+        if values["private_key"] is not None and values["cert"] is None:
+            raise Fault(
+                f"privateKey is the key of a client certificate: give the certificate too ({cert_param}=)"
+            )
+
+    return finish
+
+
 _TIMEOUT = Param(to_timeout, DEFAULT_CONNECT_TIMEOUT)
-_TLS_CLIENT = Grammar(
-    "tls",
-    ("host", "port"),
-    {"host": Param(to_host), "port": Param(to_client_port), "ca": Param(to_file, None), "timeout": _TIMEOUT},
-)
+_BIND = Param(to_host, None, "bind_address")
+_TCP_CLIENT_PARAMS: Mapping[str, Param] = {
+    "host": Param(to_host),
+    "port": Param(to_client_port),
+    "timeout": _TIMEOUT,
+    "bindAddress": _BIND,
+}
+_TLS_CLIENT_PARAMS: Mapping[str, Param] = {
+    **_TCP_CLIENT_PARAMS,
+    "ca": Param(to_file, None),
+    "hostname": Param(to_host, None),
+    "privateKey": Param(to_file, None, "private_key"),
+}
 
 CLIENT_GRAMMARS: Mapping[str, Grammar] = {
-    "tcp": Grammar(
-        "tcp", ("host", "port"), {"host": Param(to_host), "port": Param(to_client_port), "timeout": _TIMEOUT}
+    "tcp": Grammar("tcp", ("host", "port"), _TCP_CLIENT_PARAMS),
+    # Twisted's ssl: client names its files certKey and caCertsDir, its tls: client certificate and trustRoots.
+    "ssl": Grammar(
+        "tls",
+        ("host", "port"),
+        {
+            **_TLS_CLIENT_PARAMS,
+            "certKey": Param(to_file, None, "cert"),
+            "caCertsDir": Param(to_file, None, "ca_dir"),
+        },
+        _client_key_needs_certificate("certKey"),
     ),
-    "tls": _TLS_CLIENT,
-    "ssl": _TLS_CLIENT,
-    "unix": Grammar("unix", ("path",), {"path": Param(to_unix_path), "timeout": _TIMEOUT}),
+    "tls": Grammar(
+        "tls",
+        ("host", "port"),
+        {
+            **_TLS_CLIENT_PARAMS,
+            "certificate": Param(to_file, None, "cert"),
+            "trustRoots": Param(to_file, None, "ca_dir"),
+            "endpoint": Param(unsupported("TLS runs over a tcp connection to host and port only"), None),
+        },
+        _client_key_needs_certificate("certificate"),
+    ),
+    "unix": Grammar(
+        "unix",
+        ("path",),
+        {"path": Param(to_unix_path), "timeout": _TIMEOUT, "lockfile": Param(to_flag, False)},
+    ),
 }
 """Client endpoint types."""
 

@@ -12,6 +12,7 @@ same name. The name is stable for a given folder, so the module's classes can be
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 import types
@@ -88,9 +89,13 @@ def _records(pairs: list[tuple[str, Any]]) -> list[PluginRecord]:
 
 
 def describe_error(exc: BaseException) -> str:
-    """The one-line form of an import failure: ``ImportError: No module named 'x'``."""
+    """The one-line form of an import failure: ``ImportError: No module named 'x'``, and for a module a tapster
+    extra installs, the command that installs it: ``... (pip install 'tapster[web]')``."""
+    from tapster._extras import install_hint
+
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    described = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return described + install_hint(exc)
 
 
 # -- tapster/plugins/ folders ----------------------------------------------------------------------------------
@@ -102,7 +107,7 @@ def plugin_folders(path: Sequence[str]) -> list[str]:
     seen: set[str] = set()
     candidates = [os.path.join(entry or os.getcwd(), "tapster", "plugins") for entry in path]
     for folder in [*candidates, BUILTIN_FOLDER]:
-        if not os.path.isdir(folder) or os.path.exists(os.path.join(folder, "__init__.py")):
+        if not os.path.isdir(folder) or _ignore_reason(folder) is not None:
             continue
         real = os.path.realpath(folder)
         if real not in seen:
@@ -111,21 +116,73 @@ def plugin_folders(path: Sequence[str]) -> list[str]:
     return folders
 
 
-def package_plugin_folders(path: Sequence[str]) -> list[str]:
-    """The ``tapster/plugins`` folders under ``path`` that discovery skips because they hold ``__init__.py``.
+class IgnoredFolder(NamedTuple):
+    """A ``tapster/plugins`` folder discovery skips, and the sentence saying why and what to do."""
 
-    Adding one is a common packaging reflex; the CLI names them so the plugins inside do not vanish silently.
+    folder: str
+    reason: str
+
+
+def _ignore_reason(folder: str) -> str | None:
+    """Why discovery skips the ``tapster/plugins`` folder ``folder`` (which exists), or None to read it.
+
+    Both ``tapster/`` and ``tapster/plugins/`` must be plain folders. A ``tapster/__init__.py`` in a project root
+    makes a package that hides the installed tapster from ``python -m tapster`` and ``import tapster`` run
+    there, so its plugins are refused with a message rather than half-working. tapster's own folder (inside the
+    real package) is the one exception.
     """
-    found: list[str] = []
+    if os.path.exists(os.path.join(folder, "__init__.py")):
+        return "a plugins folder must not have an __init__.py (see docs/plugins.md)"
+    if folder == BUILTIN_FOLDER:  # the common case first: no more system calls for the built-in folder
+        return None
+    init = os.path.join(os.path.dirname(folder), "__init__.py")
+    if os.path.exists(init) and os.path.realpath(folder) != os.path.realpath(BUILTIN_FOLDER):
+        return (
+            f"{init} makes tapster/ a package that hides the installed tapster (python -m tapster fails "
+            "there), so these plugins are not read: delete it (tapster/ and tapster/plugins/ must be plain "
+            "folders, see docs/plugins.md)"
+        )
+    return None
+
+
+def ignored_plugin_folders(path: Sequence[str]) -> list[IgnoredFolder]:
+    """The ``tapster/plugins`` folders under ``path`` that discovery skips, each with the reason.
+
+    Adding an ``__init__.py`` is a common packaging reflex; the CLI names these folders so the plugins inside
+    do not vanish silently.
+    """
+    found: list[IgnoredFolder] = []
+    seen: set[str] = set()
     for entry in path:
-        folder = os.path.join(entry or os.getcwd(), "tapster", "plugins")
-        if (
-            os.path.exists(os.path.join(folder, "__init__.py"))
-            and os.path.abspath(folder) not in found
-            and os.path.realpath(folder) != os.path.realpath(BUILTIN_FOLDER)
-        ):
-            found.append(os.path.abspath(folder))
+        folder = os.path.abspath(os.path.join(entry or os.getcwd(), "tapster", "plugins"))
+        if folder in seen or not os.path.isdir(folder):
+            continue
+        seen.add(folder)
+        reason = _ignore_reason(folder)
+        if reason is not None:
+            found.append(IgnoredFolder(folder, reason))
     return found
+
+
+def ignored_folders_note(path: Sequence[str]) -> str:
+    """`` Ignored FOLDER: why.`` for each skipped folder (see :func:`ignored_plugin_folders`), or ``""``."""
+    return "".join(f" Ignored {item.folder}: {item.reason}." for item in ignored_plugin_folders(path))
+
+
+def searched_note(path: Sequence[str], *, entry_points: bool) -> str:
+    """Where discovery looked, for an unknown plugin name: the folders it read and what the working directory lacks.
+
+    A user who runs ``tapster NAME`` from the wrong directory sees that the project root's folder was not there.
+    """
+    folders = plugin_folders(path)
+    where = ", ".join(folders)
+    text = f"Searched the tapster/plugins/ folders on sys.path ({where})"
+    text += " and the tapster.plugins entry points" if entry_points else ""
+    cwd = os.getcwd()
+    on_path = any(os.path.abspath(entry or os.curdir) == cwd for entry in path)
+    if on_path and not os.path.isdir(os.path.join(cwd, "tapster", "plugins")):
+        text += f"; the working directory {cwd} has no tapster/plugins/ folder (run tapster from your project's root)"
+    return text + "."
 
 
 def module_name(folder: str, stem: str) -> str:
@@ -133,6 +190,30 @@ def module_name(folder: str, stem: str) -> str:
     import zlib
 
     return f"{_MODULE_PREFIX}{zlib.crc32(os.path.realpath(folder).encode()):08x}_{stem}"
+
+
+def _stem_of(name: str) -> str:
+    """``x_plugin`` for the private module name ``_tapster_plugin_<hash>_x_plugin``; ``""`` for any other name."""
+    return name.removeprefix(_MODULE_PREFIX).partition("_")[2] if name.startswith(_MODULE_PREFIX) else ""
+
+
+def describe_module(name: str) -> str:
+    """How a message names a module: a plugin module by its file (the path once loaded), never by its private
+    name, which means nothing to the user; any other module by its name."""
+    stem = _stem_of(name)
+    if not stem:
+        return name
+    file = getattr(sys.modules.get(name), "__file__", None)
+    return f"plugin file {file}" if file else f"plugin file {stem}.py"
+
+
+_PRIVATE_NAME = re.compile(rf"'?{_MODULE_PREFIX}[0-9a-f]{{8}}_(\w+)'?")
+
+
+def without_private_names(text: str) -> str:
+    """``text`` with every private plugin module name replaced by its file: for messages written by others
+    (pickle's ``Can't get attribute 'X' on <module '_tapster_plugin_...'>``)."""
+    return _PRIVATE_NAME.sub(lambda match: describe_module(match.group(0).strip("'")), text)
 
 
 def import_plugin_file(path: str) -> Any:
@@ -167,21 +248,28 @@ def import_plugin_module(name: str, path: Sequence[str] | None = None) -> Any:
     module = sys.modules.get(name)
     if module is not None:
         return module
-    stem = name.removeprefix(_MODULE_PREFIX).partition("_")[2]
-    if name.startswith(_MODULE_PREFIX) and stem:
-        for folder in plugin_folders(sys.path if path is None else path):
+    stem = _stem_of(name)
+    folders = plugin_folders(sys.path if path is None else path)
+    if stem:
+        for folder in folders:
             file = os.path.join(folder, f"{stem}.py")
             if module_name(folder, stem) == name and os.path.isfile(file):
                 return import_plugin_file(file)
         # The state was saved from another folder (a new release directory, a copied project): the same plugin
         # file under the first plugin folder that has it, as discovery would pick it, stands in for it.
-        for folder in plugin_folders(sys.path if path is None else path):
+        for folder in folders:
             file = os.path.join(folder, f"{stem}.py")
             if os.path.isfile(file):
                 module = import_plugin_file(file)
                 sys.modules[name] = module
                 return module
-    raise ImportError(f"no plugin module {name} in the tapster/plugins folders on sys.path", name=name)
+        raise ImportError(
+            f"it uses the plugin file {stem}.py, and no tapster/plugins/ folder on sys.path has it (searched: "
+            f"{', '.join(folders)}); run tapster from the project root that holds tapster/plugins/{stem}.py, "
+            "or put that root on PYTHONPATH",
+            name=name,
+        )
+    raise ImportError(f"{name} is not a plugin module name", name=name)
 
 
 def scan_folder(folder: str, *, use_cache: bool = True) -> list[Candidate]:

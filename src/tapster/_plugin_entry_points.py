@@ -15,7 +15,6 @@ reads for entry points are simple, so this module reads them itself, with the sa
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from typing import Any, NamedTuple
@@ -144,15 +143,15 @@ def _from_importlib(group: str, location: str, seen: set[str]) -> list[EntryPoin
 def load_entry_point(value: str) -> Any:
     """Import the module of ``value`` (``module`` or ``module:attr.attr``) and return the named object.
 
+    ``pkgutil.resolve_name`` resolves it, as for ``--logger`` and ``--namespace`` (tapster/_resolve.py); its
+    errors are passed on unchanged, so the plugin listing can name a missing module.
+
     Raises:
         ValueError: ``value`` is not of that form.
-        Exception: whatever importing the module raises.
+        Exception: whatever importing the module raises; AttributeError for a missing attribute.
     """
-    match = re.match(_VALUE, value)
-    if match is None:
+    import pkgutil
+
+    if re.match(_VALUE, value) is None:
         raise ValueError(f"malformed entry point value {value!r}")
-    obj: Any = importlib.import_module(match.group("module"))
-    attr = match.group("attr")
-    for part in attr.split(".") if attr else ():
-        obj = getattr(obj, part)
-    return obj
+    return pkgutil.resolve_name(value)

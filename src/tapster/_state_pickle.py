@@ -169,7 +169,7 @@ class StateUnpickler(pickle._Unpickler):
             return self._getattr
         if (module, name) in SAFE_GLOBALS:
             return getattr(importlib.import_module(module), name)
-        where = f"{module}.{name}"
+        where = _qualified(module, name)
         if module == "builtins":
             raise StateRefused(f"{where}: only plain values and containers are allowed from builtins")
         if is_standard_library(module):
@@ -179,7 +179,7 @@ class StateUnpickler(pickle._Unpickler):
         own = module == "tapster" or module.startswith(_OWN_PREFIX)
         if not own and module not in self.recorded:
             raise StateRefused(
-                f"{where}: module {module} is not among those recorded when the state was saved"
+                f"{where}: module {_module(module)} is not among those recorded when the state was saved"
             )
         value = _resolve(module, name)
         if isinstance(value, type):
@@ -263,7 +263,7 @@ def bound_method(obj: object, name: str, allowed_module: Any) -> Any:
     module = getattr(method.__func__, "__module__", None) or ""
     if not allowed_module(module):
         raise StateRefused(
-            f"getattr({_describe(obj)}, {name!r}): its code is in {module}, which is not allowed"
+            f"getattr({_describe(obj)}, {name!r}): its code is in {_module(module)}, which is not allowed"
         )
     return method
 
@@ -283,8 +283,9 @@ def _require_class(value: object) -> None:
 def _resolve(module: str, name: str) -> Any:
     """Import ``module`` (a plugin module through plugin discovery) and walk ``name`` through classes only."""
     parts = name.split(".")
+    where = _qualified(module, name)
     if not all(part.isidentifier() and not part.startswith("__") for part in parts):
-        raise StateRefused(f"{module}.{name}: not a plain name")
+        raise StateRefused(f"{where}: not a plain name")
     if module.startswith(_PLUGIN_PREFIX):
         from tapster.plugin import import_plugin_module
 
@@ -294,17 +295,35 @@ def _resolve(module: str, name: str) -> Any:
     value: Any = loaded
     for index, part in enumerate(parts):
         if index and not isinstance(value, type):
-            raise StateRefused(f"{module}.{name}: {'.'.join(parts[:index])} is not a class")
-        value = getattr(value, part)
+            raise StateRefused(f"{where}: {'.'.join(parts[:index])} is not a class")
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            message = f"{_module(module)} has no {name} (changed since the state was saved?)"
+            raise AttributeError(message) from None
     defined_in = getattr(value, "__module__", None)
     if defined_in != loaded.__name__:
-        raise StateRefused(f"{module}.{name}: it is defined in {defined_in}, not in {module}")
+        raise StateRefused(f"{where}: it is defined in {_module(str(defined_in))}, not in {_module(module)}")
     return value
+
+
+def _module(module: str) -> str:
+    """A module as messages name it: a plugin module by its file, not by its private name."""
+    if not module.startswith(_PLUGIN_PREFIX):
+        return module
+    from tapster._plugin_discovery import describe_module
+
+    return describe_module(module)
+
+
+def _qualified(module: str, name: str) -> str:
+    """``module.name``, or ``name (plugin file x_plugin.py)`` for a plugin module's private name."""
+    return f"{name} ({_module(module)})" if module.startswith(_PLUGIN_PREFIX) else f"{module}.{name}"
 
 
 def _describe(value: object) -> str:
     if isinstance(value, type | types.FunctionType):
-        return f"{value.__module__}.{value.__qualname__}"
+        return _qualified(value.__module__, value.__qualname__)
     if isinstance(value, types.MethodType):
         return f"method {value.__func__.__qualname__}"
     if isinstance(value, types.BuiltinFunctionType):

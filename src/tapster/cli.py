@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from tapster.errors import ExitStatus, HelpRequested, TapsterError, UsageError
-
-if TYPE_CHECKING:
-    from tapster.service import Service
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -19,70 +15,57 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run_command(argv: Sequence[str]) -> int:
     """Run one ``tapster`` command line and return its exit status; errors become one line on stderr."""
-    show_traceback = "--traceback" in argv
+    parsed: dict[str, bool] = {"traceback": False}  # --traceback as parsed, once the options got that far
     try:
-        return _dispatch(list(argv))
+        return _dispatch(list(argv), parsed)
     except HelpRequested as request:
         print(request.text)
         return ExitStatus.OK
     except UsageError as exc:
         prog = exc.prog or "tapster"
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
         if exc.usage:
             print(exc.usage, file=sys.stderr)
         return ExitStatus.USAGE
     except TapsterError as exc:
-        if show_traceback:
+        if parsed["traceback"]:
             import traceback
 
             traceback.print_exception(exc)
-        print(f"tapster: {exc}", file=sys.stderr)
+        print(f"tapster: {_one_line(str(exc))}", file=sys.stderr)
         return int(exc.exit_status)
     except KeyboardInterrupt:
         return 130
 
 
-def _dispatch(argv: list[str]) -> int:
+def _one_line(message: str) -> str:
+    """An error is one line: a line break or control character in it came from the input it echoes (a plugin
+    name, a damaged file), and is shown escaped so it cannot split the line or forge another one."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
+def _dispatch(argv: list[str], parsed: dict[str, bool]) -> int:
+    from tapster import runner
+
     if argv[:1] == ["ctl"]:
         return _ctl(argv[1:])
-    from tapster.runner._options import ServerOptions
-
-    options = ServerOptions("tapster")
-    options.parse_options(argv)
+    options = runner.ServerOptions("tapster")
+    try:
+        options.parse_options(argv)
+    finally:  # a plugin that fails to load while parsing: --traceback before its name counts
+        parsed["traceback"] = bool(options["traceback"])
     config = options.run_config()
-    if options["python"]:
-        from tapster.runner._appload import load_application_file
-
-        root = load_application_file(options["python"])
-    elif options["file"]:
-        root = _load_saved_state(options["file"], trust=options["trust-state-file"])
-    else:  # a plugin: its options are parsed and its module loaded; a failed one raised PluginError above
-        from tapster.plugin import build_application
-
-        assert options.service_maker is not None and options.sub_options is not None
-        root = build_application(options.service_maker, options.sub_options)
-    from tapster.runner._run import run
-
-    return run(config, root)
+    return runner.run(config, runner.load_root(options))
 
 
 def _ctl(argv: list[str]) -> int:
-    from tapster.runner._ctl import CtlOptions, run_ctl
+    from tapster import runner
 
-    options = CtlOptions("tapster ctl")
+    options = runner.CtlOptions("tapster ctl")
     options.parse_options(argv)
-    status, message = run_ctl(options)
+    status, message = runner.run_ctl(options)
     answer = options.subcommand == "status" or status == ExitStatus.OK  # a status is an answer, not an error
     print(message, file=sys.stdout if answer else sys.stderr)
     return status
-
-
-def _load_saved_state(path: str, *, trust: bool) -> Service:
-    """Load ``-f FILE``; the working directory joins sys.path so plugin classes saved in it can be found."""
-    import os
-
-    from tapster.persist import load_state
-
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    return load_state(path, trust_any_owner=trust)

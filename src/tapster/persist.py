@@ -39,6 +39,7 @@ import struct
 import tempfile
 from typing import Any
 
+from tapster._plugin_discovery import without_private_names
 from tapster._safefile import UnsafeFileError, check_private, open_regular
 from tapster._state_pickle import StateRefused, StateUnpickler, referenced_globals
 from tapster.errors import AppLoadError, TapsterError
@@ -114,7 +115,8 @@ def _warn_if_refused(path: str, names: set[tuple[str, str]], modules: list[str])
         try:
             checker.find_class(module, name)
         except StateRefused as exc:
-            logger.warning("%s will load only with --trust-state-file: it names %s", path, exc)
+            refused = without_private_names(str(exc))
+            logger.warning("%s will load only with --trust-state-file: it names %s", path, refused)
             return
         except Exception:  # a class that cannot be found again is reported when loading, not here
             pass
@@ -143,18 +145,27 @@ def load_state(path: str, *, trust_any_owner: bool = False) -> Service:
             value = StateUnpickler(io.BytesIO(body), modules).load()
     except StateRefused as exc:
         raise AppLoadError(
-            f"refusing to load {path}: it names {exc} (--trust-state-file loads a file you trust anyway)"
+            f"refusing to load {path}: it names {_printable(without_private_names(str(exc)))} "
+            "(--trust-state-file loads a file you trust anyway)"
         ) from None
     except (EOFError, pickle.UnpicklingError, struct.error, IndexError, KeyError) as exc:
         # the pure-Python unpickler reports a cut or garbled stream with struct, index and memo-key errors
-        raise AppLoadError(f"saved state {path} is truncated or damaged: {exc}") from exc
+        raise AppLoadError(f"saved state {path} is truncated or damaged: {_printable(str(exc))}") from exc
     except (ImportError, AttributeError) as exc:
-        raise AppLoadError(f"saved state {path} needs code that cannot be found: {exc}") from exc
+        reason = _printable(without_private_names(str(exc)))
+        raise AppLoadError(f"saved state {path} needs code that cannot be found: {reason}") from exc
     except Exception as exc:
-        raise AppLoadError(f"saved state {path} cannot be loaded: {type(exc).__name__}: {exc}") from exc
+        reason = _printable(without_private_names(f"{type(exc).__name__}: {exc}"))
+        raise AppLoadError(f"saved state {path} cannot be loaded: {reason}") from exc
     if not isinstance(value, Service):
         raise AppLoadError(f"saved state {path} holds a {type(value).__qualname__}, not a tapster Service")
     return value
+
+
+def _printable(text: str) -> str:
+    """Names read from a damaged file may hold line breaks or control bytes: escape them, so the error stays the
+    one line the CLI prints and cannot forge further lines on the terminal or in the log."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _read_checked(path: str, trust_any_owner: bool) -> bytes:

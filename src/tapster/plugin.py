@@ -107,13 +107,24 @@ _new_info = tuple.__new__
 class Plugins:
     """The plugins discovery found, with shadowing worked out; loading one imports only its module."""
 
-    def __init__(self, candidates: Sequence[Candidate], reserved: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        candidates: Sequence[Candidate],
+        reserved: Mapping[str, str] | None = None,
+        *,
+        searched: Sequence[str] | None = None,
+        entry_points: bool = True,
+    ) -> None:
         """Work out which candidate owns each name: the first found, unless ``reserved`` claims it first.
 
         Args:
             candidates: in discovery order.
             reserved: names that are not plugins (``{"ctl": "the tapster ctl command"}``), with what owns them.
+            searched: the ``sys.path`` entries discovery searched, named by :meth:`explain_unknown`.
+            entry_points: whether discovery read the entry points too (also for :meth:`explain_unknown`).
         """
+        self._searched = list(searched) if searched is not None else None
+        self._entry_points = entry_points
         self._loaders: dict[str, Callable[[], Any] | None] = {}
         self._errors: dict[str, str] = {}
         owners: dict[str, str] = dict(reserved or {})
@@ -171,6 +182,24 @@ class Plugins:
         close = difflib.get_close_matches(name, self.names(), n=1)
         return close[0] if close else None
 
+    def explain_unknown(self, name: str) -> str:
+        """Sentences for a name no plugin has: the closest name, the plugins found, where tapster looked.
+
+        ``tapster NAME`` run from the wrong directory is the usual cause, so the working directory's missing
+        ``tapster/plugins/`` folder is named, and so is any folder skipped for holding an ``__init__.py``. The
+        folders are worked out again here, so listing plugins pays nothing for this.
+        """
+        from tapster._plugin_discovery import ignored_folders_note, searched_note
+
+        hint = self.suggest(name)
+        names = self.names()
+        text = f"Did you mean {hint}? " if hint else ""
+        text += f"Plugins found: {', '.join(names)}." if names else "No plugins found."
+        if self._searched is not None:
+            text += " " + searched_note(self._searched, entry_points=self._entry_points)
+            text += ignored_folders_note(self._searched)
+        return text
+
     def load(self, name: str) -> ServiceMaker:
         """Import the plugin ``name`` and return its ServiceMaker.
 
@@ -180,8 +209,7 @@ class Plugins:
         if name in self._errors:
             raise PluginError(f"plugin {name} failed to load: {self._errors[name]}")
         if name not in self._loaders:
-            hint = self.suggest(name)
-            raise PluginError(f"unknown plugin {name!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+            raise PluginError(f"unknown plugin {name!r}. {self.explain_unknown(name)}")
         loader = self._loaders[name]
         if loader is None:
             raise PluginError(f"plugin {name} cannot be loaded")
@@ -208,14 +236,17 @@ def discover_plugins(
     """
     import gc
 
+    searched = list(sys.path if path is None else path)
     # Discovery builds a few objects per plugin and keeps nearly all of them: with 1,000 plugins the collector
     # would run a dozen times over them for nothing (~1 ms of a 30 ms `tapster --help`).
     collecting = gc.isenabled()
     gc.disable()
     try:
         return Plugins(
-            discover(sys.path if path is None else path, entry_points=entry_points, use_cache=use_cache),
+            discover(searched, entry_points=entry_points, use_cache=use_cache),
             reserved,
+            searched=searched,
+            entry_points=entry_points,
         )
     finally:
         if collecting:
@@ -229,6 +260,7 @@ def build_application(maker: ServiceMaker, options: Options) -> Application:
         PluginError: ``make_service`` raised (other than a TapsterError, which propagates) or returned something
             that is not a Service.
     """
+    from tapster._extras import install_hint
     from tapster.errors import TapsterError
     from tapster.service import Application, Service
 
@@ -238,7 +270,7 @@ def build_application(maker: ServiceMaker, options: Options) -> Application:
         raise
     except Exception as exc:
         raise PluginError(
-            f"plugin {maker.tapname}: make_service failed: {type(exc).__name__}: {exc}"
+            f"plugin {maker.tapname}: make_service failed: {type(exc).__name__}: {exc}{install_hint(exc)}"
         ) from exc
     if not isinstance(service, Service):
         raise PluginError(
@@ -255,13 +287,14 @@ def make_options(maker: ServiceMaker) -> Options:
     Raises:
         PluginError: ``options`` does not give an Options instance.
     """
+    from tapster._extras import install_hint
     from tapster.options import Options
 
     try:
         options = maker.options()
     except Exception as exc:
         raise PluginError(
-            f"plugin {maker.tapname}: cannot create its options: {type(exc).__name__}: {exc}"
+            f"plugin {maker.tapname}: cannot create its options: {type(exc).__name__}: {exc}{install_hint(exc)}"
         ) from exc
     if not isinstance(options, Options):
         raise PluginError(

@@ -37,6 +37,30 @@ class _Completed:
 _COMPLETED = _Completed()
 
 
+class _ServiceName:
+    """``Service.name``: a plain attribute, except that a service with a parent cannot be renamed (as in twistd).
+
+    The parent indexes its children by name, so a rename under it would leave ``parent["old"]`` finding the
+    service and ``parent["new"]`` failing. The value lives in the instance ``__dict__`` under ``name``, so saved
+    states and subclasses that never call ``super().__init__()`` see no difference.
+    """
+
+    def __get__(self, service: Service | None, owner: type | None = None) -> str | None:
+        if service is None:
+            return None
+        value: str | None = service.__dict__.get("name")
+        return value
+
+    def __set__(self, service: Service, value: str | None) -> None:
+        parent = service.__dict__.get("parent")
+        if parent is not None and value != service.__dict__.get("name"):
+            raise ServiceTreeError(
+                f"cannot rename {_label(service)} to {value!r} while it is a child of {_label(parent)}; "
+                "call disown_parent() first"
+            )
+        service.__dict__["name"] = value
+
+
 class Service:
     """One node of the tree: something that can be started and stopped.
 
@@ -45,7 +69,7 @@ class Service:
     ``start()``. Each class lists its own; the lists of base classes are added automatically.
     """
 
-    name: str | None = None
+    name = _ServiceName()
     parent: MultiService | None = None
     running: bool = False
     transient: ClassVar[tuple[str, ...]] = ()
@@ -65,6 +89,14 @@ class Service:
                 f"call disown_parent() before adding it to {_label(parent)}"
             )
         return parent.add_service(self)
+
+    def set_name(self, name: str | None) -> None:
+        """Set ``name`` (twistd's ``setName``); the same as assigning it.
+
+        Raises:
+            ServiceTreeError: the service has a parent (the parent's index would keep the old name).
+        """
+        self.name = name
 
     def disown_parent(self) -> Awaitable[None]:
         """Detach from the parent; a running service is stopped (await the result to know it has)."""
@@ -174,9 +206,12 @@ class MultiService(Service):
             for child in list(self._children):
                 try:
                     await child.start()
-                except Exception as exc:
-                    # the deepest service whose start raised: what the runner names in its one-line error
-                    if not hasattr(exc, "tapster_service_path"):
+                except BaseException as exc:
+                    # the deepest service whose start raised (sys.exit() included, cancellation not): what the
+                    # runner names in its one-line error
+                    if not isinstance(exc, asyncio.CancelledError) and not hasattr(
+                        exc, "tapster_service_path"
+                    ):
                         with contextlib.suppress(AttributeError, TypeError):
                             exc.tapster_service_path = service_path(child)  # type: ignore[attr-defined]
                     raise
@@ -207,7 +242,7 @@ class MultiService(Service):
                 waiting.append(child)
         if not waiting:
             return
-        self._pending_stops = set(waiting)
+        self._pending_stops = set()  # filled as each child's stop() really begins
         try:
             results = await asyncio.gather(
                 *(self._stop_child(child) for child in waiting), return_exceptions=True
@@ -225,6 +260,8 @@ class MultiService(Service):
                 )
 
     async def _stop_child(self, child: Service) -> None:
+        if self._pending_stops is not None:
+            self._pending_stops.add(child)
         try:
             await child.stop()
         finally:
@@ -292,7 +329,7 @@ def still_stopping(root: Service) -> list[Service]:
         pending = getattr(node, "_pending_stops", None) if isinstance(node, MultiService) else None
         if not pending:
             return False
-        for child in pending:
+        for child in list(pending):  # a copy: the runner's shutdown guard reads this from another thread
             if not visit(child):
                 found.append(child)
         return True

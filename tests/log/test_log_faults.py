@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import re
 import shutil
@@ -18,42 +17,18 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import EXAMPLES, run_tapster
+from support import emit
+from support import make_handler as make
 from tapster._safefile import UnsafeFileError
 from tapster.errors import StartupError
 from tapster.log import RotatingFileHandler, _rotate
 from tapster.log._stream import StreamHandler
 from tapster.log._syslog import make_syslog_handler
-
-
-class Plain(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return record.getMessage()
-
-
-@pytest.fixture
-def opened() -> Iterator[list[RotatingFileHandler]]:
-    handlers: list[RotatingFileHandler] = []
-    yield handlers
-    for handler in handlers:
-        handler.close()
-
-
-def make(opened: list[RotatingFileHandler], path: Path, **kwargs: object) -> RotatingFileHandler:
-    handler = RotatingFileHandler(str(path), **kwargs)  # type: ignore[arg-type]
-    handler.setFormatter(Plain())
-    opened.append(handler)
-    return handler
-
-
-def emit(handler: logging.Handler, message: str) -> None:
-    handler.handle(logging.makeLogRecord({"msg": message, "levelno": logging.INFO, "levelname": "INFO"}))
-
 
 # -- refused at open ---------------------------------------------------------------------------------------
 

@@ -59,13 +59,20 @@ async def exhaust(port, count):
     return clients, hog
 
 
+async def until(predicate, timeout=10):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 async def main():
     loop = asyncio.get_running_loop()
     _loop_errors.guard_accept_errors(loop)
     server = await loop.create_server(Echo, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    await asyncio.sleep(0.05)
+    await until(lambda: len(accepted) >= 1)  # our own connection is in before the count starts
     before = len(accepted)
     clients, hog = await exhaust(port, 20)
     cpu = time.process_time()
@@ -91,9 +98,10 @@ async def main():
     # Out of descriptors again, then the server closes while its listener is paused: nothing to report.
     await asyncio.sleep(0.05)
     clients, hog = await exhaust(port, 5)
-    await asyncio.sleep(0.3)
+    starts = lambda: sum("cannot accept connections: [Errno 24]" in m for m in messages)
+    await until(lambda: starts() >= 2)  # the second episode has begun: the listener is paused now
     server.close()
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(1.5)  # a quiet period longer than the report interval: nothing may be logged in it
     for fd in hog:
         os.close(fd)
     writer.close()

@@ -6,11 +6,12 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from support import Plain, emit
+from support import make_handler as make
 from tapster.errors import StartupError
 from tapster.log import RotatingFileHandler
 
@@ -27,33 +28,6 @@ class Clock:
 
 def local(year: int, month: int, day: int, hour: int = 12, minute: int = 0) -> float:
     return time.mktime((year, month, day, hour, minute, 0, 0, 0, -1))
-
-
-class Plain(logging.Formatter):
-    """The bare message, so that sizes in the tests are easy to count."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return record.getMessage()
-
-
-@pytest.fixture
-def opened() -> Iterator[list[RotatingFileHandler]]:
-    """Handlers a test opens, closed at its end."""
-    handlers: list[RotatingFileHandler] = []
-    yield handlers
-    for handler in handlers:
-        handler.close()
-
-
-def make(opened: list[RotatingFileHandler], path: Path, **kwargs: object) -> RotatingFileHandler:
-    handler = RotatingFileHandler(str(path), **kwargs)  # type: ignore[arg-type]
-    handler.setFormatter(Plain())
-    opened.append(handler)
-    return handler
-
-
-def emit(handler: logging.Handler, message: str) -> None:
-    handler.handle(logging.makeLogRecord({"msg": message, "levelno": logging.INFO, "levelname": "INFO"}))
 
 
 def names(directory: Path) -> list[str]:

@@ -48,9 +48,9 @@ def test_file_destination(tmp_path: Path) -> None:
     assert destination.handler.keep == 1
 
 
-def test_stdout_destination_for_none_and_dash() -> None:
-    """logfile None or '-' logs text lines to the given stream (stdout by default)."""
-    for logfile in (None, "-"):
+def test_stdout_destination_for_none() -> None:
+    """logfile None logs text lines to the given stream (stdout by default); '-' is the option parser's business."""
+    for logfile in (None,):
         out = io.StringIO()
         destination = install(LogConfig(logfile=logfile), stream=out)
         assert destination.description == "stdout"
@@ -147,10 +147,13 @@ def test_bad_file_is_startup_error_and_previous_stays(tmp_path: Path) -> None:
     assert first.handler in logging.getLogger().handlers
 
 
-def test_unknown_format_is_startup_error() -> None:
-    """An unknown format is refused with its name in the message."""
-    with pytest.raises(StartupError, match="'xml'"):
-        install(LogConfig(logfile=None, format="xml"))
+def test_unknown_format_is_refused_by_the_option() -> None:
+    """An unknown --log-format is a usage error naming it, from the option's coercer (checked there only)."""
+    from tapster.errors import UsageError
+    from tapster.runner._options import ServerOptions
+
+    with pytest.raises(UsageError, match="'xml'"):
+        ServerOptions().parse_options(["--log-format", "xml", "-y", "app.tac"])
 
 
 def test_syslog_destination(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,7 +29,7 @@ def banner(port: int) -> bytes:
 
 def save_then_load(tapster: Any, tmp_path: Path, args: list[str], label: str, name: str) -> tuple[Any, Path]:
     """Run the plugin, stop it (the state is saved), check the file, and start -f on it; return the new server."""
-    first = tapster(["-n", "--pidfile=", "-d", str(tmp_path), *args], cwd=EXAMPLES)
+    first = tapster(["-n", "--pidfile=", "--save", "-d", str(tmp_path), *args], cwd=EXAMPLES)
     first.port(label)
     first.signal(signal.SIGTERM)
     status, out, err = first.finish()

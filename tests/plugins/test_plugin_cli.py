@@ -80,12 +80,13 @@ def test_unknown_plugin_suggests_the_closest_name(examples: Path) -> None:
     """A mistyped plugin name: `Unknown command: X. Did you mean Y?`, exit 2."""
     result = run_tapster(["-n", "fastpoety", "--port", "0"], cwd=examples)
     assert result.returncode == 2
-    assert (
-        result.stderr.splitlines()[0]
-        == "tapster: error: Unknown command: fastpoety. Did you mean fastpoetry?"
+    assert result.stderr.splitlines()[0].startswith(
+        "tapster: error: Unknown command: fastpoety. Did you mean fastpoetry? Plugins found: "
     )
     result = run_tapster(["zzzzzz"], cwd=examples)
-    assert result.stderr.splitlines()[0] == "tapster: error: Unknown command: zzzzzz."
+    assert result.stderr.splitlines()[0].startswith(
+        "tapster: error: Unknown command: zzzzzz. Plugins found: "
+    )
 
 
 def test_positional_application_file_hints_at_y(tmp_path: Path) -> None:
@@ -99,7 +100,7 @@ def test_global_options_after_the_plugin_name_belong_to_the_plugin(examples: Pat
     """Plugin options come after the name: a global option there is the plugin's unknown option."""
     result = run_tapster(["fastpoetry", "-n"], cwd=examples)
     assert result.returncode == 2
-    assert result.stderr.splitlines()[0] == "tapster fastpoetry: error: unrecognized option: -n"
+    assert result.stderr.splitlines()[0].startswith("tapster fastpoetry: error: unrecognized option: -n (")
 
 
 def test_failed_plugin_is_listed_and_running_it_exits_1(examples: Path) -> None:

@@ -209,7 +209,7 @@ def test_import_plugin_module_finds_a_module_not_yet_loaded(tmp_path: Path) -> N
     assert module.maker.tapname == "saved"
     # saved from another folder (another hash): the same file name in a folder on the path stands in
     assert import_plugin_module("_tapster_plugin_00000000_saved", [str(tmp_path)]) is module
-    with pytest.raises(ImportError, match="no plugin module _tapster_plugin_00000000_unknown"):
+    with pytest.raises(ImportError, match=r"the plugin file unknown\.py, and no tapster/plugins/ folder"):
         import_plugin_module("_tapster_plugin_00000000_unknown", [str(tmp_path)])
 
 

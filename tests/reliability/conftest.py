@@ -6,49 +6,22 @@ longer runs) and write the table in docs/reliability.md from what was measured, 
 
 In CI (the default, short versions) the whole directory stays under three minutes on two cores.
 
-The helpers of tests/conftest.py (``run_tapster``, ``connect``, ``TapsterProcess``, ...) are re-exported here, so
-``from conftest import run_tapster, scale`` works in this directory. That is not a convenience but a necessity:
-pytest imports every conftest.py of a folder without ``__init__.py`` under the one module name ``conftest``, so
-once this file is loaded, ``import conftest`` anywhere (tests/runner is collected after tests/reliability) finds
-this module, and without the re-export the rest of the suite would fail to import.
+This folder is a package (``__init__.py``), so pytest imports this file as ``reliability.conftest`` and the name
+``conftest`` stays tests/conftest.py's: test modules here import the root helpers with ``from conftest import
+run_tapster`` and this file's with ``from reliability.conftest import scale``.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import json
 import os
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-
-
-def _root_conftest() -> ModuleType:
-    """tests/conftest.py, loaded by path under a private name (pytest's own copy is not reachable by name)."""
-    path = Path(__file__).resolve().parent.parent / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_tapster_tests_root_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _is_fixture(value: object) -> bool:
-    return (
-        any(hasattr(value, marker) for marker in ("_fixture_function_marker", "_pytestfixturefunction"))
-        or type(value).__name__ == "FixtureFunctionDefinition"
-    )
-
-
-_root = _root_conftest()
-for _name, _value in vars(_root).items():
-    # Plain helpers only: fixtures stay defined once, in tests/conftest.py, where pytest registered them.
-    if not _name.startswith("_") and not isinstance(_value, ModuleType) and not _is_fixture(_value):
-        globals().setdefault(_name, _value)
 
 LONG = os.environ.get("TAPSTER_RELIABILITY_LONG") == "1"
 """True when bench/reliability.py runs the long versions."""
@@ -57,6 +30,20 @@ LONG = os.environ.get("TAPSTER_RELIABILITY_LONG") == "1"
 def scale(short: int, long: int) -> int:
     """A count (clients, cases, iterations) for this run: ``short`` in CI, ``long`` under bench/reliability.py."""
     return long if LONG else short
+
+
+LONG_TIMEOUT = 1800
+"""Seconds a long-version test may take (the project's pytest-timeout of 120 s is for the CI versions)."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In the long run, give this directory's tests :data:`LONG_TIMEOUT` unless they set their own."""
+    if not LONG:
+        return
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in item.path.resolve().parents and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(LONG_TIMEOUT))
 
 
 class Figures:
@@ -120,20 +107,13 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 def fill(directory: Path) -> None:
-    """Fill the filesystem holding ``directory`` until a write fails with ENOSPC."""
-    with open(directory / "filler", "wb") as filler:
-        block = b"\0" * 65536
-        try:
-            while True:
-                filler.write(block)
-                filler.flush()
-        except OSError:
-            pass
-    # A few more bytes may still fit in the last block; take them too.
-    with open(directory / "filler2", "wb") as rest:
-        try:
-            while True:
-                rest.write(b"\0")
-                rest.flush()
-        except OSError:
-            pass
+    """Fill the filesystem holding ``directory`` to the last byte (one file: on a full tmpfs even creating a second
+    file fails), in shrinking writes so that the last partial block is taken too."""
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)

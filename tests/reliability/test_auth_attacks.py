@@ -17,29 +17,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 import pytest
 
+from reliability.conftest import scale
+
 PASSWORD = "S3cretPassw0rd"
 NOBODY = pwd.getpwnam("nobody").pw_uid
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (files owned by nobody)")
-
-
-@pytest.fixture
-def scale(request: pytest.FixtureRequest) -> Callable[[int, int], int]:
-    """tests/reliability/conftest.py's scale(short, long), found whichever conftest module is named conftest."""
-    here = str(Path(__file__).with_name("conftest.py"))
-    for plugin in request.config.pluginmanager.get_plugins():
-        if getattr(plugin, "__file__", None) == here:
-            found: Callable[[int, int], int] = plugin.scale
-            return found
-    raise RuntimeError("tests/reliability/conftest.py is not loaded")
 
 
 @pytest.fixture
@@ -256,7 +247,7 @@ def _drain(process: Any) -> list[str]:
 
 
 def test_parallel_connections_from_one_address_get_at_most_5_guesses_a_second(
-    tapster: Any, shared_dir: Path, figures: Any, scale: Callable[[int, int], int]
+    tapster: Any, shared_dir: Path, figures: Any
 ):
     """N connections from 127.0.0.1 guessing in parallel for T seconds get at most 5 passwords checked a second
     (the per-address bucket: 5 at once, then 1 a second), however large N is."""
@@ -281,9 +272,7 @@ def test_parallel_connections_from_one_address_get_at_most_5_guesses_a_second(
     assert any("refused without checking the password" in line for line in lines)
 
 
-def test_many_addresses_are_capped_overall(
-    tapster: Any, shared_dir: Path, figures: Any, scale: Callable[[int, int], int]
-):
+def test_many_addresses_are_capped_overall(tapster: Any, shared_dir: Path, figures: Any):
     """Guessing from many loopback source addresses at once is capped for the server as a whole (20 at once,
     then 10 a second), far below what per-address limits alone would allow."""
     addresses, seconds = scale(30, 100), scale(4, 20)

@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from reliability.conftest import scale
+
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 
 REACTORS = ["asyncio", "uvloop"]
@@ -64,18 +66,6 @@ NO_HOOK_TAC = textwrap.dedent(
 
 
 Figures = Any  # the `figures` fixture of tests/reliability/conftest.py
-
-
-@pytest.fixture
-def scale(request: pytest.FixtureRequest) -> Callable[[int, int], int]:
-    """tests/reliability/conftest.py's scale(short, long). Found through pytest: every conftest.py of a folder
-    without __init__.py is imported under the one name ``conftest``, so importing it by name is unreliable."""
-    here = str(Path(__file__).with_name("conftest.py"))
-    for plugin in request.config.pluginmanager.get_plugins():
-        if getattr(plugin, "__file__", None) == here:
-            found: Callable[[int, int], int] = plugin.scale
-            return found
-    raise RuntimeError("tests/reliability/conftest.py is not loaded")
 
 
 @dataclass
@@ -258,9 +248,7 @@ async def how_it_ends(sock: socket.socket, close_on_eof: bool) -> str:
     return "eof" if data == b"" else "data"
 
 
-def test_idle_connections_get_a_clean_eof_at_stop(
-    tapster, figures: Figures, scale: Callable[[int, int], int]
-) -> None:
+def test_idle_connections_get_a_clean_eof_at_stop(tapster, figures: Figures) -> None:
     """N idle clients (5,000 in the long run) each read a clean EOF at SIGTERM; closing on it, the exit is quick."""
     count = scale(500, 5000)
     raise_fd_limit(count + 1000)
@@ -292,9 +280,7 @@ def test_idle_connections_get_a_clean_eof_at_stop(
     assert took < 10
 
 
-def test_idle_clients_that_never_close_do_not_hold_the_stop(
-    tapster, figures: Figures, scale: Callable[[int, int], int]
-) -> None:
+def test_idle_clients_that_never_close_do_not_hold_the_stop(tapster, figures: Figures) -> None:
     """Idle clients that read nothing and never close (pooled connections) get EOF and do not wait out the linger."""
     count = scale(100, 1000)
     raise_fd_limit(count + 1000)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Figures, scale
+from reliability.conftest import Figures, scale
 
 ECHO_LOGGING = """
 import asyncio

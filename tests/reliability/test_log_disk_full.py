@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Figures, root_only, scale
+from reliability.conftest import Figures, fill, root_only, scale
 
 ECHO_LOGGING = '''
 """echo, logging one line per request."""
@@ -64,19 +64,6 @@ def pid_alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def fill_up(directory: Path) -> None:
-    """Fill the filesystem of ``directory`` to the last byte. (conftest's ``fill`` fails on a tmpfs: creating
-    its second file there raises ENOSPC.)"""
-    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (65536, 4096, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"\0" * size)
-    finally:
-        os.close(fd)
 
 
 def wait_for_text(path: Path, pattern: str, timeout: float = 20) -> re.Match[str]:
@@ -162,7 +149,7 @@ def test_full_disk_does_not_slow_serving_and_leaves_a_clean_log(
     daemons.append(healthy)
     full = Daemon(full_dir, tac, "--log-max-size", "0")
     daemons.append(full)
-    fill_up(small_tmpfs)
+    fill(small_tmpfs)
 
     rounds = 6
     phase = scale(4, 20) / rounds

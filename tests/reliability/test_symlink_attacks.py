@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import importlib.util
 import os
 import pickle
 import pwd
@@ -21,36 +20,18 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from conftest import EXAMPLES, TAPSTER, run_tapster
+from reliability.conftest import root_only, scale
 from tapster._state_pickle import referenced_modules
 from tapster.persist import HEADER
 
-
-def _load(name: str, path: Path) -> ModuleType:
-    """Import a conftest by its path: tests/conftest.py and tests/reliability/conftest.py share the module name
-    ``conftest``, so ``from conftest import ...`` gets whichever pytest imported last."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_TOP = _load("_symlink_attacks_tests_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
-_RELIABILITY = _load(
-    "_symlink_attacks_reliability_conftest", Path(__file__).resolve().with_name("conftest.py")
-)
-run_tapster = _TOP.run_tapster
-TAPSTER: list[str] = _TOP.TAPSTER
-root_only = _RELIABILITY.root_only
-scale = _RELIABILITY.scale
 Figures = Any  # the figures fixture's type (tests/reliability/conftest.py's Figures)
 
-ECHO = str(_TOP.EXAMPLES / "echo.tac")
+ECHO = str(EXAMPLES / "echo.tac")
 ENV = {"ECHO_PORT": "0"}
 
 

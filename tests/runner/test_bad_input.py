@@ -194,3 +194,70 @@ def test_help_lists_every_global_option_with_its_default(tmp_path: Path) -> None
         assert option in result.stdout, option
     for default in ("[default: tapster.pid]", "[default: asyncio]", "[default: 10.0]", "Default: 1000000"):
         assert default in result.stdout, default
+
+
+SYS_EXIT_IN_START = """
+import sys
+from tapster import Application, Service
+class Quits(Service):
+    name = "quits"
+    async def start(self):
+        sys.exit(4)
+application = Application("x")
+Quits().set_parent(application)
+"""
+
+
+@pytest.mark.parametrize("daemon", [False, True], ids=["foreground", "daemon"])
+def test_sys_exit_in_start_is_one_line(tmp_path: Path, daemon: bool) -> None:
+    """sys.exit(4) in a service's start() is a failed start: one line naming the service, exit 1."""
+    write(tmp_path, "quits.tac", SYS_EXIT_IN_START)
+    args = ["-y", "quits.tac"] + (["-l", "quits.log"] if daemon else ["-n"])
+    result = run_tapster(args, cwd=tmp_path)
+    assert result.stderr.strip() == "tapster: x/quits: sys.exit(4) called while starting"
+    check_one_line(result, 1)
+    assert "never retrieved" not in result.stdout and "destroyed" not in result.stdout
+    assert not (tmp_path / "tapster.pid").exists()
+
+
+def test_sys_exit_in_start_traceback_only_with_the_flag(tmp_path: Path) -> None:
+    """--traceback shows where start() called sys.exit."""
+    write(tmp_path, "quits.tac", SYS_EXIT_IN_START)
+    result = run_tapster(["-n", "-y", "quits.tac", "--traceback"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "SystemExit: 4" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("raise BaseException('boo')\n", "error in application file app.tac:1: BaseException: boo"),
+        ("raise KeyboardInterrupt\n", "error in application file app.tac:1: KeyboardInterrupt"),
+        ("import sys\nsys.exit(3)\n", "application file app.tac called sys.exit(3) while loading"),
+    ],
+)
+def test_base_exceptions_at_import_are_one_line(tmp_path: Path, source: str, message: str) -> None:
+    """A tac raising BaseException, KeyboardInterrupt or SystemExit at import: one line, exit 1."""
+    write(tmp_path, "app.tac", source)
+    result = run_tapster(["-n", "-y", "app.tac"], cwd=tmp_path)
+    check_one_line(result, 1, message)
+    assert result.stderr.strip() == f"tapster: {message}"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "86401"])
+def test_shutdown_timeout_must_be_finite(tmp_path: Path, value: str) -> None:
+    """--shutdown-timeout nan|inf|-1 is a usage error: it would make the stop unbounded."""
+    result = run_tapster(["-n", "--shutdown-timeout", value, "-y", "x.tac"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"tapster: error: --shutdown-timeout: expected a number of seconds from 0 to 86400, got {value!r}\n"
+    )
+
+
+def test_a_line_break_in_the_input_is_escaped_not_printed(tmp_path: Path) -> None:
+    """An unknown plugin name holding a line break: still one line, the break shown as \\n."""
+    result = run_tapster(["foo\nInjected: line"], cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("Usage: "), result.stderr
+    assert "Unknown command: foo\\nInjected: line" in lines[0]

@@ -9,12 +9,12 @@ import re
 import signal
 import subprocess
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import EXAMPLES, TAPSTER, connect, pid_alive, read_all, run_tapster
+from support import wait_for_text, wait_gone, wait_until
 
 POEM = (EXAMPLES / "poetry" / "ecstasy.txt").read_bytes()
 FASTPOETRY = str(EXAMPLES / "fastpoetry.tac")
@@ -25,24 +25,6 @@ def logged_port(log: Path) -> int:
     match = re.search(r"starting on (\d+)", log.read_text())
     assert match, log.read_text()
     return int(match.group(1))
-
-
-def wait_for_log(log: Path, text: str, timeout: float = 10) -> str:
-    """Wait until the log file contains ``text`` (the daemon writes each line at once)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        content = log.read_text() if log.exists() else ""
-        if text in content:
-            return content
-        time.sleep(0.01)
-    pytest.fail(f"{text!r} not in {log}:\n{log.read_text() if log.exists() else '(no file)'}")
-
-
-def wait_gone(pid: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not pid_alive(pid), f"pid {pid} still alive"
 
 
 @pytest.fixture
@@ -86,7 +68,10 @@ def test_launch_returns_only_when_the_port_accepts_and_ctl_stops_it(tmp_path: Pa
     text = log.read_text()
     assert "Received SIGTERM, shutting down." in text and text.rstrip().endswith("Server Shut Down.")
     after = run_tapster(["ctl", "status"], cwd=tmp_path)
-    assert (after.returncode, after.stdout.strip()) == (3, "not running")
+    assert (after.returncode, after.stdout.strip()) == (
+        3,
+        f"not running (no pid file {tmp_path / 'tapster.pid'})",
+    )
 
 
 def test_second_start_is_refused_while_one_runs(tmp_path: Path, stop_daemons) -> None:
@@ -105,7 +90,10 @@ def test_pid_file_of_a_killed_server_is_taken_over(tmp_path: Path, stop_daemons)
     os.kill(pid, signal.SIGKILL)
     wait_gone(pid)
     status = run_tapster(["ctl", "status"], cwd=tmp_path)
-    assert (status.returncode, status.stdout.strip()) == (1, "not running, stale pid file")
+    assert (status.returncode, status.stdout.strip()) == (
+        1,
+        f"not running, stale pid file {tmp_path / 'tapster.pid'}",
+    )
     new_pid = start_daemon(tmp_path)
     assert new_pid != pid
     assert (
@@ -183,7 +171,7 @@ def test_daemon_umask_rundir_and_captured_output(tmp_path: Path, stop_daemons) -
     pid = int((tmp_path / "tapster.pid").read_text())
     assert proc_status(pid, "Umask") == "0077"
     assert os.readlink(f"/proc/{pid}/cwd") == str(run)
-    text = wait_for_log(tmp_path / "tapster.log", "careful now")
+    text = wait_for_text(tmp_path / "tapster.log", "careful now")
     assert re.search(r"\[stdout\] hello from print", text), text
     os.kill(pid, signal.SIGTERM)
     wait_gone(pid)
@@ -201,12 +189,12 @@ def test_rotate_and_reopen_through_ctl(tmp_path: Path, stop_daemons) -> None:
     log = tmp_path / "tapster.log"
     mode = log.stat().st_mode & 0o777
     assert run_tapster(["ctl", "rotate"], cwd=tmp_path).returncode == 0
-    wait_for_log(log, "Log rotated (SIGUSR1).")
+    wait_for_text(log, "Log rotated (SIGUSR1).")
     assert log.stat().st_mode & 0o777 == mode  # the daemon's umask 077 does not narrow later files
     assert "starting on" in (tmp_path / "tapster.log.1").read_text()
     log.rename(tmp_path / "moved.log")
     assert run_tapster(["ctl", "reopen"], cwd=tmp_path).returncode == 0
-    wait_for_log(log, "Log file reopened (SIGHUP).")
+    wait_for_text(log, "Log file reopened (SIGHUP).")
     assert run_tapster(["ctl", "stop"], cwd=tmp_path).returncode == 0
     assert "Server Shut Down." in log.read_text()
 
@@ -230,9 +218,7 @@ def test_size_rotation_keeps_n_files(tmp_path: Path, stop_daemons) -> None:
     )
     result = run_tapster(["-y", "chatty.tac", "--log-max-size", "2000", "--log-keep", "2"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    deadline = time.monotonic() + 10
-    while not (tmp_path / "tapster.log.2").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until((tmp_path / "tapster.log.2").exists, 10, "a second rotated file")
     assert run_tapster(["ctl", "stop"], cwd=tmp_path).returncode == 0
     names = sorted(p.name for p in tmp_path.glob("tapster.log*"))
     assert names == ["tapster.log", "tapster.log.1", "tapster.log.2"]

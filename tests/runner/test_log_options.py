@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import EXAMPLES, run_tapster
+from support import wait_for_text
 
 
 @pytest.mark.skipif(os.path.exists("/dev/log"), reason="a syslog socket exists here")
@@ -39,11 +39,7 @@ def test_logger_factory_takes_precedence(tapster, tmp_path: Path) -> None:
         env={"ECHO_PORT": "0", "PYTHONPATH": str(tmp_path)},
     )
     log = tmp_path / "custom.log"
-    deadline = time.monotonic() + 15
-    while "starting on" not in (log.read_text() if log.exists() else ""):  # readiness: the line in the log
-        assert proc.proc.poll() is None, proc.finish()
-        assert time.monotonic() < deadline, "no 'starting on' line in custom.log"
-        time.sleep(0.01)
+    wait_for_text(log, "starting on", 15)  # readiness: the line in the log
     proc.signal(signal.SIGTERM)
     status, out, _ = proc.finish()
     assert status == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import pickle
 import pwd
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import tapster.errors
+from support import run_in_child
 from tapster.errors import StartupError
 from tapster.runner._pidfile import PidFile, read_pid_status
 
@@ -76,31 +76,6 @@ def spawn(holder_script: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
-
-
-def run_in_child(func: Callable[[], object]) -> object:
-    """Run ``func`` in a forked child; return its result, or the child's exception re-raised here."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(read_end)
-            try:
-                payload = ("ok", func())
-            except BaseException as exc:
-                payload = ("err", exc)
-            with os.fdopen(write_end, "wb") as out:
-                pickle.dump(payload, out)
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as inp:
-        data = inp.read()
-    os.waitpid(pid, 0)
-    kind, value = pickle.loads(data)
-    if kind == "err":
-        raise value
-    return value
 
 
 def test_acquire_write_release(tmp_path: Path) -> None:

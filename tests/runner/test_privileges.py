@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import grp
 import os
-import pickle
 import pwd
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from support import run_in_child
 from tapster.errors import StartupError, UsageError
 from tapster.runner._privileges import (
     Identity,
@@ -58,31 +57,6 @@ def unused_id() -> int:
     raise AssertionError("no unused id found")
 
 
-def run_in_child(func: Callable[[], object]) -> object:
-    """Run ``func`` in a forked child; return its result, or the child's exception re-raised here."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(read_end)
-            try:
-                payload = ("ok", func())
-            except BaseException as exc:
-                payload = ("err", exc)
-            with os.fdopen(write_end, "wb") as out:
-                pickle.dump(payload, out)
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as inp:
-        data = inp.read()
-    os.waitpid(pid, 0)
-    kind, value = pickle.loads(data)
-    if kind == "err":
-        raise value
-    return value
-
-
 def regains_root() -> bool:
     try:
         os.setuid(0)
@@ -106,7 +80,7 @@ def test_resolve_user_by_name_or_number(uid: str) -> None:
     entry = nobody()
     values: dict[str, str | int] = {"nobody": "nobody", "NUMBER": entry.pw_uid, "STRING": str(entry.pw_uid)}
     value = values[uid]
-    assert resolve_identity(value, None) == Identity(entry.pw_uid, entry.pw_gid, "nobody")
+    assert resolve_identity(value, None) == Identity(entry.pw_uid, entry.pw_gid, "nobody", (entry.pw_gid,))
 
 
 @needs_nobody
@@ -114,9 +88,15 @@ def test_resolve_group_by_name_or_number() -> None:
     """A group given by name or number overrides the user's primary group."""
     entry = nobody()
     root_group = grp.getgrgid(0).gr_name
-    assert resolve_identity("nobody", root_group) == Identity(entry.pw_uid, 0, "nobody")
-    assert resolve_identity("nobody", 0) == Identity(entry.pw_uid, 0, "nobody")
-    assert resolve_identity("nobody", "0") == Identity(entry.pw_uid, 0, "nobody")
+    assert resolve_identity("nobody", root_group) == Identity(
+        entry.pw_uid, 0, "nobody", tuple(os.getgrouplist("nobody", 0))
+    )
+    assert resolve_identity("nobody", 0) == Identity(
+        entry.pw_uid, 0, "nobody", tuple(os.getgrouplist("nobody", 0))
+    )
+    assert resolve_identity("nobody", "0") == Identity(
+        entry.pw_uid, 0, "nobody", tuple(os.getgrouplist("nobody", 0))
+    )
 
 
 def test_resolve_group_only_keeps_current_user() -> None:

@@ -8,7 +8,6 @@ import pty
 import select
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -16,15 +15,10 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLES, REPO, TAPSTER, connect, read_all, run_tapster
+from support import make_state
 
 FIXTURES = str(REPO / "tests" / "persist")
 ENV = {"PYTHONPATH": FIXTURES}
-
-
-def make_state(tmp_path: Path, name: str = "counting.tap") -> str:
-    script = f"import statefixtures as f; import tapster.persist as p; p.save_state(f.build(), {name!r})"
-    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, **ENV}, check=True)
-    return name
 
 
 def fetch(port: int) -> bytes:
@@ -271,7 +265,7 @@ def test_debug_sigusr2_enters_pdb_and_continue_resumes(tmp_path: Path) -> None:
 def test_plugin_run_saves_state_and_dash_f_serves_the_same_poem_on_the_same_port(
     tapster, tmp_path: Path
 ) -> None:
-    """`tapster fastpoetry` leaves fastpoetry-shutdown.tap; `tapster -n -f` on it serves the same poem, same port."""
+    """`tapster --save fastpoetry` leaves NAME-shutdown.tap; `-f` on it serves the same poem on the same port."""
     import socket
 
     with socket.socket() as probe:  # a port the OS says is free, fixed for both runs
@@ -279,7 +273,9 @@ def test_plugin_run_saves_state_and_dash_f_serves_the_same_poem_on_the_same_port
         port = probe.getsockname()[1]
     poem = EXAMPLES / "poetry" / "ecstasy.txt"
     env = {"PYTHONPATH": str(EXAMPLES)}
-    first = tapster(["-n", "--pidfile=", "fastpoetry", "--port", str(port), "--poem", str(poem)], env=env)
+    first = tapster(
+        ["-n", "--pidfile=", "--save", "fastpoetry", "--port", str(port), "--poem", str(poem)], env=env
+    )
     assert first.port("PoetryProtocol") == port
     assert fetch(port) == poem.read_bytes()
     first.signal(signal.SIGTERM)
@@ -301,7 +297,7 @@ def test_saved_plugin_state_loads_after_the_project_moves(tapster, tmp_path: Pat
         shutil.copytree(EXAMPLES / "tapster", tmp_path / release / "tapster")
     poem = EXAMPLES / "poetry" / "ecstasy.txt"
     first = tapster(
-        ["-n", "--pidfile=", "fastpoetry", "--port", "0", "--poem", str(poem)], cwd=tmp_path / "v1"
+        ["-n", "--pidfile=", "--save", "fastpoetry", "--port", "0", "--poem", str(poem)], cwd=tmp_path / "v1"
     )
     first.port("PoetryProtocol")
     first.signal(signal.SIGTERM)

@@ -231,17 +231,28 @@ def test_client_service_reconnects_after_the_server_closes_the_connection() -> N
     run(scenario)
 
 
-def test_a_peer_that_hangs_up_at_once_gets_growing_reconnect_delays(caplog: pytest.LogCaptureFixture) -> None:
-    """Connections that end at once count as failures: the reconnect delay grows instead of a tight loop."""
+def lost_delays(caplog: pytest.LogCaptureFixture) -> list[float]:
+    return [
+        float(m.group(1))
+        for r in caplog.records
+        if (m := re.search(r"lost; reconnecting in ([\d.]+) s", r.getMessage()))
+    ]
 
-    async def scenario() -> list[float]:
+
+def test_a_peer_that_hangs_up_at_once_is_retried_no_faster_than_the_first_delay(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A connection that succeeds resets the backoff (as in Twisted), yet never allows a tight loop: each
+    reconnect after a loss waits delay_after(1), within [0.5, 1] x initial_delay."""
+
+    async def scenario() -> None:
         accepted = asyncio.Event()
         count = 0
 
         async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             nonlocal count
             count += 1
-            if count >= 4:
+            if count >= 5:
                 accepted.set()
 
         server = await serve(hang_up)
@@ -250,17 +261,288 @@ def test_a_peer_that_hangs_up_at_once_gets_growing_reconnect_delays(caplog: pyte
         await accepted.wait()
         await service.stop()
         await server.stop()
-        return [
-            float(m.group(1))
-            for r in caplog.records
-            if (m := re.search(r"lost; reconnecting in ([\d.]+) s", r.getMessage()))
-        ]
 
     with caplog.at_level(logging.INFO, logger="tapster.services"):
-        delays = run(scenario)
-    assert len(delays) >= 3, delays
-    # delay n lies in [0.5, 1] x 0.02 x 2**(n-1): the third is at least 0.04 s, more than any first one (<= 0.02)
-    assert delays[2] > delays[0], delays
+        run(scenario)
+    delays = lost_delays(caplog)
+    assert len(delays) >= 4, delays
+    assert all(0.01 <= delay <= 0.02 for delay in delays), delays
+
+
+def test_a_successful_connection_resets_the_backoff(caplog: pytest.LogCaptureFixture) -> None:
+    """After failures have grown the delay, a connection that succeeds and is lost waits only delay_after(1)."""
+
+    async def scenario() -> None:
+        port = await free_port()
+        service = ClientService(client_endpoint(port), Greeter, initial_delay=0.02, max_delay=10.0)
+        await service.start()
+        while service.attempts < 5:  # refused 4+ times: the next delay is at least 0.5 x 0.02 x 2**3 = 0.08 s
+            await asyncio.sleep(0.005)
+        accepted = asyncio.Event()
+        count = 0
+
+        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal count
+            count += 1
+            if count >= 2:
+                accepted.set()
+
+        server = await serve(hang_up, f"tcp:{port}:interface=127.0.0.1")
+        await accepted.wait()
+        await service.stop()
+        await server.stop()
+
+    with caplog.at_level(logging.INFO, logger="tapster.services"):
+        run(scenario)
+    retries = [
+        float(m.group(1))
+        for r in caplog.records
+        if (m := re.search(r"cannot connect .*; retrying in ([\d.]+) s", r.getMessage()))
+    ]
+    assert len(retries) >= 4 and max(retries) >= 0.08, retries
+    delays = lost_delays(caplog)
+    assert delays and all(delay <= 0.02 for delay in delays), delays
+
+
+class Hold:
+    """A client handler that, at the end of its input, stays open until released: a stop that is pending."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.saw_eof = asyncio.Event()
+        self.release = asyncio.Event()
+        self.opened = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.opened += 1
+        number = self.opened
+        self.events.append(f"open {number}")
+        await reader.read()
+        self.saw_eof.set()
+        await self.release.wait()
+        self.events.append(f"close {number}")
+
+
+async def not_within(awaitable: Awaitable[Any], seconds: float) -> bool:
+    """True if ``awaitable`` (a task) is still pending after ``seconds``: a bounded look for something that must
+    not happen yet."""
+    future = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({future}, timeout=seconds)
+    return not done
+
+
+def test_start_during_a_pending_stop_connects_only_after_the_old_connection_closed() -> None:
+    """stop() then start() while the old connection is still closing: the new one opens after it, never beside
+    it, and a when_connected() called during the stop returns the new connection instead of raising."""
+
+    async def scenario() -> None:
+        peer = Peer()
+        server = await serve(peer.handle)
+        hold = Hold()
+        service = ClientService(client_endpoint(server.port), hold.handle, initial_delay=0.02)
+        await service.start()
+        await service.when_connected()
+        stopping = asyncio.create_task(service.stop())
+        await hold.saw_eof.wait()
+        waiter = asyncio.create_task(service.when_connected())
+        starting = asyncio.create_task(service.start())
+        assert await not_within(asyncio.shield(starting), 0.3)
+        assert hold.events == ["open 1"] and peer.connections == 1
+        hold.release.set()
+        await stopping
+        await starting
+        reader, _writer = await waiter
+        assert isinstance(reader, asyncio.StreamReader)
+        assert hold.events[:3] == ["open 1", "close 1", "open 2"]
+        await service.stop()
+        await server.stop()
+
+    run(scenario)
+
+
+def test_every_stop_call_returns_only_after_the_connection_closed() -> None:
+    """Two concurrent stop() calls and a third after them all wait until the connection has really closed."""
+
+    async def scenario() -> None:
+        peer = Peer()
+        server = await serve(peer.handle)
+        hold = Hold()
+        service = ClientService(client_endpoint(server.port), hold.handle, initial_delay=0.02)
+        await service.start()
+        await service.when_connected()
+        order: list[str] = []
+
+        async def stop(label: str) -> None:
+            await service.stop()
+            order.append(label)
+
+        first = asyncio.create_task(stop("first"))
+        await hold.saw_eof.wait()
+        second = asyncio.create_task(stop("second"))
+        third = asyncio.create_task(stop("third"))
+        assert await not_within(asyncio.shield(asyncio.gather(first, second, third)), 0.3)
+        assert order == []
+        hold.release.set()
+        await asyncio.gather(first, second, third)
+        assert hold.events == ["open 1", "close 1"]
+        assert sorted(order) == ["first", "second", "third"]
+        await server.stop()
+
+    run(scenario)
+
+
+def test_when_connected_during_a_stop_raises_once_the_stop_ends() -> None:
+    """Without a new start(), a caller waiting during a stop learns the service stopped when the stop ends."""
+
+    async def scenario() -> None:
+        peer = Peer()
+        server = await serve(peer.handle)
+        hold = Hold()
+        service = ClientService(client_endpoint(server.port), hold.handle, initial_delay=0.02)
+        await service.start()
+        await service.when_connected()
+        stopping = asyncio.create_task(service.stop())
+        await hold.saw_eof.wait()
+        waiter = asyncio.create_task(service.when_connected())
+        assert await not_within(asyncio.shield(waiter), 0.1)
+        hold.release.set()
+        await stopping
+        with pytest.raises(RuntimeError, match="not running"):
+            await waiter
+        await server.stop()
+
+    run(scenario)
+
+
+def test_a_second_start_does_not_launch_a_second_connection() -> None:
+    """start() on a running ClientService does nothing: one connection, and stop() leaves none behind."""
+
+    async def scenario() -> None:
+        peer = Peer()
+        server = await serve(peer.handle)
+        service = ClientService(client_endpoint(server.port), Greeter, initial_delay=0.02)
+        await service.start()
+        await service.start()
+        await service.when_connected()
+        assert await not_within(peer.until(lambda: peer.connections >= 2), 0.3)
+        await service.stop()
+        await peer.until(lambda: peer.ended == peer.connections)
+        assert peer.connections == 1
+        await server.stop()
+
+    run(scenario)
+
+
+class Slotted(asyncio.Protocol):
+    """A bare asyncio Protocol with __slots__: no instance __dict__ to wrap a method in."""
+
+    __slots__ = ("lost", "replies", "transport")
+
+    def __init__(self) -> None:
+        self.replies: list[bytes] = []
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(b"slotted\n")
+
+    def data_received(self, data: bytes) -> None:
+        self.replies.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+def test_a_protocol_with_slots_works_and_its_loss_is_noticed() -> None:
+    """A __slots__ protocol is served (no AttributeError); its loss makes the service reconnect; stop closes it."""
+
+    async def scenario() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+
+        async def answer_then_hang_up_first(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            accepted.append(writer)
+            writer.write(b"ack " + await reader.readline())
+            await writer.drain()
+            if len(accepted) > 1:
+                await reader.read()
+
+        server = await serve(answer_then_hang_up_first)
+        service = ClientService(client_endpoint(server.port), Slotted, initial_delay=0.02)
+        await service.start()
+        first = await service.when_connected()
+        assert type(first) is Slotted
+        await first.lost
+        assert first.replies == [b"ack slotted\n"]
+        second = await service.when_connected()
+        assert type(second) is Slotted and second is not first
+        await service.stop()
+        assert second.lost.done()
+
+        client = StreamClient(client_endpoint(server.port), Slotted)
+        await client.start()
+        assert type(client.connection) is Slotted
+        await client.stop()
+        await server.stop()
+
+    run(scenario)
+
+
+def test_no_protocol_is_built_for_a_failed_attempt() -> None:
+    """The factory runs only for connections that exist: refused attempts build nothing."""
+    built: list[Greeter] = []
+
+    def factory() -> Greeter:
+        built.append(Greeter())
+        return built[-1]
+
+    async def scenario() -> None:
+        port = await free_port()
+        service = ClientService(client_endpoint(port), factory, initial_delay=0.01, max_delay=0.02)
+        await service.start()
+        while service.attempts < 4:
+            await asyncio.sleep(0.005)
+        assert built == []
+        peer = Peer()
+        server = await serve(peer.handle, f"tcp:{port}:interface=127.0.0.1")
+        assert await service.when_connected() is built[0]
+        assert len(built) == 1
+        await service.stop()
+        await server.stop()
+
+    run(scenario)
+
+
+def test_a_factory_that_raises_is_logged_and_retried(caplog: pytest.LogCaptureFixture) -> None:
+    """A factory raising a non-OSError does not end the reconnect loop: it is logged with its traceback, its
+    connection is dropped, and the next attempt (after the backoff) connects."""
+    calls = 0
+
+    def flaky() -> Greeter:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise ValueError(f"not ready yet ({calls})")
+        return Greeter()
+
+    async def scenario() -> None:
+        peer = Peer()
+        server = await serve(peer.handle)
+        service = ClientService(client_endpoint(server.port), flaky, name="flaky", initial_delay=0.01)
+        await service.start()
+        protocol = await service.when_connected()
+        assert isinstance(protocol, Greeter) and calls == 3
+        await peer.until(lambda: peer.connections == 3 and peer.ended >= 2)
+        await service.stop()
+        await server.stop()
+
+    with caplog.at_level(logging.INFO, logger="tapster.services"):
+        run(scenario)
+    failures = [r for r in caplog.records if "flaky: connecting to" in r.getMessage()]
+    assert len(failures) == 2 and all(r.levelno == logging.ERROR and r.exc_info for r in failures)
+    assert "not ready yet (1)" in str(failures[0].exc_info[1])  # type: ignore[index]
 
 
 def test_client_service_with_a_handler_hands_out_reader_and_writer() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from tapster import MultiService, Service
 from tapster.auth import AuthOptions
+from tapster.errors import StartupError
 from tapster.services import StreamServer, lingering_close
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,12 @@ class EchoWeb(MultiService):
         return _request_handler_class()(self._web, loop=asyncio.get_running_loop())
 
     async def start(self) -> None:
-        from aiohttp import web  # the `web` extra; imported only when the server starts
+        try:
+            from aiohttp import web  # the `web` extra; imported only when the server starts
+        except ModuleNotFoundError as exc:  # say which extra installs it, in the one line the user sees
+            raise StartupError(
+                f"the echo plugin's HTTP server needs aiohttp: {exc} (pip install 'tapster[web]')"
+            ) from exc
 
         self._web = web.Server(self._handle)
         await super().start()

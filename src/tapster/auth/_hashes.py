@@ -159,14 +159,28 @@ def check_supported(stored: str) -> str | None:
         return None
     if scheme == "bcrypt":
         _require("bcrypt", "bcrypt", "bcrypt")
-        if len(stored) != 60:
-            raise UnsupportedHash("malformed bcrypt hash (expected 60 characters)")
+        if not _BCRYPT.match(stored):
+            raise UnsupportedHash(
+                "malformed bcrypt hash (expected $2b$NN$ then 53 characters from ./A-Za-z0-9, 60 in all; "
+                f"this one has {len(stored)})"
+            )
     elif scheme == "argon2":
         argon2 = _require("argon2", "argon2-cffi", "argon2")
-        try:
-            argon2.extract_parameters(stored)
-        except Exception as exc:
-            raise UnsupportedHash(f"malformed argon2 hash ({exc})") from None
+        fault = _argon2_fault(stored)
+        if fault is None:
+            try:
+                argon2.extract_parameters(stored)
+            except Exception as exc:
+                fault = (
+                    f"{_ARGON2_FORM} ({exc})"
+                    if str(exc).strip()
+                    else f"{_ARGON2_FORM}: argon2-cffi cannot read it"
+                )
+        if fault is not None:
+            raise UnsupportedHash(f"malformed argon2 hash: {fault}")
+    elif scheme in _CRYPT_SHAPES:
+        _check_crypt_shape(scheme, stored)
+        _check_crypt(scheme, stored)
     elif scheme == "scrypt":
         _scrypt_parts(stored)
     elif scheme in _LIBC_ONLY:
@@ -179,15 +193,86 @@ def check_supported(stored: str) -> str | None:
             raise UnsupportedHash(
                 f"this system's crypt() cannot verify {scheme} hashes, or the hash is malformed"
             )
-    elif _crypt_module() is None or _libc_crypt("", stored) is None:
-        handler = getattr(_require("passlib.hash", "passlib", scheme), _PASSLIB_NAMES[scheme])
-        if not handler.identify(stored):
-            raise UnsupportedHash(f"malformed {scheme} hash")
-        try:
-            handler.verify("", stored)
-        except ValueError as exc:
-            raise UnsupportedHash(f"malformed {scheme} hash ({exc})") from None
     return scheme
+
+
+def _check_crypt(scheme: str, stored: str) -> None:
+    """Make sure the C library or passlib can verify a well-shaped sha512/sha256/md5-crypt hash."""
+    if _crypt_module() is not None and _libc_crypt("", stored) is not None:
+        return
+    handler = getattr(_require("passlib.hash", "passlib", scheme), _PASSLIB_NAMES[scheme])
+    if not handler.identify(stored):
+        raise UnsupportedHash(f"malformed {scheme} hash")
+    try:
+        handler.verify("", stored)
+    except ValueError as exc:
+        raise UnsupportedHash(f"malformed {scheme} hash ({exc})") from None
+
+
+_BCRYPT = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
+_CRYPT_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_CRYPT_SHAPES = {  # scheme: (id, longest salt, hash length, rounds allowed), as crypt(5) describes them
+    "md5-crypt": ("1", 8, 22, False),
+    "sha256-crypt": ("5", 16, 43, True),
+    "sha512-crypt": ("6", 16, 86, True),
+}
+
+
+def _check_crypt_shape(scheme: str, stored: str) -> None:
+    """Refuse a sha512/sha256/md5-crypt value that no crypt() could have written.
+
+    The C library's crypt() takes any such value as a salt setting and answers with a hash, so a truncated or
+    mistyped line (``$6$bad$xx``) would load and then never match: a user locked out with no error anywhere.
+
+    Raises:
+        UnsupportedHash: naming the part that is wrong, never repeating the value.
+    """
+    ident, max_salt, hash_length, rounds = _CRYPT_SHAPES[scheme]
+    fields = stored.split("$")[2:]  # after "", ident
+    form = f"${ident}$" + ("[rounds=N$]" if rounds else "") + "SALT$HASH"
+    if rounds and fields and fields[0].startswith("rounds="):
+        if not fields[0][len("rounds=") :].isdigit():
+            raise UnsupportedHash(f"malformed {scheme} hash (expected {form}: rounds= is not a number)")
+        fields = fields[1:]
+    if len(fields) != 2:
+        raise UnsupportedHash(f"malformed {scheme} hash (expected {form}: it has no separate SALT and HASH)")
+    salt, digest = fields
+    if len(salt) > max_salt:
+        raise UnsupportedHash(
+            f"malformed {scheme} hash (expected {form}: its salt has {len(salt)} characters, at most "
+            f"{max_salt} allowed)"
+        )
+    if len(digest) != hash_length or digest.strip(_CRYPT_ALPHABET):
+        raise UnsupportedHash(
+            f"malformed {scheme} hash (expected {form} with a HASH of {hash_length} characters from "
+            f"./0-9A-Za-z; this one's has {len(digest)})"
+        )
+
+
+_ARGON2_FORM = "expected $argon2id$v=19$m=MEMORY,t=TIME,p=THREADS$SALT$HASH"
+_ARGON2_PARTS = (
+    ("SALT", 11),
+    ("HASH", 6),
+)  # base64 of the shortest salt (8 bytes) and tag (4 bytes) argon2 allows
+
+
+def _argon2_fault(stored: str) -> str | None:
+    """What is wrong with the shape of an argon2 hash, or None (argon2-cffi's own message is often empty, and
+    it reads the parameters only: a cut or garbled SALT or HASH would load and then never match)."""
+    fields = stored.split("$")[2:]
+    version = fields.pop(0) if fields and fields[0].startswith("v=") else "v=19"
+    if not version[2:].isdigit():
+        return f"{_ARGON2_FORM}: the version is not v=NUMBER"
+    if len(fields) != 3:
+        return f"{_ARGON2_FORM}: it has {len(fields)} of the 3 parts after the version"
+    if not re.fullmatch(r"m=\d+,t=\d+,p=\d+", fields[0]):
+        return f"{_ARGON2_FORM}: the parameters are not m=N,t=N,p=N"
+    for (name, shortest), value in zip(_ARGON2_PARTS, fields[1:], strict=True):
+        if not re.fullmatch(r"[A-Za-z0-9+/]+", value):
+            return f"{_ARGON2_FORM}: its {name} is not unpadded base64"
+        if len(value) < shortest:
+            return f"{_ARGON2_FORM}: its {name} has {len(value)} characters, fewer than the {shortest} argon2 needs"
+    return None
 
 
 def _require(module: str, package: str, scheme: str) -> Any:

@@ -24,8 +24,6 @@ from tapster.log._stream import StreamHandler
 
 __all__ = ["LogConfig", "LogDestination", "install"]
 
-_FORMATS = ("text", "json")
-
 
 class LogConfig(Record):
     """Where and how the process logs; built once from the command line, immutable, compared by value.
@@ -35,13 +33,15 @@ class LogConfig(Record):
     no formatter of its own); syslog lines have their own shape.
 
     Attributes:
-        logfile: ``None`` or ``"-"``: stdout; otherwise the path of the log file.
+        logfile: ``None``: stdout; otherwise the path of the log file (the command line's ``-`` and an empty
+            ``-n --logfile=`` become ``None`` where they are parsed, in runner/_options.py).
         max_bytes: rotate the file before it would grow past this many bytes; ``None`` or 0: never by size.
         keep: how many rotated files to keep; ``None`` keeps all.
         daily: also rotate at local midnight, naming old files by date.
         syslog: log to the local syslog daemon instead of a file.
         prefix: the program name in syslog lines.
-        format: ``"text"`` (twistd's lines) or ``"json"`` (one object per line).
+        format: ``"text"`` (twistd's lines) or ``"json"`` (one object per line); checked by the option's
+            coercer, not again here.
         logger_factory: ``"module.attr"`` or ``"module:attr"``, a callable that takes no argument and
             returns a :class:`logging.Handler` to use instead of all of the above.
         level: the root logger's level.
@@ -130,6 +130,28 @@ class LogDestination:
             return True
         return False
 
+    def give_to(self, uid: int, gid: int) -> None:
+        """Make a log file ``uid``'s before the runner switches to that user, so the server can reopen it.
+
+        The file is opened again by its path with the same checks as any log file (no link, a regular file with
+        one link), so nothing planted meanwhile is handed over. Other destinations are left alone.
+
+        Raises:
+            StartupError: the file cannot be opened or its owner changed.
+        """
+        if not isinstance(self.handler, RotatingFileHandler):
+            return
+        from tapster._safefile import open_regular
+
+        try:
+            fd = open_regular(self.handler.path, os.O_RDONLY, what="log file")
+            try:
+                os.fchown(fd, uid, gid)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StartupError(f"cannot hand the log file {self.handler.path} to uid {uid}: {exc}") from exc
+
     def close(self) -> None:
         """Take the handler off the root logger, flush and close it. Safe to call twice."""
         logging.getLogger().removeHandler(self.handler)
@@ -157,11 +179,9 @@ def install(config: LogConfig, *, stream: TextIO | None = None) -> LogDestinatio
         stream: where stdout logging writes, instead of :data:`sys.stdout`.
 
     Raises:
-        StartupError: the file cannot be opened, syslog is not there, the format is unknown, or the custom
+        StartupError: the file cannot be opened, syslog is not there, or the custom
             handler factory cannot be loaded or does not return a handler. Earlier logging stays as it was.
     """
-    if config.format not in _FORMATS:
-        raise StartupError(f"unknown log format {config.format!r}: expected 'text' or 'json'")
     handler, description = _make_handler(config, stream)
     if handler.formatter is None:
         handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
@@ -186,7 +206,7 @@ def _make_handler(config: LogConfig, stream: TextIO | None) -> tuple[logging.Han
         from tapster.log._syslog import make_syslog_handler  # imports logging.handlers: only when used
 
         return make_syslog_handler(config.prefix), f"syslog (prefix {config.prefix})"
-    if config.logfile and config.logfile != "-":
+    if config.logfile is not None:
         try:
             handler = RotatingFileHandler(
                 config.logfile, max_bytes=config.max_bytes, keep=config.keep, daily=config.daily
@@ -230,27 +250,18 @@ def _from_factory(spec: str) -> logging.Handler:
 
 
 def _load(spec: str) -> Callable[[], object]:
-    """Resolve ``module:attr.sub`` or ``module.attr`` to a callable."""
-    import importlib
+    """Resolve ``module:attr.sub`` or ``module.attr`` to a callable (tapster's one resolver, _resolve.py)."""
+    from tapster._resolve import NameNotResolved, resolve_name
 
-    module_name, sep, attr_path = spec.partition(":")
-    if not sep:
-        module_name, _, attr_path = spec.rpartition(".")
-    if not module_name or not attr_path:
+    if ":" not in spec and "." not in spec:
         raise StartupError(f"bad log handler factory {spec!r}: expected 'module.attr' or 'module:attr'")
     try:
-        obj: object = importlib.import_module(module_name)
-    except Exception as exc:
-        raise StartupError(
-            f"cannot import log handler factory {spec!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise StartupError(
-                f"log handler factory {spec!r} not found: {module_name!r} has no attribute {attr_path!r}"
-            ) from None
+        obj: object = resolve_name(spec)
+    except NameNotResolved as exc:
+        what = "cannot import" if str(exc).startswith("cannot import") else "cannot load"
+        if str(exc).startswith("not found"):
+            raise StartupError(f"log handler factory {spec!r} {exc}") from None
+        raise StartupError(f"{what} log handler factory {spec!r}: {exc}") from None
     if not callable(obj):
         raise StartupError(f"log handler factory {spec!r} is a {type(obj).__name__}, not callable")
     return obj

@@ -10,6 +10,9 @@ exception handler while a prompt runs. A server must keep its own, so the prompt
 one is skipped for manhole prompts only; resizes come from the client instead).
 
 Everything here imports prompt_toolkit, so the module is imported only when a terminal session starts.
+
+The session it runs is described by :class:`PromptShell`, which :class:`~tapster.manhole._shell.Shell` satisfies;
+this module does not import ``_shell`` (``_shell`` imports this one, lazily), so the two never import each other.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import Callable, Iterator
-from typing import Any, TextIO, cast
+from typing import Any, Protocol, TextIO, cast
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import current as _current
@@ -32,10 +35,58 @@ from prompt_toolkit.lexers import PygmentsLexer
 from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.styles import BaseStyle, Style, merge_styles
 
-from tapster.manhole._interpreter import Outcome
-from tapster.manhole._shell import Shell
+from tapster.manhole._interpreter import Interpreter, Outcome
 
-__all__ = ["new_history", "run_prompt"]
+__all__ = ["PromptShell", "new_history", "run_prompt"]
+
+
+class _PromptChannel(Protocol):
+    """The part of a session's channel the REPL uses: its terminal, its size, and text out."""
+
+    @property
+    def terminal(self) -> str | None: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def size(self) -> tuple[int, int]: ...
+
+    def send(self, text: str) -> None: ...
+
+
+class _Output(Protocol):
+    def write(self, text: str) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class PromptShell(Protocol):
+    """What :func:`run_prompt` needs of a session (a :class:`~tapster.manhole._shell.Shell`)."""
+
+    on_resize: Callable[[], None] | None  # set by run_prompt: the client's terminal changed size
+
+    @property
+    def channel(self) -> _PromptChannel: ...
+
+    @property
+    def interpreter(self) -> Interpreter: ...
+
+    @property
+    def output(self) -> _Output: ...
+
+    @property
+    def history(self) -> Any: ...
+
+    @property
+    def banner(self) -> str: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def attach_input(self, sink: Callable[[str], None], on_eof: Callable[[], None]) -> None: ...
+
+    async def execute(self, source: str) -> Outcome: ...
+
 
 _PROMPT_STYLE = {"prompt": "bold ansigreen", "prompt.dots": "ansigreen"}
 
@@ -51,7 +102,7 @@ class _ChannelStdout:
     encoding = "utf-8"
     errors = "replace"
 
-    def __init__(self, shell: Shell) -> None:
+    def __init__(self, shell: PromptShell) -> None:
         self._shell = shell
 
     def write(self, data: str) -> int:
@@ -100,7 +151,7 @@ def _completer(namespace: dict[str, Any]) -> Any:
     return PythonCompleter(lambda: namespace, lambda: namespace, lambda: False)
 
 
-def _key_bindings(shell: Shell) -> KeyBindings:
+def _key_bindings(shell: PromptShell) -> KeyBindings:
     bindings = KeyBindings()
 
     @bindings.add("enter", filter=~completion_is_selected)
@@ -156,7 +207,7 @@ def _skip_winch_handler_for_manhole() -> None:
     module.attach_winch_signal_handler = attach
 
 
-async def run_prompt(shell: Shell) -> None:
+async def run_prompt(shell: PromptShell) -> None:
     """Run the interactive loop of ``shell`` until the client leaves, sends EOF (Ctrl-D) or calls exit()."""
     channel = shell.channel
 

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tapster._extras import missing
 from tapster.auth import Authenticator, Checker, ThrottleLimits
 from tapster.endpoints import ServerEndpoint, TCPServerEndpoint
 from tapster.errors import StartupError
@@ -297,8 +298,11 @@ class _ManholeListener(StreamServer):
         if self._factory is not None:
             return
         if self.kind == "ssh":
+            try:
+                from tapster.manhole._ssh import ssh_protocol_factory
+            except ImportError as exc:
+                raise missing(exc, "the manhole's SSH server") from exc
             from tapster.manhole._hostkey import load_host_key
-            from tapster.manhole._ssh import ssh_protocol_factory
 
             key = load_host_key(self.manhole.host_key)
             self._factory = await ssh_protocol_factory(self.manhole, key)

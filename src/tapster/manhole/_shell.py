@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tapster._extras import install_hint
 from tapster.manhole._interpreter import Interpreter, Outcome
 
 if TYPE_CHECKING:
@@ -286,7 +287,8 @@ class Shell:
                 try:
                     from tapster.manhole._prompt import run_prompt
                 except ImportError as exc:
-                    self.channel.send_error(f"(no prompt_toolkit: {exc}; using the plain console)\n")
+                    hint = install_hint(exc)
+                    self.channel.send_error(f"(no prompt_toolkit: {exc}{hint}; using the plain console)\n")
                 else:
                     await run_prompt(self)
                     return

@@ -9,7 +9,6 @@ it); asyncssh and prompt_toolkit are imported when the manhole starts.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -23,22 +22,15 @@ __all__ = ["ManholeOptions", "ManholePlugin", "manhole"]
 
 def _namespace(spec: str) -> dict[str, Any]:
     """The mapping named by ``MODULE:ATTR`` (ATTR may be dotted), imported now so a mistake is a usage error."""
+    from tapster._resolve import NameNotResolved, resolve_name
+
     module_name, colon, attr = spec.partition(":")
     if not colon or not module_name or not attr:
         raise UsageError(f"--namespace {spec!r}: expected MODULE:ATTR, e.g. myapp.debug:names")
     try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"--namespace {spec!r}: cannot import {module_name}: {exc}") from None
-    except Exception as exc:
-        raise UsageError(
-            f"--namespace {spec!r}: importing {module_name} failed: {type(exc).__name__}: {exc}"
-        ) from None
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise UsageError(f"--namespace {spec!r}: {module_name} has no attribute {attr!r}") from None
+        target = resolve_name(spec)
+    except NameNotResolved as exc:
+        raise UsageError(f"--namespace {spec!r}: {exc}") from None
     if not isinstance(target, Mapping):
         raise UsageError(f"--namespace {spec!r} is a {type(target).__name__}, not a dict of names")
     for key in target:

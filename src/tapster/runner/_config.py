@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from tapster._record import Record
+
+# LogConfig is imported when needed: `tapster ctl` and `tapster --help` never load logging.
+if TYPE_CHECKING:
+    from tapster.log._setup import LogConfig
 
 
 class RunConfig(Record):
@@ -19,18 +23,12 @@ class RunConfig(Record):
         "debug",
         "euid",
         "gid",
-        "log_daily",
-        "log_format",
-        "log_keep",
-        "log_max_bytes",
-        "logfile",
-        "logger",
+        "log",
         "no_save",
         "nodaemon",
         "originalname",
         "pidfile",
         "pidfile_display",
-        "prefix",
         "profile",
         "profiler",
         "reactor",
@@ -38,7 +36,6 @@ class RunConfig(Record):
         "savestats",
         "shutdown_timeout",
         "spew",
-        "syslog",
         "traceback",
         "uid",
         "umask",
@@ -46,14 +43,7 @@ class RunConfig(Record):
 
     nodaemon: Final[bool]
     no_save: Final[bool]
-    logfile: Final[str | None]
-    log_max_bytes: Final[int | None]
-    log_keep: Final[int | None]
-    log_daily: Final[bool]
-    log_format: Final[str]
-    logger: Final[str | None]
-    syslog: Final[bool]
-    prefix: Final[str]
+    log: Final[LogConfig]
     pidfile: Final[str | None]
     pidfile_display: Final[str]
     uid: Final[str | None]
@@ -77,14 +67,7 @@ class RunConfig(Record):
         *,
         nodaemon: bool = True,
         no_save: bool = True,
-        logfile: str | None = None,
-        log_max_bytes: int | None = 1_000_000,
-        log_keep: int | None = None,
-        log_daily: bool = False,
-        log_format: str = "text",
-        logger: str | None = None,
-        syslog: bool = False,
-        prefix: str = "tapster",
+        log: LogConfig | None = None,
         pidfile: str | None = None,
         pidfile_display: str = "tapster.pid",
         uid: str | None = None,
@@ -105,14 +88,11 @@ class RunConfig(Record):
     ) -> None:
         self.nodaemon = nodaemon
         self.no_save = no_save
-        self.logfile = logfile
-        self.log_max_bytes = log_max_bytes
-        self.log_keep = log_keep
-        self.log_daily = log_daily
-        self.log_format = log_format
-        self.logger = logger
-        self.syslog = syslog
-        self.prefix = prefix
+        if log is None:
+            from tapster.log._setup import LogConfig
+
+            log = LogConfig(logfile=None)
+        self.log = log  # where and how to log: the log package's own record, not a copy
         self.pidfile = pidfile
         self.pidfile_display = pidfile_display
         self.uid = uid

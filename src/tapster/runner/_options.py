@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -15,15 +16,28 @@ from tapster.runner._config import RunConfig
 from tapster.runner._reactors import reactors_help
 
 if TYPE_CHECKING:
+    from tapster.log._setup import LogConfig
     from tapster.plugin import Plugins, ServiceMaker
 
 _RESERVED = {"ctl": "the 'tapster ctl' command"}  # words the CLI handles before looking for a plugin
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise ValueError(f"must not be negative, got {text!r}")
+MAX_SECONDS = 86400.0
+"""The longest timeout accepted (a day): larger values overflow the timers the shutdown guard relies on."""
+
+
+def seconds(text: str) -> float:
+    """A timeout in seconds: a finite number from 0 to a day. ``nan``, ``inf`` and negatives are usage errors.
+
+    Shared by ``--shutdown-timeout`` and ``tapster ctl stop --timeout``: a timeout that can never pass would
+    break the promise that a stop is bounded.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value <= MAX_SECONDS:  # also false for nan
+        raise ValueError(f"expected a number of seconds from 0 to {MAX_SECONDS:g}, got {text!r}")
     return value
 
 
@@ -40,10 +54,9 @@ def _log_format(text: str) -> str:
     return text
 
 
-def _umask(text: str | None) -> int | None:
-    """The --umask value; a bad one fails the start (exit 1) like the other process settings."""
-    if text is None:
-        return None
+def _umask(text: str) -> int:
+    """The --umask coercer; a bad value fails the start (exit 1, a StartupError the parser passes on) like the
+    other process settings."""
     from tapster.runner._privileges import parse_umask
 
     try:
@@ -77,21 +90,18 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def _profiler(text: str) -> str:
-    if text not in ("cprofile", "profile"):
+    """twistd compares profiler names case-insensitively (``--profiler=cProfile`` works there too)."""
+    name = text.lower()
+    if name not in ("cprofile", "profile"):
         raise ValueError(f"expected 'cprofile' or 'profile', got {text!r}")
-    return text
+    return name
 
 
 def _ignored_folders_note() -> str:
-    """Name plugin folders skipped for holding an __init__.py, so their plugins do not vanish silently."""
-    from tapster._plugin_discovery import package_plugin_folders
+    """Name plugin folders discovery skips (an __init__.py in them), so their plugins do not vanish silently."""
+    from tapster._plugin_discovery import ignored_folders_note
 
-    folders = package_plugin_folders(sys.path)
-    if not folders:
-        return ""
-    return (
-        f" Ignored {', '.join(folders)}: a plugins folder must not have an __init__.py (see docs/plugins.md)."
-    )
+    return ignored_folders_note(sys.path)
 
 
 class ServerOptions(Options):
@@ -133,7 +143,7 @@ class ServerOptions(Options):
             "Write the process id here and lock it; an empty value disables it.",
         ),
         ("rundir", "d", ".", "Change to this directory before starting the services."),
-        ("umask", None, None, "The umask of the process (octal). Daemon default: 077."),
+        ("umask", None, None, "The umask of the process (octal). Daemon default: 077.", _umask),
         ("uid", "u", None, "Switch to this user (name or number) after privileged start."),
         ("gid", "g", None, "Switch to this group (name or number); default: the user's primary group."),
         ("chroot", None, None, "chroot to this directory before starting the services."),
@@ -142,8 +152,9 @@ class ServerOptions(Options):
             "shutdown-timeout",
             None,
             10.0,
-            "Seconds to wait for services to stop before cancelling them.",
-            _positive_float,
+            "Seconds to wait for services to stop before cancelling them; 0: no drain, cancel at once. The "
+            "process is gone 2 s after that at the latest.",
+            seconds,
         ),
         ("profile", "p", None, "Profile the whole run and write the profile to this file at shutdown."),
         ("profiler", None, "cprofile", "The profiler for --profile: cprofile or profile.", _profiler),
@@ -164,6 +175,11 @@ class ServerOptions(Options):
         ("spew", None, "Log every Python call and line executed (very slow; for finding hangs)."),
         ("originalname", None, "Do not change the process title to 'tapster: NAME'."),
         ("no_save", "o", "Do not save the application state at shutdown."),
+        (
+            "save",
+            None,
+            "Save the state at shutdown for a plugin or -y run too (a tapster extension; -f runs always save).",
+        ),
         ("syslog", None, "Log to the system log instead of a file."),
         ("log-daily", None, "Rotate the log file once a day, at midnight."),
         ("euid", None, "With --uid/--gid, switch only the effective ids."),
@@ -193,10 +209,9 @@ class ServerOptions(Options):
         """
         if self._plugins is None:
             from tapster.plugin import discover_plugins
+            from tapster.runner._appload import use_launch_directory
 
-            cwd = os.getcwd()
-            if not any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path):
-                sys.path.insert(0, cwd)
+            use_launch_directory()  # the one sys.path rule (runner/_appload.py)
             self._plugins = discover_plugins(reserved=_RESERVED)
         return self._plugins
 
@@ -220,12 +235,7 @@ class ServerOptions(Options):
         """A positional argument that names no plugin: say so, with the closest plugin name."""
         if name.endswith((".py", ".tac")) or os.path.isfile(name):
             raise UsageError(f"Unknown command: {name}. To run an application file, use -y {name}")
-        close = self.plugins().suggest(name)
-        raise UsageError(
-            f"Unknown command: {name}."
-            + (f" Did you mean {close}?" if close else "")
-            + _ignored_folders_note()
-        )
+        raise UsageError(f"Unknown command: {name}. {self.plugins().explain_unknown(name)}")
 
     def format_help(self) -> str:
         """The global options, then every plugin with its description, sorted, shadowed and failed ones marked."""
@@ -248,6 +258,33 @@ class ServerOptions(Options):
             listing.append(" " + note)
         return "\n".join([text.rstrip("\n"), "", heading, *listing]) + "\n"
 
+    def parse_options(self, argv: Sequence[str]) -> None:
+        """Parse as Options does; a global option given after the plugin name gets a hint where it belongs."""
+        try:
+            super().parse_options(argv)
+        except UsageError as exc:
+            if self.subcommand is None or exc.prog == self.prog:
+                raise
+            match = re.match(r"unrecognized option: (-\S+)", str(exc))
+            if match is None or not self._is_global(match.group(1)):
+                raise
+            option = match.group(1)
+            raise UsageError(
+                f"{exc} ({option} is a global option: give it before the plugin name, "
+                f"tapster {option} ... {self.subcommand} ...)",
+                prog=exc.prog,
+                usage=exc.usage,
+            ) from None
+
+    def _is_global(self, option: str) -> bool:
+        """Whether ``option`` (``-n``, ``--nodaemon``) names one of these global options."""
+        from tapster._options_table import _canonical, _table_for
+
+        table = _table_for(type(self))
+        if option.startswith("--"):
+            return _canonical(option[2:]) in table.by_long
+        return option[1:2] in table.by_short
+
     def post_options(self) -> None:
         sources = [
             flag
@@ -263,8 +300,30 @@ class ServerOptions(Options):
                     "(see tapster --help)"
                 )
             self["file"] = "tapster.tap"  # twistd loads twistd.tap when given nothing else
+        if self["save"] and self["no_save"]:
+            raise UsageError("give only one of --save and -o/--no_save")
         if self["debug"]:
             self["nodaemon"] = True
+
+    def _log_config(self, base: str) -> LogConfig:
+        """The log settings as the log package takes them; the file's path is made absolute here, once."""
+        from tapster.log._setup import LogConfig
+
+        logfile = self["logfile"]
+        if logfile == "-" or (not logfile and self["nodaemon"]):  # twistd: an empty name with -n is stdout
+            path = None
+        else:
+            path = os.path.join(base, logfile or "tapster.log")
+        return LogConfig(
+            logfile=path,
+            max_bytes=self._log_max_bytes(),
+            keep=self["log-keep"],
+            daily=self["log-daily"],
+            syslog=self["syslog"],
+            prefix=self["prefix"],
+            format=self["log-format"],
+            logger_factory=self["logger"],
+        )
 
     def _log_max_bytes(self) -> int | None:
         """--log-daily rotates by date instead of size, unless a size is given as well."""
@@ -273,34 +332,29 @@ class ServerOptions(Options):
             return None if self["log-daily"] else 1_000_000
         return size or None
 
+    def _rundir(self, base: str) -> str:
+        """With --chroot the run directory is a path inside the jail, ``/`` by default (as twistd)."""
+        if self["chroot"]:
+            return os.path.join("/", "" if self["rundir"] == "." else self["rundir"])
+        return os.path.join(base, self["rundir"])
+
     def run_config(self, launch_dir: str | None = None) -> RunConfig:
         """The RunConfig these options describe, with paths resolved against ``launch_dir`` (default: cwd)."""
         base = launch_dir or os.getcwd()
-        logfile = self["logfile"]
-        if logfile == "-" or (logfile is None and self["nodaemon"]):
-            resolved_log: str | None = None
-        else:
-            resolved_log = os.path.join(base, logfile or "tapster.log")
         pidfile = self["pidfile"] or None
         return RunConfig(
             nodaemon=self["nodaemon"],
-            no_save=self["no_save"] or bool(self["python"]),
-            logfile=resolved_log,
-            log_max_bytes=self._log_max_bytes(),
-            log_keep=self["log-keep"],
-            log_daily=self["log-daily"],
-            log_format=self["log-format"],
-            logger=self["logger"],
-            syslog=self["syslog"],
-            prefix=self["prefix"],
+            # twistd saves only -f runs; --save asks for it on a plugin or -y run (docs/running.md)
+            no_save=self["no_save"] or not (self["file"] or self["save"]),
+            log=self._log_config(base),
             pidfile=os.path.join(base, pidfile) if pidfile else None,
             pidfile_display=pidfile or "",
             uid=self["uid"],
             gid=self["gid"],
             euid=self["euid"],
             chroot=os.path.join(base, self["chroot"]) if self["chroot"] else None,
-            rundir=os.path.join(base, self["rundir"]),
-            umask=_umask(self["umask"]),
+            rundir=self._rundir(base),
+            umask=self["umask"],
             reactor=self["reactor"],
             shutdown_timeout=self["shutdown-timeout"],
             traceback=self["traceback"],

@@ -26,8 +26,14 @@ import time
 
 from tapster._safefile import UnsafeFileError, open_regular
 from tapster.errors import StartupError
+from tapster.runner._answers import AnswerFile, answer_path
 
-__all__ = ["PidFile", "read_pid_status"]
+__all__ = ["NoPidFile", "PidFile", "PidFileLocked", "read_pid_status"]
+
+
+class PidFileLocked(StartupError):
+    """Another live process holds the pid file: "Another server is running, PID N (from F)"."""
+
 
 # How often acquire() reopens the path when the file it locked was removed or replaced meanwhile (a stopping
 # server removes its file just before unlocking it). Each retry needs another process to win a race, so a few
@@ -50,6 +56,11 @@ class PidFile:
         self._path = path
         self._display = path if display is None else display
         self._fd: int | None = None
+        # The directory, held open from acquire() on: release() looks up and removes the file through it, so
+        # it still works after a chroot has made the absolute path meaningless (twistd leaves the file there).
+        self._dir_fd: int | None = None
+        self._name = os.path.basename(path)
+        self._answers = AnswerFile(answer_path(path))  # what `tapster ctl rotate/reopen` waits for
 
     @property
     def path(self) -> str:
@@ -100,7 +111,7 @@ class PidFile:
                     pid = _read_pid(fd)
                     os.close(fd)
                     shown = "unknown" if pid is None else str(pid)
-                    raise StartupError(
+                    raise PidFileLocked(
                         f"Another server is running, PID {shown} (from {self._display})"
                     ) from None
                 os.close(fd)
@@ -114,7 +125,19 @@ class PidFile:
             # We may have opened the file just before a stopping server removed it, then locked the removed
             # inode once it unlocked: that lock guards nothing. Only a lock on the file at the path counts.
             if _is_current(fd, self._path):
+                try:
+                    self._dir_fd = os.open(os.path.dirname(self._path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+                except OSError as exc:
+                    os.close(fd)
+                    raise StartupError(
+                        f"cannot open the directory of pid file {self._display}: {exc.strerror}"
+                    ) from exc
+                if not _is_current(fd, self._name, dir_fd=self._dir_fd):  # renamed between the two opens
+                    self._close_dir()
+                    os.close(fd)
+                    continue
                 self._fd = fd
+                self._answers.open()
                 return _read_pid(fd)
             os.close(fd)
         raise StartupError(f"cannot lock pid file {self._display}: it was replaced while being locked")
@@ -149,15 +172,16 @@ class PidFile:
         if fd is None:
             return
         error: OSError | None = None
+        dir_fd = self._dir_fd
         try:
-            current = _is_current(fd, self._path, strict=True)
+            current = _is_current(fd, self._name, strict=True, dir_fd=dir_fd)
         except OSError as exc:  # the path cannot even be looked at any more (privileges dropped)
             current, error = False, exc
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)  # a leftover then names no process
         if current:
             try:
-                os.unlink(self._path)
+                os.unlink(self._name, dir_fd=dir_fd)
             except FileNotFoundError:
                 pass
             except OSError as exc:
@@ -165,12 +189,18 @@ class PidFile:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)  # a leftover then names no process
         self._fd = None
+        self._answers.remove(dir_fd)
+        self._close_dir()
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
         if error is not None:
             raise StartupError(f"cannot remove pid file {self._display}: {error.strerror}") from error
+
+    def answer(self, command: str, outcome: str, reason: str = "") -> None:
+        """Tell ``tapster ctl`` how a control signal went (``runner/_answers.py``); never raises."""
+        self._answers.answer(command, outcome, reason)
 
     def close_without_unlock(self) -> None:
         """Close this process's descriptor but keep the lock, which a forked child still shares.
@@ -181,11 +211,41 @@ class PidFile:
         if fd is not None:
             self._fd = None
             os.close(fd)
+        self._answers.close()
+        self._close_dir()
+
+    def _close_dir(self) -> None:
+        dir_fd, self._dir_fd = self._dir_fd, None
+        if dir_fd is not None:
+            os.close(dir_fd)
 
     def _held(self) -> int:
         if self._fd is None:
             raise RuntimeError(f"pid file {self._display} is not held by this process")
         return self._fd
+
+
+class NoPidFile:
+    """``--pidfile=``: a pid file that is not there. Every step the runner takes on a pid file does nothing."""
+
+    path = ""
+    display = ""
+    fd = None
+
+    def acquire(self) -> int | None:
+        return None
+
+    def write(self, pid: int | None = None) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    def answer(self, command: str, outcome: str, reason: str = "") -> None:
+        pass
+
+    def close_without_unlock(self) -> None:
+        pass
 
 
 def _lock_exclusive(fd: int) -> None:
@@ -274,15 +334,15 @@ def _read_pid(fd: int) -> int | None:
     return pid if pid > 0 else None
 
 
-def _is_current(fd: int, path: str, *, strict: bool = False) -> bool:
+def _is_current(fd: int, path: str, *, strict: bool = False, dir_fd: int | None = None) -> bool:
     """Whether ``fd`` is still the file found at ``path`` (not removed, not replaced by another file).
 
     The path is looked at with ``lstat``: a symbolic link put in the file's place is never "our file", even if it
     points at it. With ``strict``, an error other than "no such file" (permission denied) is raised instead of
-    answering no.
+    answering no. With ``dir_fd``, ``path`` is a name in that directory.
     """
     try:
-        at_path = os.lstat(path)
+        at_path = os.lstat(path, dir_fd=dir_fd)
     except FileNotFoundError:
         return False
     except OSError:

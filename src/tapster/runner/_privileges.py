@@ -19,8 +19,10 @@ from tapster.errors import StartupError, UsageError
 __all__ = [
     "Identity",
     "check_can_switch",
+    "describe_user",
     "drop_privileges",
     "enter_chroot",
+    "may_create_files_in",
     "parse_umask",
     "resolve_identity",
 ]
@@ -38,16 +40,22 @@ class Identity(Record):
     without a passwd entry, or when only a group was asked for, and the group list is then just ``gid``.
     """
 
-    __slots__ = ("gid", "uid", "user_name")
+    __slots__ = ("gid", "groups", "uid", "user_name")
 
     uid: Final[int]
     gid: Final[int]
     user_name: Final[str | None]
+    groups: Final[tuple[int, ...] | None]
 
-    def __init__(self, uid: int, gid: int, user_name: str | None) -> None:
+    def __init__(
+        self, uid: int, gid: int, user_name: str | None, groups: tuple[int, ...] | None = None
+    ) -> None:
         self.uid = uid
         self.gid = gid
         self.user_name = user_name
+        # The supplementary groups, read from the group database when resolving: after a --chroot the jail's
+        # /etc/group (if any) is not the one the user is defined in. None: look them up when switching.
+        self.groups = groups
 
 
 def resolve_identity(uid: str | int | None, gid: str | int | None) -> Identity | None:
@@ -69,7 +77,9 @@ def resolve_identity(uid: str | int | None, gid: str | int | None) -> Identity |
         group_id = entry.pw_gid
     else:
         raise StartupError(f"uid {user_id} has no entry in the user database: give a group (gid) as well")
-    return Identity(user_id, group_id, None if entry is None else entry.pw_name)
+    if entry is None:
+        return Identity(user_id, group_id, None)
+    return Identity(user_id, group_id, entry.pw_name, tuple(os.getgrouplist(entry.pw_name, group_id)))
 
 
 def check_can_switch(identity: Identity) -> None:
@@ -100,7 +110,9 @@ def drop_privileges(identity: Identity, *, euid_only: bool = False) -> None:
     if os.geteuid() != 0:
         return  # already running as identity: nothing to change, and setgroups would need root
     try:
-        if identity.user_name is not None:
+        if identity.groups is not None:
+            os.setgroups(list(identity.groups))
+        elif identity.user_name is not None:
             os.initgroups(identity.user_name, identity.gid)
         else:
             os.setgroups([identity.gid])
@@ -119,6 +131,41 @@ def drop_privileges(identity: Identity, *, euid_only: bool = False) -> None:
     except PermissionError:
         return
     raise StartupError(f"switched to {_describe_user(identity)} but root can be regained: refusing to run")
+
+
+def may_create_files_in(identity: Identity, directory: str) -> bool:
+    """Whether ``identity`` can reach ``directory`` and create and remove files in it, by the mode bits.
+
+    Every ancestor needs search permission and the directory itself write and search permission; access
+    control lists are not read (they can only be stricter in what they show here, rarely looser).
+    """
+    if identity.uid == 0:
+        return True
+    groups = {identity.gid, *(identity.groups or ())}
+    path = os.path.abspath(directory)
+    parts = [path]
+    while parts[-1] != os.path.dirname(parts[-1]):
+        parts.append(os.path.dirname(parts[-1]))
+    for i, part in enumerate(parts):
+        try:
+            info = os.stat(part)
+        except OSError:
+            return False
+        needed = 0o3 if i == 0 else 0o1  # write and search for the directory itself, search for ancestors
+        if info.st_uid == identity.uid:
+            bits = (info.st_mode >> 6) & 0o7
+        elif info.st_gid in groups:
+            bits = (info.st_mode >> 3) & 0o7
+        else:
+            bits = info.st_mode & 0o7
+        if bits & needed != needed:
+            return False
+    return True
+
+
+def describe_user(identity: Identity) -> str:
+    """``user nobody (uid 65534)``, or ``uid N`` without a name."""
+    return _describe_user(identity)
 
 
 def enter_chroot(path: str) -> None:

@@ -62,8 +62,19 @@ def check_reactor(name: str) -> Reactor:
         raise StartupError(
             f"unknown reactor {name!r} (choose from: {', '.join(REACTORS)}; see --help-reactors)"
         )
-    if not reactor.installed:
-        raise StartupError(f"reactor {name!r} is not installed: pip install 'tapster[{reactor.extra}]'")
+    if reactor.module is not None:
+        try:
+            importlib.import_module(reactor.module)
+        except ImportError as exc:
+            from tapster._extras import extra_for
+
+            if exc.name is not None and extra_for(exc) is None:  # installed, but a module it needs is missing
+                raise StartupError(
+                    f"reactor {name!r} cannot be imported: {type(exc).__name__}: {exc}"
+                ) from exc
+            raise StartupError(
+                f"reactor {name!r} is not installed: pip install 'tapster[{reactor.extra}]'"
+            ) from exc
     return reactor
 
 

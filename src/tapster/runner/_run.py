@@ -13,19 +13,22 @@ import functools
 import logging
 import os
 import signal
-from collections.abc import Callable
 
 from tapster.errors import StartupError, TapsterError
-from tapster.log import LogConfig, LogDestination, capture_stdio, install
+from tapster.log import LogDestination, capture_stdio, install
 from tapster.runner._config import RunConfig
 from tapster.runner._daemon import StartupPipe, daemonize
 from tapster.runner._debug import break_now, post_mortem, start_spewing
-from tapster.runner._pidfile import PidFile
+from tapster.runner._guard import ShutdownGuard
+from tapster.runner._pidfile import NoPidFile, PidFile, PidFileLocked
+from tapster.runner._preload import preload
 from tapster.runner._privileges import (
     Identity,
     check_can_switch,
+    describe_user,
     drop_privileges,
     enter_chroot,
+    may_create_files_in,
     resolve_identity,
 )
 from tapster.runner._proctitle import set_process_title
@@ -38,34 +41,38 @@ from tapster.service import Application, Service
 logger = logging.getLogger("tapster")
 
 
-class RunHooks:
-    """Work around the loop that callers plug in (the CLI's extras); a plain class to keep imports cheap."""
-
-    def __init__(
-        self, *, before_loop: Callable[[], None] | None = None, after_stop: Callable[[], None] | None = None
-    ) -> None:
-        self.before_loop = before_loop
-        self.after_stop = after_stop
-
-
-def run(config: RunConfig, root: Service, hooks: RunHooks | None = None) -> int:
+def run(config: RunConfig, root: Service) -> int:
     """Run ``root`` as configured and return the exit status of this process.
 
     Raises:
         TapsterError: a failure before the service was ready (in the launching process).
     """
-    hooks = hooks or RunHooks()
     check_reactor(config.reactor)
     identity = _identity(config, root)
     if identity is not None:
         check_can_switch(identity)
-    if not config.nodaemon and config.logfile is None and config.logger is None and not config.syslog:
+        _check_log_directory(config, identity)
+    log = config.log
+    if not config.nodaemon and log.logfile is None and log.logger_factory is None and not log.syslog:
         raise StartupError("a daemon has no standard output: give --logfile PATH, --syslog, or -n")
-    destination = install(_log_config(config))
-    logger.info("Log opened.")
-    pidfile = PidFile(config.pidfile, display=config.pidfile_display) if config.pidfile else None
+    _apply_umask(config)  # before the log and pid files are created: they follow it (docs/running.md)
+    destination = install(config.log)
+    if identity is not None and identity.uid != os.geteuid():
+        try:
+            destination.give_to(identity.uid, identity.gid)  # so it can be reopened after the switch
+        except TapsterError:
+            destination.close()
+            raise
+    pidfile = PidFile(config.pidfile, display=config.pidfile_display) if config.pidfile else NoPidFile()
     try:
-        stale = pidfile.acquire() if pidfile is not None else None
+        stale = pidfile.acquire()
+    except PidFileLocked as exc:
+        destination.close()
+        if not config.nodaemon:  # a second start of a daemon is a mistake to report, not a setup to suggest
+            raise
+        raise StartupError(  # two servers run by hand in one directory (the trial's case)
+            f"{exc}; to run a second server here, give each its own --pidfile (--pidfile= for none)"
+        ) from None
     except TapsterError:
         destination.close()
         raise
@@ -75,30 +82,34 @@ def run(config: RunConfig, root: Service, hooks: RunHooks | None = None) -> int:
         try:
             pipe = daemonize()
         except BaseException:
-            if pidfile is not None:
-                pidfile.close_without_unlock()
+            pidfile.close_without_unlock()
             destination.close()
             raise
         if pipe is None:  # the launcher: the daemon has started
-            if pidfile is not None:
-                pidfile.close_without_unlock()
+            pidfile.close_without_unlock()
             return 0
         capture_stdio()
-    return _serve(config, root, hooks, destination, pidfile, stale, pipe, identity, notifier)
+    logger.info("Log opened.")  # in the daemon: a syslog line carries the pid of the process that logs
+    return _serve(config, root, destination, pidfile, stale, pipe, identity, notifier)
 
 
 def _serve(
     config: RunConfig,
     root: Service,
-    hooks: RunHooks,
     destination: LogDestination,
-    pidfile: PidFile | None,
+    pidfile: PidFile | NoPidFile,
     stale: int | None,
     pipe: StartupPipe | None,
     identity: Identity | None,
     notifier: SystemdNotifier,
 ) -> int:
     ready = False
+
+    def forced_cleanup() -> None:  # the guard's thread, on a forced exit; the main thread is stuck or busy
+        _release(pidfile)
+        logger.error("Server Shut Down (forced, exit status 1).")
+
+    guard = ShutdownGuard(config.shutdown_timeout, root, forced_cleanup, destination.handler.flush)
 
     def on_ready() -> None:
         nonlocal ready
@@ -108,31 +119,30 @@ def _serve(
         notifier.notify("READY=1", f"STATUS=serving {root.name or 'tapster'}", f"MAINPID={os.getpid()}")
 
     try:
-        if pidfile is not None:
-            if stale is not None:
-                logger.info("Removing stale pid file left by PID %d (%s).", stale, config.pidfile_display)
-            pidfile.write(os.getpid())
-        _process_setup(config)
-        if not config.originalname:
+        guard.install()  # from here a SIGTERM is a stop request, never the default "die with the pid file"
+        if stale is not None:
+            logger.info("Removing stale pid file left by PID %d (%s).", stale, config.pidfile_display)
+        pidfile.write(os.getpid())
+        if not config.originalname:  # before the chroot: it may need ctypes and ldconfig
             set_process_title(f"tapster: {root.name or 'tapster'}")
-        if hooks.before_loop is not None:
-            hooks.before_loop()
+        if config.chroot or identity is not None:
+            preload(config)  # the jail, or the user we switch to, may not reach the standard library
+        _process_setup(config)
         loop_hooks = Hooks(
             ready=on_ready,
             rotate=destination.rotate,
             reopen=destination.reopen,
-            drop_privileges=(lambda: drop_privileges(identity, euid_only=config.euid)) if identity else None,
+            drop_privileges=functools.partial(_switch_user, identity, config.euid),
+            stopping=functools.partial(notifier.notify, "STOPPING=1", "STATUS=shutting down"),
+            answer=pidfile.answer,
+            guard=guard,
+            extra_signals={signal.SIGUSR2: break_now} if config.debug else {},
         )
-        loop_hooks.stopping = functools.partial(notifier.notify, "STOPPING=1", "STATUS=shutting down")
-        if config.debug:
-            loop_hooks.extra_signals[signal.SIGUSR2] = break_now
         outcome = _run_loop_instrumented(config, root, loop_hooks)
         ready = True  # the loop ended normally, even if a signal came during start-up: "Server Shut Down."
         logger.info("Main loop terminated.")
         if not config.no_save:
             _save(root)
-        if hooks.after_stop is not None:
-            hooks.after_stop()
         return int(outcome)
     except BaseException as exc:
         if not ready:
@@ -146,14 +156,24 @@ def _serve(
                 return int(Outcome.UNCLEAN)
         raise
     finally:
-        if pidfile is not None:
-            try:
-                pidfile.release()
-            except TapsterError as exc:  # e.g. root-owned directory after dropping privileges
-                logger.warning("%s", exc)
-        if ready:
-            logger.info("Server Shut Down.")
-        destination.close()
+        with guard.finishing():  # never at once with a forced exit from the guard's thread
+            _release(pidfile)
+            if ready:
+                logger.info("Server Shut Down.")
+            destination.close()
+
+
+def _switch_user(identity: Identity | None, euid_only: bool) -> None:
+    """Between privileged_start and start: become ``identity`` (nothing to do without --uid/--gid)."""
+    if identity is not None:
+        drop_privileges(identity, euid_only=euid_only)
+
+
+def _release(pidfile: PidFile | NoPidFile) -> None:
+    try:
+        pidfile.release()
+    except TapsterError as exc:  # e.g. root-owned directory after dropping privileges
+        logger.warning("%s", exc)
 
 
 def _run_loop_instrumented(config: RunConfig, root: Service, hooks: Hooks) -> Outcome:
@@ -184,13 +204,36 @@ def _save(root: Service) -> None:
 
 
 def _process_setup(config: RunConfig) -> None:
-    """chroot, chdir to the run directory, umask: after the pid and log files are open, before the loop."""
+    """chroot, chdir to the run directory: after the pid and log files are open, before the loop."""
     if config.chroot:
         enter_chroot(config.chroot)
     try:
         os.chdir(config.rundir)
     except OSError as exc:
         raise StartupError(f"cannot change to run directory {config.rundir}: {exc.strerror}") from exc
+
+
+def _check_log_directory(config: RunConfig, identity: Identity) -> None:
+    """Refuse a log file the server could not rotate or reopen once it runs as ``identity``.
+
+    Rotation creates a file beside the log and renames the old one; both need write permission on the
+    directory, which a root-owned ``/var/log`` does not give ``nobody``. Failing at the start says so once,
+    instead of every rotation failing later (and size rotation is on by default).
+    """
+    log = config.log
+    if log.logfile is None or log.logger_factory is not None or log.syslog or identity.uid == os.geteuid():
+        return
+    directory = os.path.dirname(log.logfile)
+    if not may_create_files_in(identity, directory):
+        raise StartupError(
+            f"{describe_user(identity)} could not rotate or reopen the log file {log.logfile}: it cannot "
+            f"create files in {directory}; give the log a directory that user may write (for instance "
+            "--logfile /var/log/NAME/tapster.log with chown USER /var/log/NAME) or use --syslog"
+        )
+
+
+def _apply_umask(config: RunConfig) -> None:
+    """--umask, or 077 for a daemon (twistd's default), set before any file of the run is created."""
     if config.umask is not None:
         os.umask(config.umask)
     elif not config.nodaemon:
@@ -203,16 +246,3 @@ def _identity(config: RunConfig, root: Service) -> Identity | None:
     if uid is None and gid is None and isinstance(root, Application):
         uid, gid = root.uid, root.gid
     return resolve_identity(uid, gid)
-
-
-def _log_config(config: RunConfig) -> LogConfig:
-    return LogConfig(
-        logfile=config.logfile,
-        max_bytes=config.log_max_bytes,
-        keep=config.log_keep,
-        daily=config.log_daily,
-        syslog=config.syslog,
-        prefix=config.prefix,
-        format=config.log_format,
-        logger_factory=config.logger,
-    )

@@ -8,11 +8,13 @@ happens once it returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import signal
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tapster._version import __version__
 from tapster.errors import StartupError, TapsterError
@@ -22,7 +24,25 @@ from tapster.runner._reactors import describe_loop, new_event_loop
 from tapster.runner._signals import SignalHandlers, signal_name
 from tapster.service import Service, service_path, still_stopping
 
+if TYPE_CHECKING:
+    from tapster.runner._guard import ShutdownGuard
+
+# Seconds the loop waits for cancelled stops to end (the shutdown guard's GRACE leaves room for it).
+CANCEL_WAIT = 1.0
+
 logger = logging.getLogger("tapster")
+
+
+def _nothing() -> None:
+    pass
+
+
+def _false() -> bool:
+    return False
+
+
+def _no_answer(_command: str, _outcome: str, _reason: str) -> None:
+    pass
 
 
 class Outcome(enum.IntEnum):
@@ -40,26 +60,33 @@ class _Phase(enum.Enum):
 
 
 class Hooks:
-    """What the runner around the loop wants to hear about. Each callback is optional.
+    """What the runner around the loop wants to hear about; every hook does nothing unless given.
 
-    A plain class rather than a dataclass: dataclasses generate code at import, and this module is on the
-    start-up path that bench/startup_echo.py measures.
+    Built once, complete, by the runner. A plain class rather than a dataclass: dataclasses generate code at
+    import, and this module is on the start-up path that bench/startup_echo.py measures.
     """
 
     def __init__(
         self,
         *,
-        ready: Callable[[], None] | None = None,
-        rotate: Callable[[], bool] | None = None,
-        reopen: Callable[[], bool] | None = None,
-        drop_privileges: Callable[[], None] | None = None,
+        ready: Callable[[], None] = _nothing,
+        rotate: Callable[[], bool] = _false,
+        reopen: Callable[[], bool] = _false,
+        drop_privileges: Callable[[], None] = _nothing,
+        stopping: Callable[[], object] = _nothing,
+        answer: Callable[[str, str, str], None] = _no_answer,
+        guard: ShutdownGuard | None = None,
+        extra_signals: dict[int, Callable[[], None]] | None = None,
     ) -> None:
         self.ready = ready  # the tree has started: tell the launcher / systemd
-        self.rotate = rotate  # SIGUSR1
-        self.reopen = reopen  # SIGHUP
+        self.rotate = rotate  # SIGUSR1; True if a log file was rotated
+        self.reopen = reopen  # SIGHUP; True if a log file was reopened
         self.drop_privileges = drop_privileges  # between privileged_start and start
-        self.stopping: Callable[[], object] | None = None  # a stop signal was received
-        self.extra_signals: dict[int, Callable[[], None]] = {}
+        self.stopping = stopping  # a stop signal was received
+        self.answer = answer  # how a SIGUSR1/SIGHUP went, for `tapster ctl` (command, ok|skipped|failed, why)
+        # SIGTERM/SIGINT come through the guard (a handler outside the loop) when there is one; else the loop's
+        self.guard = guard
+        self.extra_signals = dict(extra_signals or {})
 
 
 class StartFailed(StartupError):
@@ -102,8 +129,12 @@ class _Server:
         logger.info("tapster %s (python %d.%d.%d) starting up.", __version__, *sys.version_info[:3])
         logger.info("event loop: %s", describe_loop(self.loop))
         signals = SignalHandlers(self.loop)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signals.install(signum, self._on_stop_signal)
+        guard = self.hooks.guard
+        if guard is not None:
+            guard.attach(self._stop_signal_from_guard)
+        else:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signals.install(signum, self._on_stop_signal)
         signals.install(signal.SIGUSR1, self._on_rotate)
         signals.install(signal.SIGHUP, self._on_reopen)
         for extra, callback in self.hooks.extra_signals.items():
@@ -112,12 +143,17 @@ class _Server:
             if not await self._start():
                 return Outcome.CLEAN
             self.phase = _Phase.RUNNING
-            if self.hooks.ready is not None:
-                self.hooks.ready()
+            self.hooks.ready()
             await self.stop_requested.wait()
             return await self._stop()
         finally:
+            if guard is not None:
+                guard.attach(None)
             signals.restore()
+
+    def _stop_signal_from_guard(self, signum: int) -> None:
+        """Called in the guard's thread on the first stop signal: hand it to the loop."""
+        self.loop.call_soon_threadsafe(self._on_stop_signal, signum)
 
     async def _start(self) -> bool:
         """Start the tree; False if a stop signal came first (what had started is stopped again)."""
@@ -127,6 +163,7 @@ class _Server:
             await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
+            await asyncio.wait({waiter})  # let it end here, not be destroyed pending when the loop closes
         if start.done():
             exc = start.exception()
             if exc is not None:
@@ -134,7 +171,9 @@ class _Server:
                     raise exc
                 where = getattr(exc, "tapster_service_path", None)
                 prefix = f"{where}: " if where else ""
-                raise StartFailed(f"{prefix}{type(exc).__name__}: {exc}") from exc
+                from tapster._extras import install_hint
+
+                raise StartFailed(f"{prefix}{type(exc).__name__}: {exc}{install_hint(exc)}") from exc
             return True
         logger.info("Stopping during start-up: stopping the services that started.")
         start.cancel()
@@ -147,16 +186,27 @@ class _Server:
         return False
 
     async def _start_tree(self) -> None:
-        await self.root.privileged_start()
-        if self.hooks.drop_privileges is not None:
+        try:
+            await self.root.privileged_start()
             self.hooks.drop_privileges()
-        await self.root.start()
+            await self.root.start()
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # asyncio lets these escape the loop ("Task exception was never retrieved" and a traceback); a
+            # service calling sys.exit() in start() is a failed start like any other.
+            where = getattr(exc, "tapster_service_path", None)
+            prefix = f"{where}: " if where else ""
+            what = f"sys.exit({exc.code!r}) called" if isinstance(exc, SystemExit) else "KeyboardInterrupt"
+            raise StartFailed(f"{prefix}{what} while starting") from exc
 
     async def _stop(self) -> Outcome:
+        """Stop the tree within the shutdown timeout; 0 means no drain: each stop is cancelled at its first wait."""
         self.phase = _Phase.STOPPING
         self.stop_task = asyncio.ensure_future(self.root.stop())
         timeout = self.config.shutdown_timeout
-        done, _ = await asyncio.wait({self.stop_task}, timeout=timeout if timeout > 0 else None)
+        done, _ = await asyncio.wait({self.stop_task}, timeout=timeout)  # 0: one turn of the loop
+        if not done and timeout == 0:
+            logger.info("--shutdown-timeout 0: no drain; cancelling the stops at once.")
+            return await self._cancel_stop(clean=Outcome.CLEAN)
         if not done:
             names = ", ".join(
                 f"{service_path(s)} ({type(s).__qualname__})" for s in still_stopping(self.root)
@@ -175,39 +225,60 @@ class _Server:
             return Outcome.UNCLEAN
         return Outcome.CLEAN
 
-    async def _cancel_stop(self) -> Outcome:
+    async def _cancel_stop(self, clean: Outcome = Outcome.UNCLEAN) -> Outcome:
+        """Cancel the stops; ``clean`` is the outcome when they then end (without an error) within CANCEL_WAIT."""
         assert self.stop_task is not None
         self.stop_task.cancel()
-        done, _ = await asyncio.wait({self.stop_task}, timeout=2.0)
+        done, _ = await asyncio.wait({self.stop_task}, timeout=CANCEL_WAIT)
         if not done:
-            logger.error("services ignored cancellation; exiting anyway")
-        return Outcome.UNCLEAN
+            names = ", ".join(service_path(s) for s in still_stopping(self.root))
+            logger.error("services ignored cancellation%s; exiting anyway", f" ({names})" if names else "")
+            # abandoned on purpose: no "Task was destroyed but it is pending!" on stderr when the loop closes
+            for task in asyncio.all_tasks(self.loop):
+                with contextlib.suppress(AttributeError):
+                    task._log_destroy_pending = False  # type: ignore[attr-defined]
+            return Outcome.UNCLEAN
+        if not self.stop_task.cancelled() and self.stop_task.exception() is not None:
+            exc = self.stop_task.exception()
+            assert exc is not None
+            logger.error("error while stopping", exc_info=(type(exc), exc, exc.__traceback__))
+            return Outcome.UNCLEAN
+        return clean
 
     def _on_stop_signal(self, signum: int) -> None:
         name = signal_name(signum)
         if self.phase in (_Phase.STARTING, _Phase.RUNNING) and not self.stop_requested.is_set():
             logger.info("Received %s, shutting down.", name)
             self.stop_requested.set()
-            if self.hooks.stopping is not None:
-                self.hooks.stopping()
+            self.hooks.stopping()
         elif self.phase is _Phase.STOPPING and self.stop_task is not None:
             logger.warning("Received %s again: forcing shutdown.", name)
             self.phase = _Phase.FORCED
             self.stop_task.cancel()
 
     def _on_rotate(self, _signum: int) -> None:
-        try:
-            if self.hooks.rotate is not None and self.hooks.rotate():
-                logger.info("Log rotated (SIGUSR1).")
-        except OSError as exc:  # the old file stays in use
-            logger.error("cannot rotate the log (SIGUSR1): %s", exc)
+        self._log_command(
+            "rotate", self.hooks.rotate, "Log rotated (SIGUSR1).", "cannot rotate the log (SIGUSR1)"
+        )
 
     def _on_reopen(self, _signum: int) -> None:
+        self._log_command(
+            "reopen", self.hooks.reopen, "Log file reopened (SIGHUP).", "cannot reopen the log (SIGHUP)"
+        )
+
+    def _log_command(self, command: str, action: Callable[[], bool], done: str, failed: str) -> None:
+        """Carry out a rotate or reopen, log how it went, and answer `tapster ctl` the same."""
         try:
-            if self.hooks.reopen is not None and self.hooks.reopen():
-                logger.info("Log file reopened (SIGHUP).")
-        except OSError as exc:
-            logger.error("cannot reopen the log (SIGHUP): %s", exc)
+            changed = action()
+        except (OSError, TapsterError) as exc:  # the old file stays in use
+            logger.error("%s: %s", failed, exc)
+            self.hooks.answer(command, "failed", str(exc))
+            return
+        if changed:
+            logger.info("%s", done)
+            self.hooks.answer(command, "ok", "")
+        else:
+            self.hooks.answer(command, "skipped", "the log is not a file")
 
 
 def _ignore_signum(callback: Callable[[], None]) -> Callable[[int], None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any, cast
 
 from tapster.endpoints import ClientEndpoint, parse_client
@@ -57,8 +58,106 @@ class _Session:
                 abort()
 
 
+class _Forwarder(asyncio.Protocol):
+    """Passes every callback on to a protocol whose ``connection_lost`` cannot be wrapped (it has ``__slots__``).
+
+    Only such protocols pay for the extra call per callback; the others are watched through an instance attribute.
+    """
+
+    __slots__ = ("_finished", "_inner")
+
+    def __init__(self, inner: asyncio.Protocol, finished: Callable[[], None]) -> None:
+        self._inner = inner
+        self._finished = finished
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._inner.connection_lost(exc)
+        finally:
+            self._finished()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+
+class _BufferedForwarder(asyncio.BufferedProtocol):
+    """:class:`_Forwarder` for a ``BufferedProtocol`` (asyncio picks the read path by the protocol's type)."""
+
+    __slots__ = ("_finished", "_inner")
+
+    def __init__(self, inner: asyncio.BufferedProtocol, finished: Callable[[], None]) -> None:
+        self._inner = inner
+        self._finished = finished
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._inner.connection_lost(exc)
+        finally:
+            self._finished()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def get_buffer(self, sizehint: int) -> Any:
+        return self._inner.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._inner.buffer_updated(nbytes)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+
+class _HangUp(asyncio.Protocol):
+    """Stands in when the protocol factory raised: the fresh connection is dropped, the error re-raised."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).abort()
+
+
+def _watched(protocol: asyncio.BaseProtocol, finished: Callable[[], None]) -> asyncio.BaseProtocol:
+    """The protocol to hand to asyncio, so that ``finished`` runs after the protocol's ``connection_lost``."""
+    original_lost = protocol.connection_lost
+
+    def connection_lost(exc: Exception | None) -> None:
+        try:
+            original_lost(exc)
+        finally:
+            finished()
+
+    try:
+        protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+    except AttributeError:  # no __dict__ (__slots__), or a read-only attribute
+        if isinstance(protocol, asyncio.BufferedProtocol):
+            return _BufferedForwarder(protocol, finished)
+        return _Forwarder(cast(asyncio.Protocol, protocol), finished)
+    return protocol
+
+
 async def _connect(endpoint: ClientEndpoint, factory: Factory, label: str, limit: int) -> _Session:
-    """Connect once; the session's ``ended`` future completes when the connection is lost (or the handler ends)."""
+    """Connect once; the session's ``ended`` future completes when the connection is lost (or the handler ends).
+
+    The protocol is built only once the connection exists (asyncio calls the factory then), so a failed attempt
+    builds nothing. A factory that raises has its connection dropped and its error raised here.
+    """
     loop = asyncio.get_running_loop()
     ended: asyncio.Future[None] = loop.create_future()
     context = ConnectionContext(label, 1)
@@ -88,23 +187,27 @@ async def _connect(endpoint: ClientEndpoint, factory: Factory, label: str, limit
         task = asyncio.get_running_loop().create_task(run())
         return _Session(transport, (reader, writer), ended, task)
 
-    token = log_context.set(context)
-    try:
-        protocol = cast(ProtocolFactory, factory)()
-    finally:
-        log_context.reset(token)
-    original_lost = protocol.connection_lost
+    built: list[asyncio.BaseProtocol] = []
+    failed: list[Exception] = []
 
-    def connection_lost(exc: Exception | None) -> None:
+    def build() -> asyncio.BaseProtocol:
+        token = log_context.set(context)
         try:
-            original_lost(exc)
+            protocol = cast(ProtocolFactory, factory)()
+        except Exception as exc:
+            failed.append(exc)
+            return _HangUp()
         finally:
-            finished()
+            log_context.reset(token)
+        built.append(protocol)
+        return _watched(protocol, finished)
 
-    protocol.connection_lost = connection_lost  # type: ignore[method-assign]
-    transport, _ = await endpoint.connect(lambda: protocol)
+    transport, _ = await endpoint.connect(build)
+    if failed:
+        transport.abort()
+        raise failed[0]
     context.peer = peer_host(transport)
-    return _Session(transport, protocol, ended)
+    return _Session(transport, built[0], ended)
 
 
 class StreamClient(Service):
@@ -148,12 +251,25 @@ class ClientService(Service):
     """Keep a connection to ``endpoint`` open: reconnect after a failure or a loss, with capped backoff and jitter.
 
     The delay after the n-th consecutive failure is ``min(initial_delay * factor**(n-1), max_delay)`` scaled by a
-    random factor in [0.5, 1.0] (so many clients restarted together do not reconnect in lockstep); a connection
-    that succeeds resets it. ``start()`` returns at once: a server must start even while its peer is down. Code
-    that needs the connection awaits ``when_connected()``.
+    random factor in [0.5, 1.0] (so many clients restarted together do not reconnect in lockstep). A connection
+    that succeeds resets the count, as in Twisted: after a loss the next attempt waits ``delay_after(1)``, so a
+    peer that accepts and hangs up at once is retried at most once per ``initial_delay / 2``, never in a tight
+    loop. A factory that raises counts as a failed attempt (logged with its traceback), not as the end of the
+    service.
+
+    ``start()`` returns at once: a server must start even while its peer is down. Code that needs the connection
+    awaits ``when_connected()``. The lifecycle follows twistd's ClientService: a second ``start()`` does nothing;
+    ``stop()`` returns once the connection is closed, and every concurrent ``stop()`` waits for that; a
+    ``start()`` during a pending stop connects only after the old connection is closed.
     """
 
-    transient = ("_task", "_session", "_connected")
+    transient = ("_task", "_session", "_stopping", "_waiters")
+
+    _task: asyncio.Task[None] | None = None
+    _session: _Session | None = None
+    _stopping: asyncio.Task[None] | None = None
+    _waiters: list[asyncio.Future[Any]] | None = None
+    _restarts: int = 0  # start() calls waiting for a pending stop to end
 
     def __init__(
         self,
@@ -177,9 +293,10 @@ class ClientService(Service):
         self.factor = factor
         self.limit = limit
         self.attempts = 0
-        self._task: asyncio.Task[None] | None = None
-        self._session: _Session | None = None
-        self._connected: asyncio.Event | None = None
+
+    @property
+    def _label(self) -> str:
+        return self.name or callable_label(self.factory)
 
     def delay_after(self, failures: int) -> float:
         """The pause before the next attempt after ``failures`` consecutive failures."""
@@ -194,56 +311,86 @@ class ClientService(Service):
     async def when_connected(self) -> Any:
         """Wait until connected; return the protocol (or ``(reader, writer)`` for a handler).
 
+        Called while a stop is pending, it waits too: if ``start()`` is called before the stop ends, it returns
+        the next connection; otherwise it raises when the stop ends.
+
         Raises:
-            RuntimeError: the service is not running, or was stopped while waiting.
+            RuntimeError: the service is not running, or was stopped (and not restarted) while waiting.
         """
-        while True:
-            connected = self._connected
-            if connected is None:
-                raise RuntimeError(f"{self.name or callable_label(self.factory)} is not running")
-            await connected.wait()
-            session = self._session
-            if session is not None and self._connected is connected:
-                if not session.ended.done():
-                    return session.value
-                await asyncio.sleep(0)  # lost just now; let _keep_connected notice before waiting again
+        session = self._session
+        if session is not None and not session.ended.done() and self._stopping is None:
+            return session.value
+        if self._task is None and self._stopping is None and not self._restarts:
+            raise RuntimeError(f"{self._label} is not running")
+        if self._waiters is None:
+            self._waiters = []
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _settle_waiters(self, value: Any = None, error: BaseException | None = None) -> None:
+        waiters, self._waiters = self._waiters or [], None
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(value)
 
     async def start(self) -> None:
-        self._connected = asyncio.Event()
+        """Launch the reconnect loop and return at once; after a pending stop, once that stop has ended."""
+        if self._stopping is not None:
+            self._restarts += 1
+            try:
+                while self._stopping is not None:
+                    await asyncio.shield(self._stopping)
+            finally:
+                self._restarts -= 1
+        if self._task is not None:  # already running (or another start() won the race): one loop only
+            return
         self._task = asyncio.get_running_loop().create_task(self._keep_connected())
         await super().start()
 
     async def _keep_connected(self) -> None:
-        label = self.name or callable_label(self.factory)
+        label = self._label
         failures = 0
-        assert self._connected is not None
         while True:
             self.attempts += 1
             try:
                 session = await _connect(self.endpoint, self.factory, label, self.limit)
-            except OSError as exc:
+            except Exception as exc:
                 failures += 1
                 delay = self.delay_after(failures)
-                logger.info(
-                    "%s: cannot connect to %s (%s); retrying in %.2f s",
-                    label,
-                    self.endpoint.description,
-                    exc,
-                    delay,
-                )
+                if isinstance(exc, OSError):
+                    logger.info(
+                        "%s: cannot connect to %s (%s); retrying in %.2f s",
+                        label,
+                        self.endpoint.description,
+                        exc,
+                        delay,
+                    )
+                else:  # a bug in the factory: loud, but the service keeps trying, as after a refused connect
+                    logger.error(
+                        "%s: connecting to %s failed; retrying in %.2f s",
+                        label,
+                        self.endpoint.description,
+                        delay,
+                        exc_info=exc,
+                    )
                 await asyncio.sleep(delay)
                 continue
+            failures = 0
             self._session = session
-            self._connected.set()
-            connected_at = asyncio.get_running_loop().time()
+            self._settle_waiters(session.value)
             # Shielded: cancelling this task at stop must not cancel the future that close() waits on.
             await asyncio.shield(session.ended)
-            self._connected.clear()
             self._session = None
-            # A peer that accepts and hangs up at once must not make us reconnect in a tight loop: only a
-            # connection that lasted at least max_delay resets the backoff.
-            lived = asyncio.get_running_loop().time() - connected_at
-            failures = 1 if lived >= self.max_delay else failures + 1
+            failures = 1
             delay = self.delay_after(failures)
             logger.info(
                 "%s: connection to %s lost; reconnecting in %.2f s", label, self.endpoint.description, delay
@@ -251,17 +398,30 @@ class ClientService(Service):
             await asyncio.sleep(delay)
 
     async def stop(self) -> None:
+        """Stop reconnecting and close the connection; return when it is closed (every concurrent call waits)."""
         await super().stop()
-        # Wake callers of when_connected() so they see the service is not running (left set with no session,
-        # the event would make them spin).
-        connected, self._connected = self._connected, None
-        if connected is not None:
-            connected.set()
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        stopping = self._stopping
+        if stopping is None:
+            if self._task is None and self._session is None:
+                return
+            stopping = self._stopping = asyncio.get_running_loop().create_task(self._stop_now())
+        try:
+            await asyncio.shield(stopping)
+        except asyncio.CancelledError:
+            stopping.cancel()  # a caller's timeout (the runner's --shutdown-timeout) ends the stop for all
+            raise
+
+    async def _stop_now(self) -> None:
+        try:
+            task, self._task = self._task, None
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            session, self._session = self._session, None
+            if session is not None:
+                await session.close()
+        finally:
+            self._stopping = None
+            if not self._restarts:
+                self._settle_waiters(error=RuntimeError(f"{self._label} is not running: it was stopped"))

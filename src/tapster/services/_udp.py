@@ -58,7 +58,27 @@ class UDPServer(Service):
         logger.info("%s starting on %s", self.name or callable_label(self.protocol_factory), self.port)
 
     async def stop(self) -> None:
+        """Close the socket and return only once it is closed, so the port can be bound again at once."""
         await super().stop()
         transport, self.transport = self.transport, None
         if transport is not None:
+            sock = transport.get_extra_info("socket")
             transport.close()
+            await _until_closed(sock)
+
+
+async def _until_closed(sock: Any) -> None:
+    """Wait until the transport has closed its socket.
+
+    asyncio closes a datagram socket one loop turn after ``transport.close()`` (after calling the protocol's
+    ``connection_lost``), and offers nothing to await. Wrapping the protocol would put a call on every
+    datagram, so this watches the socket's descriptor instead: a few loop turns, then short sleeps, bounded.
+    """
+    if sock is None:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    turns = 0
+    while sock.fileno() != -1 and loop.time() < deadline:
+        turns += 1
+        await asyncio.sleep(0 if turns < 10 else 0.005)

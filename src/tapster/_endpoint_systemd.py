@@ -1,0 +1,125 @@
+"""Socket activation: the listening sockets systemd passes (``LISTEN_FDS``), and the ``systemd:`` endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import threading
+from asyncio import AbstractServer
+from typing import Final
+
+from tapster import _endpoint_parse as _p
+from tapster._endpoint_errors import listen_error, reason
+from tapster._endpoint_server import ProtocolFactory, ServerEndpoint, ServerKind
+from tapster.errors import ListenError
+
+__all__ = ["SystemdServerEndpoint", "claim_systemd_sockets"]
+
+_passed: _p.PassedSockets | None = None
+_passed_lock = threading.Lock()
+
+
+def claim_systemd_sockets() -> None:
+    """Take the sockets systemd passed (socket activation), once per process; later calls do nothing.
+
+    The sockets are ours only when ``LISTEN_PID`` is this process's pid, which stops being true after a fork:
+    so the runner calls this before daemonizing, and a systemd endpoint calls it when parsed or listened on.
+    ``LISTEN_PID``, ``LISTEN_FDS`` and ``LISTEN_FDNAMES`` are removed from the environment (as systemd's
+    ``sd_listen_fds(1)`` does) so that child processes do not take them for their own, and the passed fds are
+    made close-on-exec.
+    """
+    global _passed
+    with _passed_lock:
+        if _passed is not None:
+            return
+        pid_text = os.environ.pop("LISTEN_PID", None)
+        count_text = os.environ.pop("LISTEN_FDS", None)
+        names_text = os.environ.pop("LISTEN_FDNAMES", None)
+        _passed = _p.read_listen_env(pid_text, count_text, names_text, os.getpid())
+        for fd in _passed.fds:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
+
+
+_DOMAINS = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
+
+
+class SystemdServerEndpoint(ServerEndpoint):
+    """``systemd:``: a listening socket passed by systemd, chosen by ``index`` (0 is fd 3) or by ``name``.
+
+    The passed fd is duplicated, never consumed, so the same endpoint can be listened on again after a close.
+    """
+
+    __module__ = "tapster.endpoints"
+
+    __slots__ = ("domain", "index", "name")
+
+    domain: Final[str]
+    index: Final[int | None]
+    name: Final[str | None]
+
+    def __init__(
+        self,
+        *,
+        description: str,
+        kind: ServerKind,
+        domain: str,
+        index: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(description=description, kind=kind)
+        self.domain = domain
+        self.index = index
+        self.name = name
+
+    def _fd(self) -> int:
+        claim_systemd_sockets()
+        passed = _passed
+        assert passed is not None
+        if self.name is not None:
+            for fd, fd_name in zip(passed.fds, passed.names, strict=False):
+                if fd_name == self.name:
+                    return fd
+            names = ":".join(passed.names) if passed.names else "not set"
+            reason = (
+                f"no socket named {self.name!r} passed by systemd ({passed.note}, LISTEN_FDNAMES={names})"
+            )
+            raise listen_error(self.description, reason)
+        index = self.index or 0
+        if index >= len(passed.fds):
+            raise listen_error(
+                self.description, f"no socket passed by systemd at index {index} ({passed.note})"
+            )
+        return passed.fds[index]
+
+    async def listen(
+        self, protocol_factory: ProtocolFactory, *, start_serving: bool = True
+    ) -> AbstractServer:
+        fd = self._fd()
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError as exc:
+            raise listen_error(self.description, f"fd {fd} from systemd: {reason(exc)}", exc) from exc
+        try:
+            if sock.family != _DOMAINS[self.domain] or sock.type != socket.SOCK_STREAM:
+                raise listen_error(
+                    self.description,
+                    f"the socket systemd passed on fd {fd} is {sock.family.name}/{sock.type.name}, "
+                    f"not a stream socket of domain {self.domain}",
+                )
+            loop = asyncio.get_running_loop()
+            # systemd already set the queue length; asyncio calls listen() again, so ask for the maximum.
+            if sock.family == socket.AF_UNIX:
+                return await loop.create_unix_server(
+                    protocol_factory, sock=sock, backlog=socket.SOMAXCONN, start_serving=start_serving
+                )
+            return await loop.create_server(
+                protocol_factory, sock=sock, backlog=socket.SOMAXCONN, start_serving=start_serving
+            )
+        except BaseException as exc:
+            sock.close()
+            if isinstance(exc, OSError) and not isinstance(exc, ListenError):
+                raise self._failed(exc) from exc
+            raise

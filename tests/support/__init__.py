@@ -1,0 +1,135 @@
+"""Helpers shared by test modules (tests/runner, tests/log): waiting on conditions, forked children, log handlers.
+
+Waiting is always on a condition with a deadline, never a fixed sleep: the suite runs in parallel on a busy
+machine, so a test that sleeps "long enough" is either slow or flaky.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tapster.log import RotatingFileHandler
+
+REPO = Path(__file__).resolve().parent.parent.parent
+PERSIST_FIXTURES = str(REPO / "tests" / "persist")
+
+__all__ = [
+    "PERSIST_FIXTURES",
+    "Plain",
+    "emit",
+    "make_handler",
+    "make_state",
+    "run_in_child",
+    "wait_for_text",
+    "wait_gone",
+    "wait_until",
+]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 15, what: str = "condition") -> None:
+    """Poll ``predicate`` every 10 ms until it is true; fail the test naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"{what} not met within {timeout} s")
+        time.sleep(0.01)
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 10) -> str:
+    """Wait until the file at ``path`` contains ``text`` (a daemon writes each log line at once); return it all."""
+    found: list[str] = []
+
+    def has_text() -> bool:
+        content = path.read_text() if path.exists() else ""
+        found[:] = [content]
+        return text in content
+
+    deadline = time.monotonic() + timeout
+    while not has_text():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"{text!r} not in {path}:\n{found[0] if found and found[0] else '(no file)'}")
+        time.sleep(0.01)
+    return found[0]
+
+
+def wait_gone(pid: int, timeout: float = 10) -> None:
+    """Wait until ``pid`` has exited (a zombie counts as gone)."""
+    from conftest import pid_alive
+
+    wait_until(lambda: not pid_alive(pid), timeout, f"pid {pid} gone")
+
+
+def run_in_child(func: Callable[[], object], *, user: str | None = None) -> object:
+    """Run ``func`` in a forked child; return its result, or the child's exception re-raised here.
+
+    For what changes a whole process for good (switching ids, chroot) without changing the test's own. With
+    ``user``, the child becomes that user first (forking keeps the interpreter: ``nobody`` could not exec the
+    venv's python under /root, 0700).
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read_end)
+            try:
+                if user is not None:
+                    import pwd
+
+                    entry = pwd.getpwnam(user)
+                    os.setgroups([])
+                    os.setgid(entry.pw_gid)
+                    os.setuid(entry.pw_uid)
+                payload: tuple[str, object] = ("ok", func())
+            except BaseException as exc:
+                payload = ("err", exc)
+            with os.fdopen(write_end, "wb") as out:
+                try:
+                    pickle.dump(payload, out)
+                except Exception:  # an exception that does not pickle: send what it said
+                    pickle.dump(("err", AssertionError(f"the child failed: {payload[1]!r}")), out)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as inp:
+        data = inp.read()
+    os.waitpid(pid, 0)
+    kind, value = pickle.loads(data)
+    if kind == "err":
+        raise value  # type: ignore[misc]
+    return value
+
+
+def make_state(directory: Path, name: str = "counting.tap") -> str:
+    """Save tests/persist/statefixtures.build() as ``name`` in ``directory`` (a -f state file); return the name."""
+    script = f"import statefixtures as f, tapster.persist as p; p.save_state(f.build(), {name!r})"
+    env = {**os.environ, "PYTHONPATH": PERSIST_FIXTURES}
+    subprocess.run([sys.executable, "-c", script], cwd=directory, env=env, check=True)
+    return name
+
+
+class Plain(logging.Formatter):
+    """The bare message, so that sizes in the log tests are easy to count."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage()
+
+
+def make_handler(opened: list[RotatingFileHandler], path: Path, **kwargs: object) -> RotatingFileHandler:
+    """A RotatingFileHandler at ``path`` with the Plain format, closed with the test (conftest's ``opened``)."""
+    handler = RotatingFileHandler(str(path), **kwargs)  # type: ignore[arg-type]
+    handler.setFormatter(Plain())
+    opened.append(handler)
+    return handler
+
+
+def emit(handler: logging.Handler, message: str) -> None:
+    handler.handle(logging.makeLogRecord({"msg": message, "levelno": logging.INFO, "levelname": "INFO"}))
