@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
-from tapster._plugin_cache import ENTRY_POINTS, MODULES, FolderCache, PluginRecord, stamp_of
+from tapster._plugin_cache import ENTRY_POINTS, MODULES, FolderCache, PluginRecord
 from tapster._plugin_entry_points import EntryPointSpec, find_entry_points, load_entry_point
 from tapster.errors import PluginError
 
@@ -84,7 +84,7 @@ def _records(pairs: list[tuple[str, Any]]) -> list[PluginRecord]:
     records = []
     for attr, maker in pairs:
         check_tapname(maker.tapname)
-        records.append({"attr": attr, "tapname": maker.tapname, "description": maker.description})
+        records.append([attr, maker.tapname, maker.description])
     return records
 
 
@@ -281,11 +281,12 @@ def scan_folder(folder: str, *, use_cache: bool = True) -> list[Candidate]:
     cache = FolderCache(folder, enabled=use_cache)
     found: list[Candidate] = []
     present: set[str] = set()
-    for file in files:
+    prefix = os.path.join(folder, "")
+    for file in files:  # --help runs this loop once per plugin file: kept lean
         stem = file[:-3]
         if not file.endswith(".py") or not stem.isidentifier():
             continue
-        path = os.path.join(folder, file)
+        path = prefix + file
         try:
             info = os.stat(path)
         except OSError:
@@ -293,7 +294,7 @@ def scan_folder(folder: str, *, use_cache: bool = True) -> list[Candidate]:
         if not stat.S_ISREG(info.st_mode):
             continue
         present.add(file)
-        stamp = stamp_of(info)
+        stamp = [info.st_size, info.st_mtime_ns]  # what stamp_of(info) gives, without the call
         records = cache.lookup(MODULES, file, stamp)
         if records is None:
             try:
@@ -308,9 +309,9 @@ def scan_folder(folder: str, *, use_cache: bool = True) -> list[Candidate]:
                 )
                 continue
             cache.store(MODULES, file, stamp, records)
-        for record in records:
-            load = partial(_load_from_file, path, record["attr"], record["tapname"], use_cache)
-            found.append(Candidate(record["tapname"], record["description"], path, load))
+        for attr, tapname, description in records:
+            load = partial(_load_from_file, path, attr, tapname, use_cache)
+            found.append(Candidate(tapname, description, path, load))
     cache.keep_only(MODULES, present)
     cache.save()
     return found
@@ -364,9 +365,9 @@ def scan_entry_points(path: Sequence[str], *, use_cache: bool = True) -> list[Ca
                 found.append(Candidate(spec.name, "", spec.origin, error=describe_error(exc)))
                 continue
             cache.store(ENTRY_POINTS, key, spec.stamp, records)
-        for record in records:
-            load = partial(_load_from_entry_point, spec, record["attr"], record["tapname"], use_cache)
-            found.append(Candidate(record["tapname"], record["description"], spec.origin, load))
+        for attr, tapname, description in records:
+            load = partial(_load_from_entry_point, spec, attr, tapname, use_cache)
+            found.append(Candidate(tapname, description, spec.origin, load))
     for location, cache in caches.items():
         cache.keep_only(ENTRY_POINTS, present[location])
         cache.save()

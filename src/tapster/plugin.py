@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from tapster._plugin_discovery import GROUP, Candidate, discover, import_plugin_module, is_service_maker
@@ -100,6 +101,9 @@ class PluginInfo(NamedTuple):
         return self.shadowed_by is None
 
 
+_new_info = tuple.__new__
+
+
 class Plugins:
     """The plugins discovery found, with shadowing worked out; loading one imports only its module."""
 
@@ -132,8 +136,11 @@ class Plugins:
             if winner is None:
                 owners[candidate.name] = candidate.origin
                 self._loaders[candidate.name] = candidate.load
+            # tuple.__new__ rather than PluginInfo(...): a NamedTuple's __new__ is Python code, run per plugin
             infos.append(
-                PluginInfo(candidate.name, candidate.description, candidate.origin, shadowed_by=winner)
+                _new_info(
+                    PluginInfo, (candidate.name, candidate.description, candidate.origin, None, winner, None)
+                )
             )
         for candidate in candidates:
             if candidate.error is None:
@@ -148,7 +155,7 @@ class Plugins:
                 self._errors[alias] = self._errors[candidate.name]
             info = PluginInfo(candidate.name, "", candidate.origin, candidate.error, winner, alias)
             infos.append(info)
-        self._infos = sorted(infos, key=lambda info: info.name)  # stable: discovery order within a name
+        self._infos = sorted(infos, key=itemgetter(0))  # by name; stable: discovery order within a name
 
     def __iter__(self) -> Iterator[PluginInfo]:
         """Every row of the listing, sorted by name: plugins, shadowed plugins and failures."""
@@ -227,13 +234,23 @@ def discover_plugins(
 
     Never raises for a broken plugin: a module that fails to import becomes a listing row with its error.
     """
+    import gc
+
     searched = list(sys.path if path is None else path)
-    return Plugins(
-        discover(searched, entry_points=entry_points, use_cache=use_cache),
-        reserved,
-        searched=searched,
-        entry_points=entry_points,
-    )
+    # Discovery builds a few objects per plugin and keeps nearly all of them: with 1,000 plugins the collector
+    # would run a dozen times over them for nothing (~1 ms of a 30 ms `tapster --help`).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return Plugins(
+            discover(searched, entry_points=entry_points, use_cache=use_cache),
+            reserved,
+            searched=searched,
+            entry_points=entry_points,
+        )
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def build_application(maker: ServiceMaker, options: Options) -> Application:

@@ -167,9 +167,9 @@ def test_corrupt_or_foreign_cache_is_ignored_and_rewritten(tmp_path: Path, marke
         cache.write_text(content)
         assert listing(project, markers) == ["alpha A test plugin."]
         assert imported(markers) == ["alpha_plugin"]
-        assert json.loads(cache.read_text())["format"] == 1
+        assert json.loads(cache.read_text())["format"] == 2
     data = json.loads(cache.read_text())
-    data[MODULES]["alpha_plugin.py"]["plugins"] = [{"tapname": 3}]
+    data[MODULES]["alpha_plugin.py"][2] = [["maker", 3, "A test plugin."]]
     cache.write_text(json.dumps(data))
     assert listing(project, markers) == ["alpha A test plugin."]
     assert imported(markers) == ["alpha_plugin"]
@@ -203,7 +203,7 @@ def test_running_a_plugin_imports_only_that_module(tmp_path: Path, markers: Path
 def test_cache_round_trip_and_atomic_write(tmp_path: Path) -> None:
     """Stored entries come back only with the same stamp; saving leaves no temporary file behind."""
     cache = FolderCache(str(tmp_path))
-    record = {"attr": "maker", "tapname": "x", "description": "X."}
+    record = ["maker", "x", "X."]
     cache.store(MODULES, "x.py", [10, 20], [record])
     cache.save()
     assert sorted(path.name for path in tmp_path.iterdir()) == [CACHE_NAME]
@@ -229,9 +229,7 @@ def test_cache_is_written_only_when_it_changed(tmp_path: Path) -> None:
 
 def test_disabled_cache_neither_reads_nor_writes(tmp_path: Path) -> None:
     """use_cache=False: no file is read or created."""
-    (tmp_path / CACHE_NAME).write_text(
-        json.dumps({"format": 1, MODULES: {"x.py": {"stamp": [1, 2], "plugins": []}}})
-    )
+    (tmp_path / CACHE_NAME).write_text(json.dumps({"format": 2, MODULES: {"x.py": [1, 2, []]}}))
     cache = FolderCache(str(tmp_path), enabled=False)
     assert cache.lookup(MODULES, "x.py", [1, 2]) is None
     cache.store(MODULES, "y.py", [1, 2], [])

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 from tapster.log._context import ConnectionContext, log_context
-from tapster.services._drain import LINGER, serving, start_lingering_close
+from tapster.services._drain import LINGER, is_lingering, serving, start_lingering_close
 
 logger = logging.getLogger("tapster.services")
 
@@ -90,6 +90,104 @@ class _HangUp(asyncio.Protocol):
             transport.close()
 
 
+def _inherited(protocol: asyncio.BaseProtocol, name: str) -> bool:
+    """Whether ``protocol.name`` is its class's method (not an instance attribute of its own)."""
+    bound = getattr(protocol, name, None)
+    return getattr(bound, "__self__", None) is protocol and getattr(bound, "__func__", None) is getattr(
+        type(protocol), name, None
+    )
+
+
+class _Connection(ConnectionContext):
+    """One Protocol connection, in one small object: its log context, its entry in the tracker, and what stands
+    in for the protocol's ``connection_made`` and ``connection_lost``.
+
+    It is set as both of those instance attributes and tells the two calls apart by their argument (a transport,
+    or None or an exception). One slotted object per connection, instead of closures and bound methods, keeps an
+    idle connection close to what a bare asyncio server spends on it. The peer is filled in when a log line
+    first shows it. It holds the protocol only while the connection is open: ``connection_lost`` lets go of it,
+    so a closed connection holds no reference cycle and its protocol is freed at once, without the collector.
+    """
+
+    __slots__ = ("protocol", "tracker", "transport")
+
+    shared = False  # the loop calls the factory in a context shared by every connection (uvloop)
+
+    def __init__(self, tracker: ConnectionTracker, number: int) -> None:
+        self.label = tracker.label
+        self.number = number
+        self.peer = None
+        self.tracker = tracker
+        self.protocol: asyncio.BaseProtocol | None = None
+        self.transport: asyncio.BaseTransport | None = None
+
+    def __str__(self) -> str:
+        if self.peer is None and self.transport is not None:
+            self.peer = peer_host(self.transport)
+        return ConnectionContext.__str__(self)
+
+    def watch(self, protocol: asyncio.BaseProtocol) -> None:
+        """Stand in for ``protocol``'s ``connection_made`` and ``connection_lost`` (not for one with its own
+        instance attributes of those names, nor for one with ``__slots__``: they work, untracked)."""
+        # Set with setattr, never through vars(protocol): that would give every protocol a dict of its own
+        # (64 bytes more per connection) where Python otherwise keeps its attributes inline.
+        if not (_inherited(protocol, "connection_made") and _inherited(protocol, "connection_lost")):
+            return
+        try:
+            protocol.connection_made = self  # type: ignore[method-assign, assignment]
+            protocol.connection_lost = self  # type: ignore[method-assign, assignment]
+        except AttributeError:
+            return
+        self.protocol = protocol
+
+    def __call__(self, argument: Any) -> None:
+        if argument is None or isinstance(argument, Exception):
+            self._lost(argument)
+        else:
+            self._made(argument)
+
+    def _made(self, transport: asyncio.BaseTransport) -> None:
+        protocol = self.protocol
+        assert protocol is not None
+        tracker = self.tracker
+        self.transport = transport
+        tracker.connections.add(self)
+        if self.shared:
+            token = log_context.set(self)
+            try:
+                type(protocol).connection_made(protocol, transport)
+            finally:
+                log_context.reset(token)
+        else:
+            type(protocol).connection_made(protocol, transport)
+        if tracker.closing:
+            tracker._tell(transport, self)
+
+    def _lost(self, exc: Exception | None) -> None:
+        protocol, self.protocol = self.protocol, None
+        if protocol is None:  # called a second time
+            return
+        token = log_context.set(self) if self.shared else None
+        try:
+            type(protocol).connection_lost(protocol, exc)
+        finally:
+            if token is not None:
+                log_context.reset(token)
+            if self.transport is not None:
+                tracker = self.tracker
+                tracker.connections.discard(self)
+                tracker._maybe_idle()
+
+
+class _SharedConnection(_Connection):
+    """A connection whose factory ran in a shared context (uvloop): its context is set around connection_made
+    and connection_lost (not the data path: data_received is never wrapped)."""
+
+    __slots__ = ()
+
+    shared = True
+
+
 class ConnectionTracker:
     """Counts the connections of one service, gives each a log context, knows which are open, and drains them.
 
@@ -103,8 +201,9 @@ class ConnectionTracker:
         self.label = label
         self.linger = linger
         self._numbers = itertools.count(1)
-        # Open Protocol connections: transport -> (protocol, its log context), for the hook and its log lines.
-        self.transports: dict[asyncio.BaseTransport, tuple[asyncio.BaseProtocol, ConnectionContext]] = {}
+        # Open Protocol connections (each knows its transport and protocol, and is its log context). A set, not
+        # a dict by transport: an idle connection costs what a bare server's set of transports costs.
+        self.connections: set[_Connection] = set()
         self.handler_tasks: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         # Handler connections whose handler returned during the stop, in their lingering close.
         self.lingering: set[asyncio.BaseTransport] = set()
@@ -119,19 +218,20 @@ class ConnectionTracker:
 
     @property
     def open_count(self) -> int:
-        return len(self.transports) + len(self.handler_tasks) + len(self.lingering)
+        return len(self.connections) + len(self.handler_tasks) + len(self.lingering)
 
     def wrap_protocol_factory(self, factory: ProtocolFactory) -> ProtocolFactory:
         """A factory whose protocols carry a log context and report their connection's life to this tracker."""
 
         def make_protocol() -> asyncio.BaseProtocol:
-            context = ConnectionContext(self.label, next(self._numbers))
+            number = next(self._numbers)
             # Plain asyncio calls the factory inside a task made for this one connection: setting the context
             # here reaches every later callback of the connection. uvloop calls it in the server's shared
-            # context: there we set it only around connection_made and restore it afterwards.
+            # context: there the context is set only around connection_made and restored afterwards.
             per_connection = asyncio.current_task() is not None
+            connection = _Connection(self, number) if per_connection else _SharedConnection(self, number)
             if per_connection:
-                log_context.set(context)
+                log_context.set(connection)
             # asyncio would leave such a connection hanging with nothing in the log: say what failed (as twistd
             # does) and hang up on the client at once. The traceback goes in as text: a record holding a live
             # traceback (a handler that keeps records) would keep the accepting frame, and the socket, alive.
@@ -143,7 +243,7 @@ class ConnectionTracker:
                 logger.error(
                     "%s: the protocol factory raised; connection %d dropped\n%s",
                     self.label,
-                    context.number,
+                    number,
                     traceback.format_exc().rstrip(),
                 )
                 return _HangUp()
@@ -152,52 +252,13 @@ class ConnectionTracker:
                     "%s: the protocol factory returned %r, not an asyncio Protocol; connection %d dropped",
                     self.label,
                     protocol,
-                    context.number,
+                    number,
                 )
                 return _HangUp()
-            self._watch(protocol, context, per_connection)
+            connection.watch(protocol)
             return protocol
 
         return make_protocol
-
-    def _watch(
-        self, protocol: asyncio.BaseProtocol, context: ConnectionContext, per_connection: bool
-    ) -> None:
-        original_made = protocol.connection_made
-        original_lost = protocol.connection_lost
-        transports = self.transports
-
-        def connection_made(transport: asyncio.BaseTransport) -> None:
-            context.peer = peer_host(transport)
-            transports[transport] = (protocol, context)
-            protocol.__dict__["_tapster_transport"] = transport
-            if per_connection:
-                original_made(transport)
-            else:
-                token = log_context.set(context)
-                try:
-                    original_made(transport)
-                finally:
-                    log_context.reset(token)
-            if self.closing:
-                self._tell(transport, protocol, context)
-
-        def connection_lost(exc: Exception | None) -> None:
-            transport = protocol.__dict__.pop("_tapster_transport", None)
-            try:
-                original_lost(exc)
-            finally:
-                if transport is not None:
-                    transports.pop(transport, None)
-                    self._maybe_idle()
-
-        try:
-            protocol.connection_made = connection_made  # type: ignore[method-assign]
-            protocol.connection_lost = connection_lost  # type: ignore[method-assign]
-        except (
-            AttributeError
-        ):  # a protocol with __slots__: it works, untracked and without a peer in its context
-            pass
 
     def wrap_handler(self, handler: StreamHandler) -> StreamHandler:
         """A handler that runs under a log context, is tracked while it runs, and closes its writer at the end.
@@ -257,22 +318,21 @@ class ConnectionTracker:
         """Tell every open connection the server is stopping (the listener is closed already)."""
         self.closing = True
         self.stopping.set()
-        for transport, (protocol, context) in list(self.transports.items()):
-            self._tell(transport, protocol, context)
+        for connection in list(self.connections):
+            assert connection.transport is not None
+            self._tell(connection.transport, connection)
         for task in list(self.waiting):
             self.interrupt(task)
 
-    def _tell(
-        self, transport: asyncio.BaseTransport, protocol: asyncio.BaseProtocol, context: ConnectionContext
-    ) -> None:
+    def _tell(self, transport: asyncio.BaseTransport, connection: _Connection) -> None:
         """Call the protocol's ``stop_requested()`` hook; without one, close the connection lingering."""
-        if transport.is_closing():
+        if transport.is_closing() or is_lingering(transport):
             return
-        hook = getattr(protocol, "stop_requested", None)
+        hook = getattr(connection.protocol, "stop_requested", None)
         if hook is None:
             start_lingering_close(transport, self.linger)
             return
-        token = log_context.set(context)
+        token = log_context.set(connection)
         try:
             hook()
         except Exception:
@@ -307,13 +367,14 @@ class ConnectionTracker:
     def abort_all(self) -> int:
         """Abort open transports and cancel running handlers now; return how many connections there were."""
         count = self.open_count
-        for transport in [*self.transports, *self.lingering]:
+        opened = [connection.transport for connection in self.connections if connection.transport is not None]
+        for transport in [*opened, *self.lingering]:
             abort = getattr(transport, "abort", None)
             if abort is not None:
                 abort()
             else:
                 transport.close()
-        self.transports.clear()
+        self.connections.clear()
         self.lingering.clear()
         for task, writer in list(self.handler_tasks.items()):
             task.cancel()
