@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from pathlib import Path
+from typing import Any
 
 PLUGIN = """\
 import os
@@ -79,3 +81,15 @@ def plugin_rows(help_text: str) -> list[str]:
     builtins = builtin_names()
     rows = [" ".join(line.split()) for line in lines[start + 1 :] if line.strip()]
     return [row for row in rows if row.split()[0] not in builtins]
+
+
+def cache_entries(path: Path) -> dict[str, Any]:
+    """The entries of a plugin cache file (its second line; the first is the header)."""
+    entries: dict[str, Any] = json.loads(path.read_text().split("\n")[1])
+    return entries
+
+
+def cache_header(path: Path) -> dict[str, Any]:
+    """The header of a plugin cache file (its first line)."""
+    header: dict[str, Any] = json.loads(path.read_text().split("\n")[0])
+    return header

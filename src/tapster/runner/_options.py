@@ -81,6 +81,17 @@ def _plugin_table(rows: list[tuple[str, str]], width: int = 100) -> list[str]:
     return lines
 
 
+def _render_listing(plugins: Plugins) -> str:
+    """Every plugin with its description, sorted, shadowed and failed ones marked: the rows of ``--help``."""
+    rows: list[tuple[str, str]] = []
+    for info in plugins:
+        note = info.description if info.error is None else f"(failed to load: {info.error})"
+        if info.shadowed_by is not None:
+            note = f"(shadowed by {info.shadowed_by}) {note} [{info.origin}]"
+        rows.append((info.name, note))
+    return "\n".join(_plugin_table(rows)) if rows else "  none found (see docs/plugins.md)"
+
+
 def _wrap(text: str, width: int) -> list[str]:
     if len(text) <= width:
         return [text] if text else []
@@ -244,19 +255,23 @@ class ServerOptions(Options):
             text = super().format_help()
         finally:
             self._listing = False
-        rows: list[tuple[str, str]] = []
-        for info in self.plugins():
-            note = info.description if info.error is None else f"(failed to load: {info.error})"
-            if info.shadowed_by is not None:
-                note = f"(shadowed by {info.shadowed_by}) {note} [{info.origin}]"
-            rows.append((info.name, note))
         heading = (
             "Plugins (tapster [options] PLUGIN [plugin options]; tapster PLUGIN --help for its options):"
         )
-        listing = _plugin_table(rows) if rows else ["  none found (see docs/plugins.md)"]
+        listing = [self._plugin_listing()]
         if note := _ignored_folders_note():
             listing.append(" " + note)
         return "\n".join([text.rstrip("\n"), "", heading, *listing]) + "\n"
+
+    def _plugin_listing(self) -> str:
+        """The plugin rows of the help; printed again from the cache when no plugin changed (1,000 plugins)."""
+        if self._plugins is not None:
+            return _render_listing(self._plugins)
+        from tapster.plugin import cached_listing
+        from tapster.runner._appload import use_launch_directory
+
+        use_launch_directory()  # the one sys.path rule (runner/_appload.py), as in plugins()
+        return cached_listing(_render_listing, reserved=_RESERVED)
 
     def parse_options(self, argv: Sequence[str]) -> None:
         """Parse as Options does; a global option given after the plugin name gets a hint where it belongs."""
