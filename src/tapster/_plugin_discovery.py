@@ -233,7 +233,9 @@ def import_plugin_file(path: str) -> Any:
         return module
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, path)
+    from tapster._plugin_bytecode import HashCheckedLoader
+
+    spec = importlib.util.spec_from_file_location(name, path, loader=HashCheckedLoader(name, path))
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)

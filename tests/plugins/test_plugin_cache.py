@@ -100,15 +100,18 @@ def test_every_change_to_a_folder_is_seen_by_the_next_help(tmp_path: Path, marke
     folder = plugin_folder(project)
     alpha = write_plugin(folder, "alpha_plugin", "alpha", "First plugin.")
     write_plugin(folder, "beta_plugin", "beta", "Second plugin.")
-    listing(project, markers)
-    listing(project, markers)
-    # an edit that keeps the size and the mtime's second (only the nanoseconds differ)
+    bytecode = {"PYTHONDONTWRITEBYTECODE": ""}  # written, so that a stale .pyc would show
+    listing(project, markers, bytecode)
+    listing(project, markers, bytecode)
+    assert (folder / "__pycache__").is_dir()
+    # an edit that keeps the size and the mtime's second (only the nanoseconds differ), which Python's own
+    # bytecode cache cannot tell apart: the plugin's .pyc is checked against the source's hash instead
     before = alpha.stat()
     write_plugin(folder, "alpha_plugin", "alpha", "Fir5t plugin.")
     assert alpha.stat().st_size == before.st_size
     os.utime(alpha, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
     assert int(alpha.stat().st_mtime) == int(before.st_mtime)
-    assert listing(project, markers) == ["alpha Fir5t plugin.", "beta Second plugin."]
+    assert listing(project, markers, bytecode) == ["alpha Fir5t plugin.", "beta Second plugin."]
     # a file renamed away from a plugin name and back: the same files and stamps, but not in between
     hidden = folder / "alpha-plugin.py.off"
     alpha.rename(hidden)
