@@ -114,7 +114,10 @@ def test_slow_start_extends_the_timeout_and_sighup_waits(tapster, receiver: Noti
     proc.signal(signal.SIGHUP)
     ready = receiver.wait_field("READY", "1", after=first)
     seconds = [extend_seconds(m) for m in receiver.with_field("EXTEND_TIMEOUT_USEC")]
-    assert seconds[:2] == [1, 2]  # a turning loop sends one each second
+    assert len(seconds) >= 2 and seconds == sorted(seconds)  # one each second while the loop turns...
+    assert (
+        seconds[0] < 3
+    )  # ...from the first second, not only once the start is over (as when blocked, below)
     assert receiver.with_field("RELOADING") == []
     proc.signal(signal.SIGTERM)
     receiver.wait_field("STOPPING", "1", after=ready)

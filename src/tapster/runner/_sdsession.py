@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from tapster.runner._sdnotify import SystemdNotifier, reloading_fields, status_field
-from tapster.runner._sdtimers import start_extender, watchdog_pinger
+from tapster.runner._sdtimers import always_healthy, start_extender, watchdog_pinger
 
 __all__ = ["SystemdSession"]
 
@@ -20,14 +20,20 @@ logger = logging.getLogger("tapster")
 
 
 class SystemdSession:
-    """The notifications of a single-process run of the tree called ``name``; nothing without NOTIFY_SOCKET."""
+    """The notifications of a run of the tree called ``name``; nothing without NOTIFY_SOCKET.
 
-    def __init__(self, notifier: SystemdNotifier, name: str) -> None:
+    ``healthy`` gates the watchdog pings beyond "the loop turns" (a master: its workers are alive).
+    """
+
+    def __init__(
+        self, notifier: SystemdNotifier, name: str, *, healthy: Callable[[], bool] = always_healthy
+    ) -> None:
         self._notifier = notifier
         self._name = name
         self._serving = False
+        self._status = f"serving {name}"
         self._began = time.monotonic()
-        self._watchdog = watchdog_pinger(notifier)
+        self._watchdog = watchdog_pinger(notifier, healthy)
         self._extender = start_extender(notifier, self._start_status)
 
     def starting(self) -> None:
@@ -45,11 +51,16 @@ class SystemdSession:
     def _start_status(self) -> str:
         return f"starting {self._name} ({time.monotonic() - self._began:.0f} s)"
 
-    def ready(self) -> None:
-        """Every service has started: the listeners accept."""
+    def status(self, text: str) -> None:
+        """A ``STATUS=`` line of the caller's own (a master: ``3 of 4 workers ready``)."""
+        self._notifier.notify(status_field(text))
+
+    def ready(self, status: str | None = None) -> None:
+        """Every service has started: the listeners accept. ``status`` replaces ``serving NAME``."""
         self._extender.stop()
         self._serving = True
-        self._notifier.notify("READY=1", status_field(f"serving {self._name}"), f"MAINPID={os.getpid()}")
+        self._status = status or f"serving {self._name}"
+        self._notifier.notify("READY=1", status_field(self._status), f"MAINPID={os.getpid()}")
 
     def reloading(self, action: Callable[[], bool], what: str) -> Callable[[], bool]:
         """``action`` (a reload: reopening the log) wrapped in RELOADING=1 ... READY=1 once the tree is serving.
@@ -62,11 +73,11 @@ class SystemdSession:
             if not self._serving:
                 return action()
             self._notifier.notify(*reloading_fields(f"{what} ({self._name})"))
-            status = f"serving {self._name}"
+            status = self._status
             try:
                 return action()
             except Exception as exc:
-                status = f"serving {self._name}; {what} failed: {exc}"
+                status = f"{self._status}; {what} failed: {exc}"
                 raise
             finally:
                 self._notifier.notify("READY=1", status_field(status))

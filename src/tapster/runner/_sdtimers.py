@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from tapster.runner._sdnotify import SystemdNotifier, status_field
 
-__all__ = ["EXTEND_BY", "EXTEND_EVERY", "LoopPinger", "start_extender", "watchdog_pinger"]
+__all__ = ["EXTEND_BY", "EXTEND_EVERY", "LoopPinger", "always_healthy", "start_extender", "watchdog_pinger"]
 
 # A slow start asks for EXTEND_BY more seconds every EXTEND_EVERY seconds while its loop turns: a loop blocked for
 # longer than EXTEND_BY past TimeoutStartSec= ends the start.
@@ -20,7 +20,8 @@ EXTEND_EVERY = 1.0
 EXTEND_BY = 5.0
 
 
-def _always() -> bool:
+def always_healthy() -> bool:
+    """The default health check: none beyond the loop turning."""
     return True
 
 
@@ -68,7 +69,9 @@ class LoopPinger:
             self._notifier.notify(*fields)
 
 
-def watchdog_pinger(notifier: SystemdNotifier, healthy: Callable[[], bool] = _always) -> LoopPinger | None:
+def watchdog_pinger(
+    notifier: SystemdNotifier, healthy: Callable[[], bool] = always_healthy
+) -> LoopPinger | None:
     """WATCHDOG=1 at half of ``WATCHDOG_USEC`` while ``healthy()``; None when systemd set no watchdog for us.
 
     A master process passes its own ``healthy`` (for instance: every worker's heartbeat is recent).
