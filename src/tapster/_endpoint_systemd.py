@@ -51,9 +51,8 @@ def claim_systemd_sockets() -> None:
 def _kept_backlog(sock: socket.socket, description: str) -> int:
     """The queue length the socket was created with (``Backlog=``), for the ``listen()`` asyncio repeats."""
     backlog = listen_backlog(sock)
-    if (
-        backlog is None
-    ):  # a unix socket on a kernel without unix_diag: systemd's default Backlog= is SOMAXCONN
+    if backlog is None:
+        # a unix socket on a kernel without unix_diag; SOMAXCONN is systemd's default Backlog= anyway
         logger.info(
             "%s: cannot read the socket's listen backlog; it becomes %d.", description, socket.SOMAXCONN
         )

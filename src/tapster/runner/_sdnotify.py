@@ -12,7 +12,7 @@ import os
 import socket
 import time
 
-__all__ = ["SystemdNotifier", "monotonic_usec", "reloading_fields", "status_field"]
+__all__ = ["SystemdNotifier", "monotonic_usec", "reloading_fields", "status_field", "watchdog_usec_for"]
 
 
 class SystemdNotifier:
