@@ -97,6 +97,20 @@ def test_sighup_is_a_reload_for_notify_reload(tapster, receiver: NotifyReceiver,
     assert "Log file reopened (SIGHUP)." in log.read_text()
 
 
+def test_failed_start_says_why(tapster, receiver: NotifyReceiver) -> None:
+    """A start that fails leaves its one-line reason as the last STATUS= (what `systemctl status` shows)."""
+    description = "systemd:domain=INET:index=0"
+    proc = start_probe(tapster, receiver, env={"PROBE_ENDPOINTS": description})
+    assert proc.finish()[0] == 1
+    failed = receiver.wait_field(
+        "STATUS",
+        f"failed to start: cannot listen on {description}: no socket passed by "
+        "systemd at index 0 (LISTEN_FDS is not set)",
+    )
+    assert failed.seq == len(receiver.messages) - 1
+    assert receiver.with_field("READY") == []
+
+
 def extend_seconds(message: Message) -> int:
     """The seconds a slow start had taken when it sent this EXTEND_TIMEOUT_USEC= (its status says)."""
     assert message.fields["EXTEND_TIMEOUT_USEC"] == "5000000"

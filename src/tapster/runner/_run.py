@@ -152,6 +152,7 @@ def _serve(
             reason = str(exc) if isinstance(exc, TapsterError) else f"{type(exc).__name__}: {exc}"
             detailed = config.traceback or not config.nodaemon  # the terminal gets one line, a log file all
             logger.error("Failed to start: %s", reason, exc_info=exc if detailed else None)
+            systemd.failed(reason)
             if config.debug and not isinstance(exc, KeyboardInterrupt):
                 post_mortem((exc.__cause__ or exc).__traceback__)
             if pipe is not None:

@@ -84,6 +84,11 @@ class SystemdSession:
 
         return reload
 
+    def failed(self, reason: str) -> None:
+        """The start failed (the process exits next): ``systemctl status`` shows why."""
+        self._extender.stop()
+        self._notifier.notify(status_field(f"failed to start: {reason}"))
+
     def stopping(self) -> None:
         """A stop signal came: the tree is stopping."""
         self._extender.stop()
