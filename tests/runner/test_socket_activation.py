@@ -160,14 +160,16 @@ def test_tcp_and_unix_by_name_with_fdname(tapster, sock_dir: Path, reactor: str)
         assert proc.finish()[0] == 0
 
 
-def test_unnamed_sockets_still_work_by_index(tapster, sock_dir: Path) -> None:
-    """Without --fdname, index=1 is the second socket (here a unix one)."""
+@pytest.mark.parametrize("fdnames", [None, "admin:web"])
+def test_index_picks_by_position_with_or_without_names(tapster, sock_dir: Path, fdnames: str | None) -> None:
+    """index=1 is the second socket (here a unix one), whether the sockets were named or not."""
     path = sock_dir / "second.sock"
     with tcp_socket() as first, unix_socket(path) as second:
         proc = activate(
             tapster,
             [first, second],
             ["-n", "-y", str(PROBE), "--pidfile="],
+            fdnames=fdnames,
             env={"PROBE_ENDPOINTS": "systemd:domain=UNIX:index=1"},
         )
         with socket.socket(socket.AF_UNIX) as conn:
