@@ -1,0 +1,106 @@
+"""`tapster web` on the command line: bad options are one line and exit 2, a taken port is one line and exit 1,
+a missing aiohttp names the extra, the help lists every option, and WebServer works from a tac file."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+from web_support import request
+
+from conftest import TapsterProcess, run_tapster
+
+
+def one_line(result: object, status: int) -> str:
+    stderr: str = result.stderr  # type: ignore[attr-defined]
+    assert result.returncode == status, stderr  # type: ignore[attr-defined]
+    lines = [line for line in stderr.splitlines() if not line.startswith("Usage: ")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], "give exactly one of --path DIR, --wsgi MODULE:APP, --asgi MODULE:APP (got none)"),
+        (["--path", ".", "--wsgi", "app:x"], "(got --path and --wsgi)"),
+        (["--path", "no-such-dir"], "--path 'no-such-dir': not a directory"),
+        (["--wsgi", "no_such_module_xyz:app"], "--wsgi 'no_such_module_xyz:app': "),
+        (["--wsgi", "nocolon"], "--wsgi 'nocolon': expected MODULE:APP"),
+        (["--asgi", "os:sep"], "--asgi 'os:sep' is a str, not an application"),
+        (["--path", ".", "--threads", "0"], "--threads"),
+        (["--path", ".", "--add-header", "Bad Name: x"], "--add-header 'Bad Name: x': expected NAME:VALUE"),
+        (["--path", ".", "--listen", "udp:0"], "HTTP needs a stream endpoint"),
+        (["--path", ".", "--listen", "tcpp:80"], "--listen: "),
+        (["--path", ".", "--bogus"], "--bogus"),
+    ],
+)
+def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, args: list[str], expected: str) -> None:
+    """Every bad option value: one line naming it, exit 2, no traceback."""
+    line = one_line(run_tapster(["-n", "-o", "--pidfile=", "web", *args], cwd=tmp_path), 2)
+    assert expected in line
+
+
+def test_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """Listening on a port another socket holds: exit 1, one line naming the endpoint."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_tapster(
+            ["-n", "-o", "--pidfile=", "web", "--path", ".", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            cwd=tmp_path,
+        )
+    line = one_line(result, 1)
+    assert f"tcp:{port}:interface=127.0.0.1" in line and "in use" in line
+
+
+def test_help_lists_every_option_with_defaults(tmp_path: Path) -> None:
+    """`tapster web --help` shows each option; `tapster --help` lists the plugin."""
+    result = run_tapster(["web", "--help"], cwd=tmp_path)
+    assert result.returncode == 0
+    for option in ("--listen", "--path", "--wsgi", "--asgi", "--threads", "--add-header", "--access-log"):
+        assert option in result.stdout, option
+    assert "tcp:8080" in result.stdout and "10" in result.stdout
+    listing = run_tapster(["--help"], cwd=tmp_path)
+    assert " web " in listing.stdout
+
+
+def test_missing_aiohttp_names_the_web_extra(tmp_path: Path) -> None:
+    """Without aiohttp, `tapster web --path .` fails to start with one line naming `tapster[web]`; the
+    plugin still lists (its module imports no aiohttp)."""
+    from test_missing_extras import hidden
+
+    env = hidden(tmp_path, "aiohttp")
+    line = one_line(
+        run_tapster(
+            ["-n", "-o", "--pidfile=", "web", "--path", ".", "--listen", "tcp:0"], cwd=tmp_path, env=env
+        ),
+        1,
+    )
+    assert "needs aiohttp" in line and line.endswith("(pip install 'tapster[web]')")
+    assert run_tapster(["web", "--help"], cwd=tmp_path, env=env).returncode == 0
+
+
+TAC = """\
+from tapster import Application
+from tapster.services import WebServer
+
+application = Application("site")
+WebServer(["tcp:0:interface=127.0.0.1"], path="site", headers=[("X-Served-By", "tac")]).set_parent(application)
+"""
+
+
+def test_web_server_in_a_tac_file(tapster: type[TapsterProcess], tmp_path: Path) -> None:
+    """WebServer built in a tac file serves its directory and stops cleanly."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "hello.txt").write_text("hi from tac\n")
+    (tmp_path / "web.tac").write_text(TAC)
+    process = tapster(["-n", "-o", "--pidfile=", "-y", "web.tac"])
+    port = process.port("WebServer")
+    response, body = request(port, "/hello.txt")
+    assert body == b"hi from tac\n" and response.headers["X-Served-By"] == "tac"
+    process.signal(signal.SIGTERM)
+    assert process.finish()[0] == 0
