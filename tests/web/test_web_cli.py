@@ -4,21 +4,13 @@ a missing aiohttp names the extra, the help lists every option, and WebServer wo
 from __future__ import annotations
 
 import signal
-import socket
 from pathlib import Path
 
 import pytest
 from web_support import request
 
 from conftest import TapsterProcess, run_tapster
-
-
-def one_line(result: object, status: int) -> str:
-    stderr: str = result.stderr  # type: ignore[attr-defined]
-    assert result.returncode == status, stderr  # type: ignore[attr-defined]
-    lines = [line for line in stderr.splitlines() if not line.startswith("Usage: ")]
-    assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    return lines[0]
+from support import one_line, taken_port
 
 
 @pytest.mark.parametrize(
@@ -45,10 +37,7 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, args: list[str], ex
 
 def test_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
     """Listening on a port another socket holds: exit 1, one line naming the endpoint."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         result = run_tapster(
             ["-n", "-o", "--pidfile=", "web", "--path", ".", "--listen", f"tcp:{port}:interface=127.0.0.1"],
             cwd=tmp_path,

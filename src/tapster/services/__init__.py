@@ -3,6 +3,7 @@ and the drain's helpers. None of them imports an extra (aiohttp) before it start
 
 from tapster.services._clients import ClientService, StreamClient
 from tapster.services._drain import LINGER, lingering_close, server_stopping, unless_stopping
+from tapster.services._portforward import PortForward
 from tapster.services._stream_server import StreamServer
 from tapster.services._timer import TimerService
 from tapster.services._udp import UDPServer
@@ -11,6 +12,7 @@ from tapster.services._web import WebServer
 __all__ = [
     "LINGER",
     "ClientService",
+    "PortForward",
     "StreamClient",
     "StreamServer",
     "TimerService",
