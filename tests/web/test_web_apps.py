@@ -117,6 +117,8 @@ def test_wsgi_body_headers_and_errors(tapster: type[TapsterProcess], apps: Path)
     assert response.headers.get_all("Set-Cookie") == ["a=1", "b=2"]
     response, body = request(port, "/nope")
     assert response.status == 404 and body == b"nothing here"
+    head = raw(port, b"HEAD /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404") and head.partition(b"\r\n\r\n")[2] == b""  # headers only
 
 
 def test_wsgi_thread_pool_is_sized_by_threads(tapster: type[TapsterProcess], apps: Path) -> None:
@@ -150,6 +152,8 @@ def test_asgi_lifespan_state_repeated_headers_bodies(tapster: type[TapsterProces
     assert response.status == 201 and body == b"300000"
     response, body = request(port, "/stream")
     assert body == b"part0;part1;part2;"
+    response, body = request(port, "/state", method="HEAD")
+    assert response.status == 200 and body == b"" and response.headers["Content-Length"] == "18"
     assert request(port, "/a%2Fb?q=%20x")[1] == b"/a%2Fb?q=%20x"
     response, body = request(port, "/boom")
     assert response.status == 500
@@ -233,3 +237,37 @@ def test_unix_socket_listener(tapster: type[TapsterProcess], apps: Path, tmp_pat
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 200")
     assert answer.endswith(b"\r\n\r\n4\r\nPOST\r\n1\r\n \r\n2\r\nhi\r\n0\r\n\r\n")  # chunked: no length given
+
+
+def test_a_request_past_the_shutdown_timeout_is_cut_and_counted(
+    tapster: type[TapsterProcess], apps: Path
+) -> None:
+    """A request still running at --shutdown-timeout is closed, the log counts it, and nothing is left
+    pending (no "Task was destroyed" from asyncio)."""
+    process = tapster(
+        [
+            "-n",
+            "-o",
+            "--pidfile=",
+            "--shutdown-timeout",
+            "0.5",
+            "web",
+            "--asgi",
+            "asgiapp:app",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+        ]  # fmt: skip
+    )
+    port = process.port("WebServer")
+    answers: list[bytes] = []
+    slow = threading.Thread(
+        target=lambda: answers.append(raw(port, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")), daemon=True
+    )
+    slow.start()
+    process.wait_for("slow request started")
+    process.signal(signal.SIGTERM)
+    process.wait_for(r"closed 1 connection\(s\) still busy at the shutdown deadline")
+    _, _, err = process.finish()
+    slow.join(10)
+    assert answers == [b""]
+    assert "Task was destroyed" not in err and "Traceback" not in err

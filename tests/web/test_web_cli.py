@@ -93,3 +93,91 @@ def test_web_server_in_a_tac_file(tapster: type[TapsterProcess], tmp_path: Path)
     assert body == b"hi from tac\n" and response.headers["X-Served-By"] == "tac"
     process.signal(signal.SIGTERM)
     assert process.finish()[0] == 0
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A key and a self-signed certificate for 127.0.0.1 (cryptography comes with the ssh extra)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / "key.pem", directory / "cert.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    key_path.chmod(0o600)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+def test_https_through_an_ssl_endpoint(tapster: type[TapsterProcess], tmp_path: Path) -> None:
+    """--listen ssl:...: the same server speaks HTTPS, and a second --listen serves plain HTTP beside it."""
+    import http.client
+    import ssl
+
+    key, cert = _self_signed(tmp_path)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "a.txt").write_text("secure\n")
+    process = tapster(
+        [
+            "-n",
+            "-o",
+            "--pidfile=",
+            "web",
+            "--path",
+            "site",
+            "--listen",
+            f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+        ]  # fmt: skip
+    )
+    ssl_port = process.port("WebServer")  # the listeners start in the order given
+    tcp_port = int(process.wait_for(rf"WebServer starting on (?!{ssl_port}$)(\d+)$").group(1))
+    context = ssl.create_default_context(cafile=str(cert))
+    secure = http.client.HTTPSConnection("127.0.0.1", ssl_port, context=context, timeout=10)
+    secure.request("GET", "/a.txt")
+    assert secure.getresponse().read() == b"secure\n"
+    secure.close()
+    assert request(tcp_port, "/a.txt")[1] == b"secure\n"
+
+
+def test_the_core_never_imports_aiohttp(tmp_path: Path) -> None:
+    """Listing plugins, `tapster web --help` and importing tapster.services load no aiohttp."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['tapster', 'web', '--help']\n"
+        "import tapster.services\n"
+        "try:\n    runpy.run_module('tapster', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "assert 'aiohttp' not in sys.modules and 'a2wsgi' not in sys.modules, 'aiohttp imported'\n"
+        "print('clean')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and result.stdout.rstrip().endswith("clean"), result.stderr

@@ -192,8 +192,17 @@ class WebServer(MultiService):
             await http.shutdown(self.drain_timeout)
         except asyncio.CancelledError:
             left = http.connections
+            # aiohttp keeps each connection's task private; cancelled and awaited here, a request cut off at
+            # the deadline ends in its own code (finally blocks run) rather than as a destroyed pending task.
+            tasks = [
+                task for conn in left if (task := getattr(conn, "_task_handler", None)) and not task.done()
+            ]
             for connection in left:
                 connection.force_close()
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=1.0)
             if left:
                 logger.warning(
                     "%s: closed %d connection(s) still busy at the shutdown deadline", self.name, len(left)

@@ -16,6 +16,7 @@ What the bridge promises:
 - a response is sent when its first body message comes (with a ``Content-Length`` computed when that message
   is also the last), repeated headers are all sent; once the client has gone, ``send()`` drops what it is
   given instead of raising, so an app (and a WSGI thread behind a2wsgi) runs to its end instead of hanging;
+- the body an app sends in answer to ``HEAD`` is dropped (the headers, ``Content-Length`` included, stay);
 - an app that fails before starting its response gives ``500``; one that fails after is logged and its
   connection closed.
 """
@@ -114,7 +115,7 @@ class _Exchange:
                 response.content_length = len(body)
             self.decorate(response)
             await response.prepare(self.request)
-        if body:
+        if body and self.request.method != "HEAD":  # a HEAD answer has the headers of a GET and no body
             await response.write(body)
         if not more:
             await response.write_eof()
