@@ -18,6 +18,7 @@ from conftest import TapsterProcess, read_all, run_tapster
 from support import one_line, taken_port
 
 TOTAL = 200 * 1024 * 1024
+LOOPS = [pytest.param([], id="asyncio"), pytest.param(["--reactor", "uvloop"], id="uvloop")]
 CHUNK = 64 * 1024
 
 
@@ -89,13 +90,14 @@ def drain_and_check(receiver: socket.socket, thread: threading.Thread) -> None:
     assert size == TOTAL and got.digest() == expected.digest()
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 def test_back_pressure_both_ways_keeps_the_forwarder_small(
-    tapster: type[TapsterProcess], dest: socket.socket
+    tapster: type[TapsterProcess], dest: socket.socket, loop: list[str]
 ) -> None:
     """A destination that does not read: the client's 200 MB stall after a few MB (kernel buffers) and the
     forwarder's RSS grows by less than 16 MB; once it reads, all 200 MB arrive intact. Then the same the other
     way: a client that does not read while the destination sends 200 MB."""
-    process = start_forward(tapster, "tcp:0:interface=127.0.0.1", tcp_dest(dest))
+    process = start_forward(tapster, "tcp:0:interface=127.0.0.1", tcp_dest(dest), *loop)
     port = process.port("PortForward")
     pid = process.proc.pid
     with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
@@ -115,7 +117,10 @@ def test_back_pressure_both_ways_keeps_the_forwarder_small(
     assert process.finish()[0] == 0
 
 
-def test_half_close_is_passed_on_tcp_to_unix(tapster: type[TapsterProcess], tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_half_close_is_passed_on_tcp_to_unix(
+    tapster: type[TapsterProcess], tmp_path: Path, loop: list[str]
+) -> None:
     """The client shuts its write side: the destination (a unix socket) reads the question then EOF, and its
     answer still reaches the client, followed by EOF."""
     path = tmp_path / "dest.sock"
@@ -123,7 +128,7 @@ def test_half_close_is_passed_on_tcp_to_unix(tapster: type[TapsterProcess], tmp_
         listener.bind(str(path))
         listener.listen()
         listener.settimeout(15)
-        process = start_forward(tapster, "tcp:0:interface=127.0.0.1", f"unix:path={path}")
+        process = start_forward(tapster, "tcp:0:interface=127.0.0.1", f"unix:path={path}", *loop)
         with socket.create_connection(("127.0.0.1", process.port("PortForward")), timeout=15) as client:
             server, _ = listener.accept()
             with server:
@@ -134,6 +139,24 @@ def test_half_close_is_passed_on_tcp_to_unix(tapster: type[TapsterProcess], tmp_
                 server.sendall(b"answer")
                 server.shutdown(socket.SHUT_WR)
                 assert read_all(client) == b"answer"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_data_and_eof_sent_before_the_destination_answers_are_kept(
+    tapster: type[TapsterProcess], dest: socket.socket, loop: list[str]
+) -> None:
+    """A client that sends and shuts its write side at once, before the forwarder has reached the destination:
+    the destination still gets every byte, then EOF (nothing read early is lost, on either loop)."""
+    process = start_forward(tapster, "tcp:0:interface=127.0.0.1", tcp_dest(dest), *loop)
+    with socket.create_connection(("127.0.0.1", process.port("PortForward")), timeout=15) as client:
+        client.sendall(b"early bytes")
+        client.shutdown(socket.SHUT_WR)
+        server, _ = dest.accept()
+        with server:
+            server.settimeout(15)
+            assert read_all(server) == b"early bytes"
+            server.sendall(b"still answered")
+        assert read_all(client) == b"still answered"
 
 
 def test_unix_listener_to_tcp_destination(

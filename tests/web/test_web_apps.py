@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from web_support import raw, request, start_web
+from web_support import LOOPS, raw, request, start_web
 
 from conftest import TapsterProcess
 
@@ -109,9 +109,10 @@ def apps(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_wsgi_body_headers_and_errors(tapster: type[TapsterProcess], apps: Path) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_wsgi_body_headers_and_errors(tapster: type[TapsterProcess], apps: Path, loop: str) -> None:
     """A WSGI app gets the request body and method; both Set-Cookie headers arrive; its 404 passes through."""
-    _, port = start_web(tapster, ["--wsgi", "wsgiapp:application"])
+    _, port = start_web(tapster, ["--wsgi", "wsgiapp:application"], loop=loop)
     response, body = request(port, "/echo", method="POST", body=b"x" * 100_000)
     assert response.status == 200 and body == b"POST " + b"x" * 100_000
     assert response.headers.get_all("Set-Cookie") == ["a=1", "b=2"]
@@ -179,12 +180,13 @@ def test_asgi_lifespan_startup_failure_fails_the_start(apps: Path) -> None:
     assert "ASGI lifespan start-up failed: database unreachable" in lines[0]
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 def test_graceful_stop_finishes_a_slow_request_and_closes_idle_keepalive(
-    tapster: type[TapsterProcess], apps: Path
+    tapster: type[TapsterProcess], apps: Path, loop: str
 ) -> None:
     """SIGTERM while a slow request runs: an idle keep-alive connection is closed at once, the slow request
     still gets its whole answer, and the process exits 0."""
-    process, port = start_web(tapster, ["--asgi", "asgiapp:app"])
+    process, port = start_web(tapster, ["--asgi", "asgiapp:app"], loop=loop)
     idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     idle.request("GET", "/state")
     first = idle.getresponse()

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from web_support import raw_get, request, start_web
+from web_support import LOOPS, raw_get, request, start_web
 
 from conftest import TapsterProcess
 
@@ -113,9 +113,10 @@ def test_a_symlink_inside_the_root_is_served(tapster: type[TapsterProcess], site
     assert response.status == 200 and len(body) == 1000
 
 
-def test_byte_ranges(tapster: type[TapsterProcess], site: Path) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_byte_ranges(tapster: type[TapsterProcess], site: Path, loop: str) -> None:
     """Range requests: a slice is 206 with Content-Range, a suffix range too, one past the end is 416."""
-    _, port = start_web(tapster, ["--path", str(site)])
+    _, port = start_web(tapster, ["--path", str(site)], loop=loop)
     text = (site / "sub" / "numbers.txt").read_bytes()
     response, body = request(port, "/sub/numbers.txt", headers={"Range": "bytes=10-19"})
     assert response.status == 206 and body == text[10:20]

@@ -12,11 +12,16 @@ from conftest import TapsterProcess
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
 
+LOOPS = ["asyncio", "uvloop"]
+
+
 def start_web(
-    tapster: type[TapsterProcess], args: Sequence[str], cwd: Path | None = None
+    tapster: type[TapsterProcess], args: Sequence[str], cwd: Path | None = None, loop: str = "asyncio"
 ) -> tuple[TapsterProcess, int]:
-    """`tapster -n -o --pidfile= web ARGS --listen LOOPBACK`, and the port it bound."""
-    process = tapster(["-n", "-o", "--pidfile=", "web", *args, "--listen", LOOPBACK], cwd=cwd)
+    """`tapster -n -o --pidfile= --reactor LOOP web ARGS --listen LOOPBACK`, and the port it bound."""
+    process = tapster(
+        ["-n", "-o", "--pidfile=", "--reactor", loop, "web", *args, "--listen", LOOPBACK], cwd=cwd
+    )
     return process, process.port("WebServer")
 
 

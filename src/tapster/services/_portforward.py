@@ -81,17 +81,36 @@ class _Half(asyncio.Protocol):
 
 
 class _Inbound(_Half):
-    """The accepted side: connects to the destination, and reads only once it is connected."""
+    """The accepted side: connects to the destination, and reads only once it is connected.
+
+    Reading is paused until then; what arrives anyway (uvloop starts reading after ``connection_made`` even when
+    it paused reading) is kept, with any end-of-file, and passed on once the destination is connected.
+    """
 
     def __init__(self, dest: ClientEndpoint) -> None:
         super().__init__()
         self.dest = dest
         self.connecting: asyncio.Task[None] | None = None
+        self.early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.transport.pause_reading()  # type: ignore[union-attr]
         self.connecting = asyncio.ensure_future(self._connect())
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is None:
+            self.early.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        super().data_received(data)
+
+    def eof_received(self) -> bool:
+        if self.peer is None:
+            self.ended = True  # passed on once connected
+            return True
+        return super().eof_received()
 
     async def _connect(self) -> None:
         try:
@@ -107,6 +126,15 @@ class _Inbound(_Half):
             outbound.transport.close()  # type: ignore[union-attr]
             return
         self.peer, outbound.peer = outbound, self
+        early, self.early = self.early, []
+        for data in early:
+            super().data_received(data)
+        if self.ended:
+            self.ended = False
+            if not super().eof_received():
+                assert self.transport is not None
+                self.transport.close()
+            return
         assert self.transport is not None
         self.transport.resume_reading()
 

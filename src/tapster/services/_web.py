@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -89,7 +90,8 @@ class WebServer(MultiService):
         self.asgi = asgi
         self.threads = threads
         self.headers = tuple(headers)
-        self.access_log = access_log
+        # a file is named now, so a later chdir (the runner's --rundir, a chroot) does not move it
+        self.access_log = access_log if access_log in (None, "-") else os.path.abspath(str(access_log))
         self.listings = listings
         self.drain_timeout = drain_timeout
         self.keepalive_timeout = keepalive_timeout
