@@ -258,7 +258,7 @@ def test_a_request_past_the_shutdown_timeout_is_cut_and_counted(
             "asgiapp:app",
             "--listen",
             "tcp:0:interface=127.0.0.1",
-        ]  # fmt: skip
+        ]
     )
     port = process.port("WebServer")
     answers: list[bytes] = []

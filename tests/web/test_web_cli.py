@@ -152,7 +152,7 @@ def test_https_through_an_ssl_endpoint(tapster: type[TapsterProcess], tmp_path: 
             f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1",
             "--listen",
             "tcp:0:interface=127.0.0.1",
-        ]  # fmt: skip
+        ]
     )
     ssl_port = process.port("WebServer")  # the listeners start in the order given
     tcp_port = int(process.wait_for(rf"WebServer starting on (?!{ssl_port}$)(\d+)$").group(1))
