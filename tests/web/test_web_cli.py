@@ -4,6 +4,7 @@ a missing aiohttp names the extra, the help lists every option, and WebServer wo
 from __future__ import annotations
 
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,54 @@ def test_the_core_never_imports_aiohttp(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and result.stdout.rstrip().endswith("clean"), result.stderr
+
+
+ACTIVATE = r"""
+import os, sys
+fd = int(sys.argv[1])
+os.dup2(fd, 3)
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.environ["LISTEN_FDS"] = "1"
+os.execv(sys.executable, [sys.executable, "-m", "tapster", *sys.argv[2:]])
+"""
+
+
+def test_socket_activated_listener(tmp_path: Path) -> None:
+    """--listen systemd:domain=INET:index=0 serves on the socket passed as systemd passes it (fd 3)."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "a.txt").write_text("activated\n")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        high = fcntl.fcntl(listener.fileno(), fcntl.F_DUPFD_CLOEXEC, 20)
+        env = {name: value for name, value in os.environ.items() if not name.startswith("LISTEN_")}
+        args = ["-n", "-o", "--pidfile=", "web", "--path", "site", "--listen", "systemd:domain=INET:index=0"]
+        child = subprocess.Popen(
+            [sys.executable, "-c", ACTIVATE, str(high), *args],
+            pass_fds=[high],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        os.close(high)
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if "WebServer starting on" in line:
+                break
+        else:
+            pytest.fail("the activated server never started")
+        assert request(port, "/a.txt")[1] == b"activated\n"
+    finally:
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=15) == 0
+        if child.stdout is not None:
+            child.stdout.close()
