@@ -57,7 +57,7 @@ class PortForwardPlugin:
     """Makes the port forwarder a ``tapster`` subcommand."""
 
     tapname = "portforward"
-    description = "Forward connections from one endpoint to another (unix to tcp, tcp to tls, ...)."
+    description = "Forward connections from one endpoint to another (unix to tcp, ...)."
     options = PortForwardOptions
 
     def make_service(self, options: Any) -> Service:

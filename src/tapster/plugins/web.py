@@ -130,7 +130,7 @@ class WebPlugin:
     """Makes the web server a ``tapster`` subcommand."""
 
     tapname = "web"
-    description = "An HTTP server for static files, a WSGI app or an ASGI app (twistd web, on aiohttp)."
+    description = "An HTTP server for static files, a WSGI app or an ASGI app (on aiohttp)."
     options = WebOptions
 
     def make_service(self, options: Any) -> Service:
