@@ -26,13 +26,23 @@ TAPSTER = [sys.executable, "-m", "tapster"]
 class TapsterProcess:
     """A running ``tapster`` command whose stdout lines are collected as they come."""
 
-    def __init__(self, args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None) -> None:
-        self.args = [*TAPSTER, *args]
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        cwd: Path,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
+        pass_fds: Sequence[int] = (),
+    ) -> None:
+        """``prefix`` runs before the tapster command (a wrapper that execs it); ``pass_fds`` are inherited."""
+        self.args = [*prefix, *TAPSTER, *args]
         full_env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(
             self.args,
             cwd=cwd,
             env=full_env,
+            pass_fds=pass_fds,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -113,9 +123,15 @@ def tapster(tmp_path: Path) -> Iterator[type[TapsterProcess]]:
 
     class Started(TapsterProcess):
         def __init__(
-            self, args: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None
+            self,
+            args: Sequence[str],
+            *,
+            cwd: Path | None = None,
+            env: dict[str, str] | None = None,
+            prefix: Sequence[str] = (),
+            pass_fds: Sequence[int] = (),
         ) -> None:
-            super().__init__(args, cwd=cwd or tmp_path, env=env)
+            super().__init__(args, cwd=cwd or tmp_path, env=env, prefix=prefix, pass_fds=pass_fds)
             started.append(self)
 
     yield Started

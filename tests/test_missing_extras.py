@@ -97,23 +97,23 @@ def test_plugin_module_needing_an_extra_is_listed_and_refused_with_the_extra(tmp
     exits 1 with the same hint. A module no extra installs gets no hint."""
     folder = tmp_path / "tapster" / "plugins"
     folder.mkdir(parents=True)
-    (folder / "web_plugin.py").write_text("import aiohttp\n")
+    (folder / "shop_plugin.py").write_text("import aiohttp\n")
     (folder / "other_plugin.py").write_text("import no_such_module_anywhere\n")
     env = hidden(tmp_path, "aiohttp")
     listing = run_tapster(["--help"], cwd=tmp_path, env=env)
     assert listing.returncode == 0, listing.stderr
     text = " ".join(listing.stdout.split())  # the listing wraps long descriptions
     assert (
-        "web_plugin (failed to load: ModuleNotFoundError: No module named 'aiohttp' (pip install 'tapster[web]'))"
+        "shop_plugin (failed to load: ModuleNotFoundError: No module named 'aiohttp' (pip install 'tapster[web]'))"
         in text
     )
     assert (
         "other_plugin (failed to load: ModuleNotFoundError: No module named 'no_such_module_anywhere') "
         in text
     )
-    line = one_line(run_tapster(["-n", "web"], cwd=tmp_path, env=env), 1)
+    line = one_line(run_tapster(["-n", "shop"], cwd=tmp_path, env=env), 1)
     assert line.startswith(
-        "tapster: plugin web_plugin failed to load: ModuleNotFoundError: No module named 'aiohttp'"
+        "tapster: plugin shop_plugin failed to load: ModuleNotFoundError: No module named 'aiohttp'"
     )
     assert "(pip install 'tapster[web]')" in line
 

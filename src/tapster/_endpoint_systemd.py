@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -13,9 +14,12 @@ from typing import Final
 from tapster import _endpoint_parse as _p
 from tapster._endpoint_errors import listen_error, reason
 from tapster._endpoint_server import ProtocolFactory, ServerEndpoint, ServerKind
+from tapster._listen_backlog import listen_backlog
 from tapster.errors import ListenError
 
 __all__ = ["SystemdServerEndpoint", "claim_systemd_sockets"]
+
+logger = logging.getLogger("tapster")
 
 _passed: _p.PassedSockets | None = None
 _passed_lock = threading.Lock()
@@ -25,7 +29,8 @@ def claim_systemd_sockets() -> None:
     """Take the sockets systemd passed (socket activation), once per process; later calls do nothing.
 
     The sockets are ours only when ``LISTEN_PID`` is this process's pid, which stops being true after a fork:
-    so the runner calls this before daemonizing, and a systemd endpoint calls it when parsed or listened on.
+    so the ``tapster`` command calls this before it loads the application (and so before daemonizing), and a
+    systemd endpoint calls it when parsed or listened on.
     ``LISTEN_PID``, ``LISTEN_FDS`` and ``LISTEN_FDNAMES`` are removed from the environment (as systemd's
     ``sd_listen_fds(1)`` does) so that child processes do not take them for their own, and the passed fds are
     made close-on-exec.
@@ -41,6 +46,18 @@ def claim_systemd_sockets() -> None:
         for fd in _passed.fds:
             with contextlib.suppress(OSError):
                 os.set_inheritable(fd, False)
+
+
+def _kept_backlog(sock: socket.socket, description: str) -> int:
+    """The queue length the socket was created with (``Backlog=``), for the ``listen()`` asyncio repeats."""
+    backlog = listen_backlog(sock)
+    if backlog is None:
+        # a unix socket on a kernel without unix_diag; SOMAXCONN is systemd's default Backlog= anyway
+        logger.info(
+            "%s: cannot read the socket's listen backlog; it becomes %d.", description, socket.SOMAXCONN
+        )
+        return socket.SOMAXCONN
+    return backlog
 
 
 _DOMAINS = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
@@ -110,13 +127,13 @@ class SystemdServerEndpoint(ServerEndpoint):
                     f"not a stream socket of domain {self.domain}",
                 )
             loop = asyncio.get_running_loop()
-            # systemd already set the queue length; asyncio calls listen() again, so ask for the maximum.
+            backlog = _kept_backlog(sock, self.description)
             if sock.family == socket.AF_UNIX:
                 return await loop.create_unix_server(
-                    protocol_factory, sock=sock, backlog=socket.SOMAXCONN, start_serving=start_serving
+                    protocol_factory, sock=sock, backlog=backlog, start_serving=start_serving
                 )
             return await loop.create_server(
-                protocol_factory, sock=sock, backlog=socket.SOMAXCONN, start_serving=start_serving
+                protocol_factory, sock=sock, backlog=backlog, start_serving=start_serving
             )
         except BaseException as exc:
             sock.close()

@@ -24,6 +24,7 @@ EXTRAS: dict[str, str] = {
     "argon2": "ssh",
     "passlib": "ssh",
     "aiohttp": "web",
+    "a2wsgi": "web",
     "uvloop": "uvloop",
     "setproctitle": "all",
 }

@@ -57,6 +57,9 @@ def _dispatch(argv: list[str], parsed: dict[str, bool]) -> int:
     finally:  # a plugin that fails to load while parsing: --traceback before its name counts
         parsed["traceback"] = bool(options["traceback"])
     config = options.run_config()
+    from tapster.endpoints import claim_systemd_sockets
+
+    claim_systemd_sockets()  # before the app's code runs or the process forks: LISTEN_PID is this pid
     return runner.run(config, runner.load_root(options))
 
 

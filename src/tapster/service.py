@@ -139,7 +139,7 @@ class MultiService(Service):
     many listeners stops as fast as the slowest one, not the sum of all.
     """
 
-    transient = ("_pending_stops",)
+    transient: ClassVar[tuple[str, ...]] = ("_pending_stops",)
 
     def __init__(self) -> None:
         self._children: list[Service] = []

@@ -6,13 +6,15 @@ machine, so a test that sleeps "long enough" is either slow or flaky.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +30,9 @@ __all__ = [
     "emit",
     "make_handler",
     "make_state",
+    "one_line",
     "run_in_child",
+    "taken_port",
     "wait_for_text",
     "wait_gone",
     "wait_until",
@@ -133,3 +137,20 @@ def make_handler(opened: list[RotatingFileHandler], path: Path, **kwargs: object
 
 def emit(handler: logging.Handler, message: str) -> None:
     handler.handle(logging.makeLogRecord({"msg": message, "levelno": logging.INFO, "levelname": "INFO"}))
+
+
+@contextlib.contextmanager
+def taken_port() -> Iterator[int]:
+    """A loopback TCP port that another socket listens on while the block runs (for "port in use" tests)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def one_line(result: subprocess.CompletedProcess[str], status: int) -> str:
+    """The single stderr line of a command that failed with ``status`` (the usage line aside, no traceback)."""
+    assert result.returncode == status, result.stderr
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("Usage: ")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]

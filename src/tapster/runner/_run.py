@@ -35,6 +35,7 @@ from tapster.runner._proctitle import set_process_title
 from tapster.runner._profile import run_profiled
 from tapster.runner._reactors import check_reactor
 from tapster.runner._sdnotify import SystemdNotifier
+from tapster.runner._sdsession import SystemdSession
 from tapster.runner._serve import Hooks, Outcome, run_loop
 from tapster.service import Application, Service
 
@@ -104,6 +105,7 @@ def _serve(
     notifier: SystemdNotifier,
 ) -> int:
     ready = False
+    systemd = SystemdSession(notifier, root.name or "tapster")
 
     def forced_cleanup() -> None:  # the guard's thread, on a forced exit; the main thread is stuck or busy
         _release(pidfile)
@@ -116,7 +118,7 @@ def _serve(
         ready = True
         if pipe is not None:
             pipe.ready()
-        notifier.notify("READY=1", f"STATUS=serving {root.name or 'tapster'}", f"MAINPID={os.getpid()}")
+        systemd.ready()
 
     try:
         guard.install()  # from here a SIGTERM is a stop request, never the default "die with the pid file"
@@ -129,11 +131,12 @@ def _serve(
             preload(config)  # the jail, or the user we switch to, may not reach the standard library
         _process_setup(config)
         loop_hooks = Hooks(
+            starting=systemd.starting,
             ready=on_ready,
             rotate=destination.rotate,
-            reopen=destination.reopen,
+            reopen=systemd.reloading(destination.reopen, "reopening the log"),
             drop_privileges=functools.partial(_switch_user, identity, config.euid),
-            stopping=functools.partial(notifier.notify, "STOPPING=1", "STATUS=shutting down"),
+            stopping=systemd.stopping,
             answer=pidfile.answer,
             guard=guard,
             extra_signals={signal.SIGUSR2: break_now} if config.debug else {},
@@ -149,6 +152,7 @@ def _serve(
             reason = str(exc) if isinstance(exc, TapsterError) else f"{type(exc).__name__}: {exc}"
             detailed = config.traceback or not config.nodaemon  # the terminal gets one line, a log file all
             logger.error("Failed to start: %s", reason, exc_info=exc if detailed else None)
+            systemd.failed(reason)
             if config.debug and not isinstance(exc, KeyboardInterrupt):
                 post_mortem((exc.__cause__ or exc).__traceback__)
             if pipe is not None:

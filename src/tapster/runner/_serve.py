@@ -69,6 +69,7 @@ class Hooks:
     def __init__(
         self,
         *,
+        starting: Callable[[], None] = _nothing,
         ready: Callable[[], None] = _nothing,
         rotate: Callable[[], bool] = _false,
         reopen: Callable[[], bool] = _false,
@@ -78,6 +79,7 @@ class Hooks:
         guard: ShutdownGuard | None = None,
         extra_signals: dict[int, Callable[[], None]] | None = None,
     ) -> None:
+        self.starting = starting  # the loop runs, the tree is about to start (systemd: status, watchdog)
         self.ready = ready  # the tree has started: tell the launcher / systemd
         self.rotate = rotate  # SIGUSR1; True if a log file was rotated
         self.reopen = reopen  # SIGHUP; True if a log file was reopened
@@ -140,6 +142,7 @@ class _Server:
         for extra, callback in self.hooks.extra_signals.items():
             signals.install(extra, _ignore_signum(callback))
         try:
+            self.hooks.starting()
             if not await self._start():
                 return Outcome.CLEAN
             self.phase = _Phase.RUNNING

@@ -1,0 +1,176 @@
+"""PortForward: every connection accepted on one endpoint is joined to a new connection to another.
+
+Both ends are tapster endpoints (tcp, tcp6, ssl/tls, unix, systemd to listen; tcp, tls, unix to connect), so a
+unix socket can be forwarded to a TCP port and the other way round. Three promises:
+
+- **back-pressure both ways**: when one side's transport holds more than its high-water mark of unsent bytes,
+  the other side stops being read until it drains (asyncio's ``pause_writing``/``resume_writing`` drive
+  ``pause_reading``/``resume_reading``). A peer that does not read makes the kernel's buffers fill and the
+  sender wait: the forwarder itself holds at most about one high-water mark (64 KiB) per direction.
+- **half-close passed on**: a side's end-of-file becomes ``shutdown(SHUT_WR)`` on the other, whose answer
+  still flows back; the pair closes when both directions have ended (or either side is lost). A TLS side has
+  no half-close: its end closes the pair, after what was buffered is written.
+- **drain on stop**: the listener closes; open connections run on until they end by themselves, within the
+  service's ``drain_timeout`` or the runner's ``--shutdown-timeout``; what is left then is aborted and counted
+  in the log (a forwarder cannot know where a request ends, so it never cuts a connection short on its own).
+
+The client side is not read until the destination is connected; if the destination cannot be reached, the
+client's connection is closed and one line says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from tapster.endpoints import ClientEndpoint, parse_client
+from tapster.services._drain import LINGER
+from tapster.services._stream_server import StreamServer
+
+__all__ = ["PortForward"]
+
+logger = logging.getLogger("tapster.services")
+
+
+class _Half(asyncio.Protocol):
+    """One side of a forwarded pair: what it reads is written to ``peer``'s transport."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Half | None = None
+        self.ended = False  # this side sent its end-of-file
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        peer = self.peer
+        if peer is None or peer.transport is None or peer.lost:
+            return False
+        if peer.ended or not peer.transport.can_write_eof():
+            peer.transport.close()  # both directions are done (or the peer cannot half-close): end the pair
+            return False
+        peer.transport.write_eof()  # written after what is still buffered
+        return True  # keep our side open: the answer still comes back through it
+
+    def pause_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.lost:
+            peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.lost:
+            if exc is None:
+                peer.transport.close()  # what is buffered for the peer is still written first
+            else:
+                peer.transport.abort()
+
+
+class _Inbound(_Half):
+    """The accepted side: connects to the destination, and reads only once it is connected.
+
+    Reading is paused until then; what arrives anyway (uvloop starts reading after ``connection_made`` even when
+    it paused reading) is kept, with any end-of-file, and passed on once the destination is connected.
+    """
+
+    def __init__(self, dest: ClientEndpoint) -> None:
+        super().__init__()
+        self.dest = dest
+        self.connecting: asyncio.Task[None] | None = None
+        self.early: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.transport.pause_reading()  # type: ignore[union-attr]
+        self.connecting = asyncio.ensure_future(self._connect())
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is None:
+            self.early.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        super().data_received(data)
+
+    def eof_received(self) -> bool:
+        if self.peer is None:
+            self.ended = True  # passed on once connected
+            return True
+        return super().eof_received()
+
+    async def _connect(self) -> None:
+        try:
+            _, outbound = await self.dest.connect(_Half)
+        except (OSError, TimeoutError) as exc:
+            logger.warning("cannot connect to %s: %s; closing the client's connection", self.dest, exc)
+            if self.transport is not None and not self.lost:
+                self.transport.close()
+            return
+        finally:
+            self.connecting = None
+        if self.lost:
+            outbound.transport.close()  # type: ignore[union-attr]
+            return
+        self.peer, outbound.peer = outbound, self
+        early, self.early = self.early, []
+        for data in early:
+            super().data_received(data)
+        if self.ended:
+            self.ended = False
+            if not super().eof_received():
+                assert self.transport is not None
+                self.transport.close()
+            return
+        assert self.transport is not None
+        self.transport.resume_reading()
+
+    def stop_requested(self) -> None:
+        """The server is stopping: a forwarded connection runs on until it ends (or the drain times out)."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.connecting is not None:
+            self.connecting.cancel()
+        super().connection_lost(exc)
+
+
+class PortForward(StreamServer):
+    """Listen on ``listen`` and forward each connection to ``dest`` (see the module docstring).
+
+    Args:
+        listen: a server endpoint string (``"tcp:8000"``, ``"unix:/run/app.sock"``) or a port number.
+        dest: a client endpoint string (``"tcp:example.com:80"``, ``"unix:path=/run/db.sock"``) or endpoint.
+        name: the service name and log label.
+        drain_timeout: seconds open connections get to end at stop; None: until the runner's shutdown timeout.
+    """
+
+    def __init__(
+        self,
+        listen: str | int,
+        dest: str | ClientEndpoint,
+        *,
+        name: str = "PortForward",
+        drain_timeout: float | None = None,
+        linger: float = LINGER,
+    ) -> None:
+        self.dest = parse_client(dest) if isinstance(dest, str) else dest
+        super().__init__(listen, self._protocol, name=name, drain_timeout=drain_timeout, linger=linger)
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        return _Inbound(self.dest)
+
+    def __repr__(self) -> str:
+        return f"<PortForward {self.endpoint.description} -> {self.dest.description}>"

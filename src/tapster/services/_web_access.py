@@ -1,0 +1,113 @@
+"""The web server's access log: one line per request in the combined log format (Apache's and nginx's).
+
+``host ident user [time] "request line" status bytes "referer" "user-agent"``, the format log analysers read.
+Everything the client chose (request line, referer, user agent) is escaped as Apache does (``"`` and ``\\`` with
+a backslash, other control and non-ASCII characters as ``\\xNN``), so a client cannot forge a line or a field.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Final
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from tapster.log import RotatingFileHandler
+
+__all__ = ["ACCESS_LOGGER", "CombinedLogFormat", "ServerLog", "access_file_logger", "escape"]
+
+ACCESS_LOGGER: Final = "tapster.web.access"
+"""The logger access lines go to when they go to the main log."""
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def escape(text: str) -> str:
+    """``text`` with quotes, backslashes, control and non-ASCII characters escaped (a field a client chose)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    out: list[str] = []
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif " " <= char <= "~":
+            out.append(char)
+        else:
+            out.extend(f"\\x{byte:02x}" for byte in char.encode("utf-8", "surrogateescape"))
+    return "".join(out)
+
+
+def _timestamp(now: float) -> str:
+    """``07/Dec/2026:12:08:37 +0000``: English month names whatever the locale, local time with its offset."""
+    local = time.localtime(now)
+    offset = local.tm_gmtoff // 60
+    sign = "+" if offset >= 0 else "-"
+    hours, minutes = divmod(abs(offset), 60)
+    return (
+        f"{local.tm_mday:02d}/{_MONTHS[local.tm_mon - 1]}/{local.tm_year}:"
+        f"{local.tm_hour:02d}:{local.tm_min:02d}:{local.tm_sec:02d} {sign}{hours:02d}{minutes:02d}"
+    )
+
+
+class CombinedLogFormat(AbstractAccessLogger):
+    """aiohttp's access-log hook, writing the combined log format to the logger it is given."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        version = request.version
+        line = escape(f"{request.method} {request.raw_path} HTTP/{version.major}.{version.minor}")
+        size = response.content_length if request.method != "HEAD" and response.status != 304 else None
+        headers = request.headers
+        self.logger.info(
+            '%s - - [%s] "%s" %d %s "%s" "%s"',
+            request.remote or "-",
+            _timestamp(_now()),
+            line,
+            response.status,
+            size if size else "-",  # a chunked body's size is not known here: "-"
+            escape(headers.get("Referer", "-")),
+            escape(headers.get("User-Agent", "-")),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+
+_now = time.time
+
+
+def access_file_logger(path: str, name: str) -> tuple[logging.Logger, RotatingFileHandler]:
+    """A logger of its own writing bare access lines to ``path`` (rotated by size like the main log), and its
+    handler, which the caller closes.
+
+    Raises:
+        StartupError: the file cannot be opened or was refused (see RotatingFileHandler).
+    """
+    handler = RotatingFileHandler(path)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(f"{ACCESS_LOGGER}.{name}")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger, handler
+
+
+class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The logger aiohttp's server reports errors to: a malformed request from a client is one warning line
+    (a client's bad bytes are not the server's error, and a traceback per bad request would flood the log);
+    everything else keeps its traceback."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.getLogger(name), {})
+
+    def exception(self, msg: object, *args: object, exc_info: object = True, **kwargs: object) -> None:
+        error = exc_info if isinstance(exc_info, BaseException) else None
+        if isinstance(error, HttpProcessingError):
+            text = str(msg) % args if args else str(msg)
+            self.logger.warning("%s: bad request: %s", text, error.message or error)
+            return
+        self.logger.error(msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,252 @@
+"""`tapster portforward` in a real process with plain sockets: unix to tcp and back, back-pressure both ways
+(the forwarder's memory stays flat while a peer does not read), half-close passed on, drain on stop, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import TapsterProcess, read_all, run_tapster
+from support import one_line, taken_port
+
+TOTAL = 200 * 1024 * 1024
+LOOPS = [pytest.param([], id="asyncio"), pytest.param(["--reactor", "uvloop"], id="uvloop")]
+CHUNK = 64 * 1024
+
+
+@pytest.fixture
+def dest() -> Iterator[socket.socket]:
+    """A TCP listener the test accepts on itself (so it decides when, and whether, to read)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(15)
+        yield listener
+
+
+def start_forward(tapster: type[TapsterProcess], listen: str, dest: str, *extra: str) -> TapsterProcess:
+    process = tapster(["-n", "-o", "--pidfile=", *extra, "portforward", "--listen", listen, "--dest", dest])
+    process.wait_for("PortForward starting on")
+    return process
+
+
+def tcp_dest(listener: socket.socket) -> str:
+    return f"tcp:host=127.0.0.1:port={listener.getsockname()[1]}"
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def pattern(index: int) -> bytes:
+    return bytes([index % 251]) * CHUNK
+
+
+def push_until_stalled(
+    sender: socket.socket, receiver: socket.socket, pid: int
+) -> tuple[int, int, threading.Thread, list[int]]:
+    """Send TOTAL bytes from ``sender`` while ``receiver`` reads nothing, until no more goes through for a
+    while; return the bytes sent by then, the forwarder's RSS growth (KiB), the sending thread, its counter."""
+    sent = [0]
+
+    def send() -> None:
+        for index in range(TOTAL // CHUNK):
+            sender.sendall(pattern(index))
+            sent[0] += CHUNK
+        sender.shutdown(socket.SHUT_WR)
+
+    before = rss_kib(pid)
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    last, still_since = -1, time.monotonic()
+    while time.monotonic() - still_since < 1.0:  # stalled: nothing moved for a second
+        time.sleep(0.05)
+        if sent[0] != last:
+            last, still_since = sent[0], time.monotonic()
+    return sent[0], rss_kib(pid) - before, thread, sent
+
+
+def drain_and_check(receiver: socket.socket, thread: threading.Thread) -> None:
+    """Read everything now: all TOTAL bytes arrive, in order, then end-of-file."""
+    expected, got = hashlib.sha256(), hashlib.sha256()
+    for index in range(TOTAL // CHUNK):
+        expected.update(pattern(index))
+    size = 0
+    while chunk := receiver.recv(1 << 20):
+        got.update(chunk)
+        size += len(chunk)
+    thread.join(30)
+    assert size == TOTAL and got.digest() == expected.digest()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_back_pressure_both_ways_keeps_the_forwarder_small(
+    tapster: type[TapsterProcess], dest: socket.socket, loop: list[str]
+) -> None:
+    """A destination that does not read: the client's 200 MB stall after a few MB (kernel buffers) and the
+    forwarder's RSS grows by less than 16 MB; once it reads, all 200 MB arrive intact. Then the same the other
+    way: a client that does not read while the destination sends 200 MB."""
+    process = start_forward(tapster, "tcp:0:interface=127.0.0.1", tcp_dest(dest), *loop)
+    port = process.port("PortForward")
+    pid = process.proc.pid
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+        server, _ = dest.accept()
+        with server:
+            server.settimeout(30)
+            sent, growth, thread, _ = push_until_stalled(client, server, pid)
+            assert sent < 64 * 1024 * 1024, f"{sent} bytes went into a peer that reads nothing"
+            assert growth < 16 * 1024, f"forwarder RSS grew by {growth} KiB"
+            drain_and_check(server, thread)
+
+            sent, growth, thread, _ = push_until_stalled(server, client, pid)
+            assert sent < 64 * 1024 * 1024, f"{sent} bytes went into a peer that reads nothing"
+            assert growth < 16 * 1024, f"forwarder RSS grew by {growth} KiB"
+            drain_and_check(client, thread)
+    process.signal(signal.SIGTERM)
+    assert process.finish()[0] == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_half_close_is_passed_on_tcp_to_unix(
+    tapster: type[TapsterProcess], tmp_path: Path, loop: list[str]
+) -> None:
+    """The client shuts its write side: the destination (a unix socket) reads the question then EOF, and its
+    answer still reaches the client, followed by EOF."""
+    path = tmp_path / "dest.sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen()
+        listener.settimeout(15)
+        process = start_forward(tapster, "tcp:0:interface=127.0.0.1", f"unix:path={path}", *loop)
+        with socket.create_connection(("127.0.0.1", process.port("PortForward")), timeout=15) as client:
+            server, _ = listener.accept()
+            with server:
+                server.settimeout(15)
+                client.sendall(b"question")
+                client.shutdown(socket.SHUT_WR)
+                assert read_all(server) == b"question"  # EOF after it: the half-close arrived
+                server.sendall(b"answer")
+                server.shutdown(socket.SHUT_WR)
+                assert read_all(client) == b"answer"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_data_and_eof_sent_before_the_destination_answers_are_kept(
+    tapster: type[TapsterProcess], dest: socket.socket, loop: list[str]
+) -> None:
+    """A client that sends and shuts its write side at once, before the forwarder has reached the destination:
+    the destination still gets every byte, then EOF (nothing read early is lost, on either loop)."""
+    process = start_forward(tapster, "tcp:0:interface=127.0.0.1", tcp_dest(dest), *loop)
+    with socket.create_connection(("127.0.0.1", process.port("PortForward")), timeout=15) as client:
+        client.sendall(b"early bytes")
+        client.shutdown(socket.SHUT_WR)
+        server, _ = dest.accept()
+        with server:
+            server.settimeout(15)
+            assert read_all(server) == b"early bytes"
+            server.sendall(b"still answered")
+        assert read_all(client) == b"still answered"
+
+
+def test_unix_listener_to_tcp_destination(
+    tapster: type[TapsterProcess], dest: socket.socket, tmp_path: Path
+) -> None:
+    """--listen unix:PATH --dest tcp:...: bytes go both ways."""
+    path = tmp_path / "front.sock"
+    start_forward(tapster, f"unix:{path}", tcp_dest(dest))
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(15)
+        client.connect(str(path))
+        server, _ = dest.accept()
+        with server:
+            server.settimeout(15)
+            client.sendall(b"ping")
+            assert server.recv(4) == b"ping"
+            server.sendall(b"pong")
+            assert client.recv(4) == b"pong"
+
+
+def test_stop_lets_open_connections_finish(tapster: type[TapsterProcess], dest: socket.socket) -> None:
+    """SIGTERM with a connection open: the listener closes at once, the open connection still carries data
+    both ways until the client ends it, then the process exits 0 (well before the shutdown timeout)."""
+    process = start_forward(tapster, "tcp:0:interface=127.0.0.1", tcp_dest(dest), "--shutdown-timeout", "30")
+    port = process.port("PortForward")
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as client:
+        server, _ = dest.accept()
+        with server:
+            server.settimeout(15)
+            process.signal(signal.SIGTERM)
+            process.wait_for("draining 1 open connection")
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            client.sendall(b"late")
+            assert server.recv(4) == b"late"
+            server.sendall(b"reply")
+            assert client.recv(5) == b"reply"
+            started = time.monotonic()
+            client.shutdown(socket.SHUT_WR)
+            assert read_all(server) == b""
+    status, _, _ = process.finish()
+    assert status == 0 and time.monotonic() - started < 10
+
+
+def test_unreachable_destination_closes_the_client_with_one_line(
+    tapster: type[TapsterProcess], tmp_path: Path
+) -> None:
+    """A destination that refuses: the client's connection is closed and the log says why, once."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    process = start_forward(tapster, "tcp:0:interface=127.0.0.1", f"tcp:host=127.0.0.1:port={port}")
+    with (
+        socket.create_connection(("127.0.0.1", process.port("PortForward")), timeout=15) as client,
+        contextlib.suppress(ConnectionResetError),
+    ):
+        assert client.recv(10) == b""
+    process.wait_for(f"cannot connect to tcp:host=127.0.0.1:port={port}: .*closing the client's connection")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--listen", "tcp:0"], "give both --listen ENDPOINT and --dest ENDPOINT"),
+        (["--listen", "bogus:1", "--dest", "tcp:localhost:80"], "--listen: "),
+        (["--listen", "udp:0", "--dest", "tcp:localhost:80"], "not udp"),
+        (["--listen", "tcp:0", "--dest", "8080"], "--dest: "),
+        (["--listen", "tcp:0", "--dest", "tcp:localhost:80", "--drain-timeout", "-1"], "--drain-timeout"),
+    ],
+)
+def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, args: list[str], expected: str) -> None:
+    """Missing or malformed endpoints: one line, exit 2."""
+    result = run_tapster(["-n", "-o", "--pidfile=", "portforward", *args], cwd=tmp_path)
+    assert expected in one_line(result, 2)
+
+
+def test_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """Listening on a taken port: exit 1, one line naming the endpoint."""
+    with taken_port() as port:
+        result = run_tapster(
+            [
+                "-n",
+                "-o",
+                "--pidfile=",
+                "portforward",
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--dest",
+                "tcp:localhost:80",
+            ],
+            cwd=tmp_path,
+        )
+    assert "in use" in one_line(result, 1)

@@ -1,0 +1,196 @@
+"""`tapster web --path DIR` in a real process: index files, listings, MIME types, ranges, 304s, and no way out."""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from web_support import LOOPS, raw_get, request, start_web
+
+from conftest import TapsterProcess
+
+SECRET = "TOP-SECRET-OUTSIDE-THE-ROOT"
+TRICKY = '<b onmouseover="x">&\'.txt'
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A served directory, with a secret file and a secret directory beside it (outside the root)."""
+    root = tmp_path / "site"
+    (root / "sub").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "index.html").write_text("<h1>home</h1>\n")
+    (root / "style.css").write_text("body {}\n")
+    (root / "data.json").write_text("{}\n")
+    (root / "blob.qqqunknown").write_bytes(b"\0\1")
+    (root / "sub" / "numbers.txt").write_text("".join(str(i % 10) for i in range(1000)))
+    (root / "sub" / TRICKY).write_text("tricky\n")
+    (tmp_path / "secret.txt").write_text(SECRET)
+    (tmp_path / "secretdir").mkdir()
+    (tmp_path / "secretdir" / "inner.txt").write_text(SECRET)
+    os.symlink(tmp_path / "secret.txt", root / "link-out.txt")
+    os.symlink(tmp_path / "secretdir", root / "dirlink-out")
+    os.symlink(root / "sub" / "numbers.txt", root / "link-in.txt")
+    return root
+
+
+def test_index_file_mime_types_and_head(tapster: type[TapsterProcess], site: Path) -> None:
+    """/ serves index.html; each file gets its MIME type (octet-stream when unknown); HEAD sends no body."""
+    _, port = start_web(tapster, ["--path", str(site)])
+    response, body = request(port, "/")
+    assert response.status == 200 and body == b"<h1>home</h1>\n"
+    assert response.headers["Content-Type"].startswith("text/html")
+    for name, expected in [
+        ("style.css", "text/css"),
+        ("data.json", "application/json"),
+        ("blob.qqqunknown", "application/octet-stream"),
+        ("sub/numbers.txt", "text/plain"),
+    ]:
+        response, _ = request(port, "/" + name)
+        assert response.status == 200, name
+        assert response.headers["Content-Type"].split(";")[0] == expected, name
+    response, body = request(port, "/sub/numbers.txt", method="HEAD")
+    assert response.status == 200 and body == b"" and response.headers["Content-Length"] == "1000"
+
+
+def test_listing_escapes_names_and_a_directory_without_slash_redirects(
+    tapster: type[TapsterProcess], site: Path
+) -> None:
+    """A directory without an index is listed with names escaped for HTML and links percent-encoded;
+    /sub (no slash) is a 301 to /sub/; --no-listings makes it 403."""
+    process, port = start_web(tapster, ["--path", str(site)])
+    response, body = request(port, "/sub/")
+    page = body.decode()
+    assert response.status == 200 and response.headers["Content-Type"].startswith("text/html")
+    assert "<b " not in page
+    assert ">&lt;b onmouseover=&quot;x&quot;&gt;&amp;&#x27;.txt</a>" in page
+    assert 'href="%3Cb%20onmouseover%3D%22x%22%3E%26%27.txt"' in page
+    assert 'href="numbers.txt"' in page
+    response, _ = request(port, "/sub?x=1")
+    assert response.status == 301 and response.headers["Location"] == "/sub/?x=1"
+    process.signal(signal.SIGTERM)
+    assert process.finish()[0] == 0
+    _, port = start_web(tapster, ["--path", str(site), "--no-listings"])
+    assert request(port, "/empty/")[0].status == 403
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/../secret.txt",
+        "/sub/../../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/%2E%2E/secret.txt",
+        "/sub/%2e%2e/%2e%2e/secret.txt",
+        "/sub%2f..%2f..%2fsecret.txt",
+        "/..%2fsecret.txt",
+        "/..%5csecret.txt",
+        "/sub/..%00/secret.txt",
+        "/link-out.txt",
+        "/dirlink-out/inner.txt",
+        "/dirlink-out/",
+        "//../secret.txt",
+        "/./../secret.txt",
+    ],
+)
+def test_no_way_out_of_the_root(tapster: type[TapsterProcess], site: Path, target: str) -> None:
+    """`..` raw or encoded, an encoded slash or backslash, NUL, and symlinks pointing out: 404, never the secret."""
+    _, port = start_web(tapster, ["--path", str(site)])
+    status, body = raw_get(port, target)
+    assert status == 404, (target, status)
+    assert SECRET.encode() not in body
+
+
+def test_a_symlink_inside_the_root_is_served(tapster: type[TapsterProcess], site: Path) -> None:
+    """A link to a file inside the root works: only links leading out are refused."""
+    _, port = start_web(tapster, ["--path", str(site)])
+    response, body = request(port, "/link-in.txt")
+    assert response.status == 200 and len(body) == 1000
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_byte_ranges(tapster: type[TapsterProcess], site: Path, loop: str) -> None:
+    """Range requests: a slice is 206 with Content-Range, a suffix range too, one past the end is 416."""
+    _, port = start_web(tapster, ["--path", str(site)], loop=loop)
+    text = (site / "sub" / "numbers.txt").read_bytes()
+    response, body = request(port, "/sub/numbers.txt", headers={"Range": "bytes=10-19"})
+    assert response.status == 206 and body == text[10:20]
+    assert response.headers["Content-Range"] == "bytes 10-19/1000"
+    response, body = request(port, "/sub/numbers.txt", headers={"Range": "bytes=-5"})
+    assert response.status == 206 and body == text[-5:]
+    response, _ = request(port, "/sub/numbers.txt", headers={"Range": "bytes=5000-"})
+    assert response.status == 416
+
+
+def test_etag_and_last_modified_give_304(tapster: type[TapsterProcess], site: Path) -> None:
+    """The ETag and Last-Modified a response carries make the same request a 304 with no body; a changed
+    file gets a new ETag and a 200."""
+    _, port = start_web(tapster, ["--path", str(site)])
+    response, _ = request(port, "/style.css")
+    etag, modified = response.headers["ETag"], response.headers["Last-Modified"]
+    assert etag and email.utils.parsedate_to_datetime(modified)
+    response, body = request(port, "/style.css", headers={"If-None-Match": etag})
+    assert response.status == 304 and body == b""
+    response, body = request(port, "/style.css", headers={"If-Modified-Since": modified})
+    assert response.status == 304 and body == b""
+    (site / "style.css").write_text("body { color: red }\n")
+    os.utime(site / "style.css", (1, 2_000_000_000))
+    response, body = request(port, "/style.css", headers={"If-None-Match": etag})
+    assert response.status == 200 and body == b"body { color: red }\n"
+    assert response.headers["ETag"] != etag
+
+
+def test_added_headers_are_on_every_response(tapster: type[TapsterProcess], site: Path) -> None:
+    """--add-header sets its header on files, listings, redirects and errors alike."""
+    _, port = start_web(
+        tapster, ["--path", str(site), "--add-header", "X-Frame-Options: DENY", "--add-header", "X-Test:a:b"]
+    )
+    for path, status in [("/", 200), ("/sub/", 200), ("/sub", 301), ("/missing", 404)]:
+        response, _ = request(port, path)
+        assert response.status == status
+        assert response.headers["X-Frame-Options"] == "DENY", path
+        assert response.headers["X-Test"] == "a:b", path
+
+
+def test_access_log_in_combined_format(tapster: type[TapsterProcess], site: Path, tmp_path: Path) -> None:
+    """Each request is one combined-format line in the main log, the client's fields escaped; with
+    --access-log FILE the file holds bare lines; with off there are none."""
+    process, port = start_web(tapster, ["--path", str(site)])
+    request(port, "/sub/numbers.txt", headers={"User-Agent": 'evil"agent\xe9', "Referer": "http://r/"})
+    line = process.wait_for(r'"GET /sub/numbers.txt HTTP/1.1"').string
+    assert line.endswith(' 200 1000 "http://r/" "evil\\"agent\\xe9"')
+    assert "127.0.0.1 - - [" in line
+    process.signal(signal.SIGTERM)
+    process.finish()
+
+    log_file = tmp_path / "access.log"
+    process, port = start_web(tapster, ["--path", str(site), "--access-log", str(log_file)])
+    request(port, "/missing")
+    process.signal(signal.SIGTERM)
+    _, out, _ = process.finish()
+    lines = log_file.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("127.0.0.1 - - [")
+    assert lines[0].endswith('"GET /missing HTTP/1.1" 404 14 "-" "-"')
+    assert "GET /missing" not in out
+
+    process, port = start_web(tapster, ["--path", str(site), "--access-log", "off"])
+    request(port, "/")
+    process.signal(signal.SIGTERM)
+    _, out, _ = process.finish()
+    assert "GET /" not in out
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_fetches_a_file_and_a_range(tapster: type[TapsterProcess], site: Path) -> None:
+    """curl, the client people use: a whole file, and a range of it."""
+    _, port = start_web(tapster, ["--path", str(site)])
+    url = f"http://127.0.0.1:{port}/sub/numbers.txt"
+    whole = subprocess.run(["curl", "-sS", "--fail", url], capture_output=True, check=True, timeout=30)
+    assert whole.stdout == (site / "sub" / "numbers.txt").read_bytes()
+    part = subprocess.run(["curl", "-sS", "-r", "0-9", url], capture_output=True, check=True, timeout=30)
+    assert part.stdout == b"0123456789"
