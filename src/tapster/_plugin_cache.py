@@ -19,8 +19,8 @@ The file is two lines of JSON. The second holds the entries. The first, the *hea
   with (an entry edited by hand voids the whole file), and a listing built from the folder names by it the
   entries it was built from.
 - ``listing``: in the first plugin folder only, the rendered plugin listing of ``tapster --help`` and the key
-  that says what it was built from (the tokens of every folder and entry point it used, the versions of the code
-  that rendered it); see :func:`tapster.plugin.cached_listing`.
+  that says what it was built from (the tokens of every folder and entry point it used, or the snapshot of one
+  that has no cache; the versions of the code that rendered it); see :func:`tapster.plugin.cached_listing`.
 
 Only successful imports are stored. A module that failed is tried again on every run, so installing its missing
 dependency is enough to make the plugin appear (twistd's ``dropin.cache`` keeps such a plugin hidden until the
@@ -47,11 +47,6 @@ ENTRY_POINTS = "entry_points"  # section: "dist version entry-point-name" -> plu
 Stamp = list[int]  # [size, mtime_ns]; a list because that is what JSON gives back
 PluginRecord = list[str]  # [attr, tapname, description]; attr is "" for an object entry point
 Header = dict[str, Any]  # the first line of a cache file
-
-
-def stamp_of(stat: os.stat_result) -> Stamp:
-    """The stamp of a file: what must stay the same for its cache entry to be trusted."""
-    return [stat.st_size, stat.st_mtime_ns]
 
 
 def read_header(folder: str) -> Header | None:

@@ -319,11 +319,18 @@ def snapshot_of(files: list[tuple[str, int, int]]) -> str:
 Sources = list[Any]  # what a listing was built from: [[folder or "entry points", token or detail], ...]
 
 
+def _source_token(cache_token: str | None, snapshot: str) -> str:
+    """How a listing names what it read from a folder: its cache's token, or, for a folder with no cache (one
+    that cannot be written, such as tapster's own in a system-wide install), the snapshot itself. The snapshot
+    alone determines what importing the modules gives, so a listing built from the same one is the same."""
+    return cache_token if cache_token is not None else f"={snapshot}"
+
+
 def scan_folder(folder: str, *, use_cache: bool = True, sources: Sources | None = None) -> list[Candidate]:
     """The plugins of every module in ``folder``, importing only modules the cache cannot vouch for.
 
-    With ``sources``, appends ``[folder, token]``: the cache token the plugins were read under (``""`` for a
-    folder without modules; None if the cache does not hold them all, which keeps the listing uncached).
+    With ``sources``, appends ``[folder, token]`` (see :func:`_source_token`; ``""`` for a folder without
+    modules; None if a module failed, which keeps the listing uncached).
     """
     files = module_files(folder)
     if files is None:
@@ -359,10 +366,12 @@ def scan_folder(folder: str, *, use_cache: bool = True, sources: Sources | None 
             load = partial(_load_from_file, path, attr, tapname, use_cache)
             found.append(Candidate(tapname, description, path, load))
     cache.keep_only(MODULES, present)
-    cache.set_snapshot(snapshot_of(files) if complete else "")
+    snapshot = snapshot_of(files)
+    cache.set_snapshot(snapshot if complete else "")
     cache.save()
     if sources is not None:
-        sources.append([folder, cache.token if files else ""])
+        token = (_source_token(cache.token, snapshot) if files else "") if complete else None
+        sources.append([folder, token])
     return found
 
 
@@ -428,14 +437,15 @@ def scan_entry_points(
         for attr, tapname, description in records:
             load = partial(_load_from_entry_point, spec, attr, tapname, use_cache)
             found.append(Candidate(tapname, description, spec.origin, load))
+    tokens: dict[str, str | None] = {}
     for location, cache in caches.items():
+        snapshot = _entry_points_snapshot(specs, location)
         cache.keep_only(ENTRY_POINTS, present[location])
-        cache.set_snapshot(_entry_points_snapshot(specs, location) if complete else "")
+        cache.set_snapshot(snapshot if complete else "")
         cache.save()
+        tokens[location] = _source_token(cache.token, snapshot) if complete else None
     if sources is not None:
-        sources.append(
-            _entry_points_source(specs, {location: cache.token for location, cache in caches.items()})
-        )
+        sources.append(_entry_points_source(specs, tokens))
     return found
 
 
@@ -469,23 +479,25 @@ def listing_sources(
     sources: Sources = []
     first: Header | None = None
     for folder in plugin_folders(path):
+        header = read_header(folder)
+        if not sources:
+            if header is None:
+                return None  # no listing stored there (an unwritable first folder costs only this open)
+            first = header
         files = module_files(folder)
         if files is None:
             return None
-        header = read_header(folder)
-        token = header_token(header, snapshot_of(files)) if files else ""
-        if token is None:
-            return None
-        if not sources:
-            first = header
-        sources.append([folder, token])
+        snapshot = snapshot_of(files)
+        sources.append([folder, _source_token(header_token(header, snapshot), snapshot) if files else ""])
     if entry_points:
         specs = find_entry_points(GROUP, list(path))
         tokens: dict[str, str | None] = {}
         for spec in specs:
             if spec.location not in tokens:
                 snapshot = _entry_points_snapshot(specs, spec.location)
-                tokens[spec.location] = header_token(read_header(spec.location), snapshot)
+                tokens[spec.location] = _source_token(
+                    header_token(read_header(spec.location), snapshot), snapshot
+                )
         source = _entry_points_source(specs, tokens)
         if source is None:
             return None

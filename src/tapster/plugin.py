@@ -295,10 +295,11 @@ def cached_listing(render: Callable[[Plugins], str], *, reserved: Mapping[str, s
 
 
 def _code_stamps(render: Callable[[Plugins], str]) -> list[Any] | None:
-    """The version and the files of the code a stored listing depends on: rendering, shadowing, discovery."""
+    """The version and the files of the code a stored listing depends on: rendering, shadowing, discovery, entry
+    points (the cache's own layout has its format number)."""
     import os
 
-    from tapster import _plugin_discovery
+    from tapster import _plugin_discovery, _plugin_entry_points
     from tapster._version import __version__
 
     stamps: list[Any] = [__version__]
@@ -306,6 +307,7 @@ def _code_stamps(render: Callable[[Plugins], str]) -> list[Any] | None:
         getattr(sys.modules.get(render.__module__), "__file__", None),
         __file__,
         _plugin_discovery.__file__,
+        _plugin_entry_points.__file__,
     ):
         try:
             info = os.stat(file) if file else None

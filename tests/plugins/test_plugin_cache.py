@@ -207,6 +207,26 @@ def test_unwritable_folder_means_no_cache_and_no_error(tmp_path: Path, markers: 
     ]
 
 
+def test_a_later_folder_without_cache_is_covered_by_the_stored_listing(tmp_path: Path, markers: Path) -> None:
+    """A plugin folder after the first whose cache cannot be written (tapster's own in a system-wide install) is
+    keyed by its snapshot: warm runs import nothing from it, and an edit to it is still seen."""
+    project = tmp_path / "project"
+    write_plugin(plugin_folder(project), "alpha_plugin", "alpha", "First plugin.")
+    shared = plugin_folder(tmp_path / "shared")
+    beta = write_plugin(shared, "beta_plugin", "beta", "Second plugin.")
+    (shared / CACHE_NAME).mkdir()  # unwritable even for root
+    env = python_path(tmp_path / "shared")
+    assert listing(project, markers, env) == ["alpha First plugin.", "beta Second plugin."]
+    assert imported(markers) == ["alpha_plugin", "beta_plugin"]
+    assert listing(project, markers, env) == ["alpha First plugin.", "beta Second plugin."]
+    assert imported(markers) == []
+    before = beta.stat()
+    write_plugin(shared, "beta_plugin", "beta", "Second plugin, edited.")
+    os.utime(beta, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
+    assert listing(project, markers, env) == ["alpha First plugin.", "beta Second plugin, edited."]
+    assert imported(markers) == ["beta_plugin"]
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write to a read-only folder")
 def test_read_only_folder_means_no_cache(tmp_path: Path, markers: Path) -> None:
     """A read-only plugin folder (a system install) works, without a cache."""
