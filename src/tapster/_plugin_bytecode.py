@@ -28,11 +28,13 @@ class HashCheckedLoader(importlib.machinery.SourceFileLoader):
         source = self.get_data(source_path)
         source_hash = importlib.util.source_hash(source)
         header = importlib.util.MAGIC_NUMBER + _FLAGS + source_hash
-        bytecode_path = importlib.util.cache_from_source(source_path)
+        bytecode_path: str | None = None
+        data = b""
         try:
+            bytecode_path = importlib.util.cache_from_source(source_path)
             data = self.get_data(bytecode_path)
-        except OSError:
-            data = b""
+        except (NotImplementedError, OSError):  # an interpreter without a bytecode cache; no .pyc yet
+            pass
         if data[:16] == header:
             try:
                 code = marshal.loads(memoryview(data)[16:])
@@ -41,6 +43,6 @@ class HashCheckedLoader(importlib.machinery.SourceFileLoader):
             if isinstance(code, CodeType):
                 return code
         code = self.source_to_code(source, source_path)
-        if not sys.dont_write_bytecode:  # set_data gives up silently on a folder it cannot write to
+        if bytecode_path is not None and not sys.dont_write_bytecode:  # set_data gives up silently if it cannot
             self.set_data(bytecode_path, header + marshal.dumps(code))
         return code
