@@ -43,6 +43,7 @@ class HashCheckedLoader(importlib.machinery.SourceFileLoader):
             if isinstance(code, CodeType):
                 return code
         code = self.source_to_code(source, source_path)
-        if bytecode_path is not None and not sys.dont_write_bytecode:  # set_data gives up silently if it cannot
+        # set_data gives up silently on a folder it cannot write to
+        if bytecode_path is not None and not sys.dont_write_bytecode:
             self.set_data(bytecode_path, header + marshal.dumps(code))
         return code
