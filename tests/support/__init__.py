@@ -6,6 +6,7 @@ machine, so a test that sleeps "long enough" is either slow or flaky.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pickle
@@ -32,6 +33,7 @@ __all__ = [
     "wait_for_text",
     "wait_gone",
     "wait_until",
+    "wait_until_async",
 ]
 
 
@@ -42,6 +44,17 @@ def wait_until(predicate: Callable[[], object], timeout: float = 15, what: str =
         if time.monotonic() >= deadline:
             pytest.fail(f"{what} not met within {timeout} s")
         time.sleep(0.01)
+
+
+async def wait_until_async(
+    predicate: Callable[[], object], timeout: float = 15, what: str = "condition"
+) -> None:
+    """``wait_until`` inside a running loop: poll every millisecond without blocking the loop the tests drive."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"{what} not met within {timeout} s")
+        await asyncio.sleep(0.001)
 
 
 def wait_for_text(path: Path, text: str, timeout: float = 10) -> str:
