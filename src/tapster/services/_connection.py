@@ -13,6 +13,7 @@ import functools
 import inspect
 import itertools
 import logging
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
@@ -238,8 +239,6 @@ class ConnectionTracker:
             try:
                 protocol = factory()
             except Exception:
-                import traceback
-
                 logger.error(
                     "%s: the protocol factory raised; connection %d dropped\n%s",
                     self.label,
