@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import pickle
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ __all__ = [
     "make_handler",
     "make_state",
     "run_in_child",
+    "wait_for_match",
     "wait_for_text",
     "wait_gone",
     "wait_until",
@@ -57,21 +59,22 @@ async def wait_until_async(
         await asyncio.sleep(0.001)
 
 
-def wait_for_text(path: Path, text: str, timeout: float = 10) -> str:
-    """Wait until the file at ``path`` contains ``text`` (a daemon writes each log line at once); return it all."""
-    found: list[str] = []
-
-    def has_text() -> bool:
-        content = path.read_text() if path.exists() else ""
-        found[:] = [content]
-        return text in content
-
+def wait_for_match(path: Path, pattern: str, timeout: float = 20) -> re.Match[str]:
+    """Wait until the file at ``path`` has a match for ``pattern`` (a daemon writes each log line at once)."""
+    content = ""
     deadline = time.monotonic() + timeout
-    while not has_text():
+    while True:
+        content = path.read_text(errors="replace") if path.exists() else ""
+        if match := re.search(pattern, content):
+            return match
         if time.monotonic() >= deadline:
-            pytest.fail(f"{text!r} not in {path}:\n{found[0] if found and found[0] else '(no file)'}")
+            pytest.fail(f"{pattern!r} not in {path}:\n{content or '(no file)'}")
         time.sleep(0.01)
-    return found[0]
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 10) -> str:
+    """Wait until the file at ``path`` contains ``text``; return all the file holds."""
+    return wait_for_match(path, re.escape(text), timeout).string
 
 
 def wait_gone(pid: int, timeout: float = 10) -> None:
