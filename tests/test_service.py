@@ -8,6 +8,7 @@ import pickle
 
 import pytest
 
+from support import wait_until_async
 from tapster import Application, MultiService, Service
 from tapster.errors import ServiceTreeError
 from tapster.service import service_path, still_stopping
@@ -92,7 +93,7 @@ def test_stop_is_called_in_reverse_and_stops_run_concurrently() -> None:
         await app.start()
         journal.clear()
         stopping = asyncio.create_task(app.stop())
-        await asyncio.sleep(0.01)
+        await wait_until_async(lambda: len(journal) >= 3, 10, "three stops entered")
         assert journal == ["stop c", "stop b", "stop a"]
         assert not stopping.done()
         gate.set()
@@ -218,8 +219,7 @@ def test_cancelled_start_stops_what_already_started() -> None:
     async def scenario() -> None:
         app = build(journal, b={"start_delay": 10})
         task = asyncio.create_task(app.start())
-        while "start b" not in journal:
-            await asyncio.sleep(0.001)
+        await wait_until_async(lambda: "start b" in journal, 10, "b's start entered")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -275,7 +275,7 @@ def test_still_stopping_names_the_blocking_service() -> None:
         Recorder("quick", journal).set_parent(app)
         await app.start()
         stopping = asyncio.create_task(app.stop())
-        await asyncio.sleep(0.01)
+        await wait_until_async(lambda: "stopped quick" in journal, 10, "the quick service stopped")
         assert [service_path(s) for s in still_stopping(app)] == ["demo/group/slow"]
         gate.set()
         await stopping

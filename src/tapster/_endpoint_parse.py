@@ -8,17 +8,15 @@ exception type for any malformed string.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from tapster._record import Record
 from tapster.errors import EndpointError
-
-if TYPE_CHECKING:
-    import ipaddress
 
 __all__ = [
     "CLIENT_GRAMMARS",
@@ -299,8 +297,6 @@ def to_timeout(name: str, text: str) -> float:
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    import ipaddress  # ~0.8 ms, and only a description with an address needs it: not at import
-
     try:
         return ipaddress.ip_address(text)
     except ValueError:

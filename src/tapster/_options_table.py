@@ -31,8 +31,6 @@ _CO_VARARGS = 0x04  # code-object flag: the function takes *args
 class _Option:
     """One option as the scanner sees it, whatever declared it (a tuple or ``opt_`` methods)."""
 
-    __slots__ = ("coercer", "default", "help", "key", "longs", "metavar", "method", "shorts", "takes_value")
-
     def __init__(
         self,
         longs: list[str],
@@ -61,17 +59,12 @@ class _Option:
 
 
 class _Table:
-    """Every option of one :class:`Options` subclass, built once per class."""
-
-    __slots__ = ("by_long", "by_short", "options")
+    """Every option of one :class:`Options` subclass, read from its declarations each time it is needed."""
 
     def __init__(self) -> None:
         self.options: list[_Option] = []
         self.by_long: dict[str, _Option] = {}  # keyed by the name with underscores turned into dashes
         self.by_short: dict[str, _Option] = {}
-
-
-_TABLES: dict[type[Options], _Table] = {}
 
 
 def _canonical(name: str) -> str:
@@ -124,7 +117,7 @@ def _check_coercer(cls: type, spec: Any) -> None:
         )
 
 
-def _build_table(cls: type[Options]) -> _Table:
+def _table_for(cls: type[Options]) -> _Table:
     """Collect the declared tuples and ``opt_`` methods of ``cls``; a bad declaration raises TypeError."""
     options: list[_Option] = []
     for spec in cls.parameters:
@@ -190,12 +183,4 @@ def _build_table(cls: type[Options]) -> _Table:
                 raise TypeError(f"{cls.__name__}: option -{short} is declared twice or is reserved")
             table.by_short[short] = opt
         table.options.append(opt)
-    return table
-
-
-def _table_for(cls: type[Options]) -> _Table:
-    """The cached option table of ``cls`` (class attributes are read once, on first use)."""
-    table = _TABLES.get(cls)
-    if table is None:
-        table = _TABLES[cls] = _build_table(cls)
     return table

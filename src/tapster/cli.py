@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from tapster import runner
 from tapster.errors import ExitStatus, HelpRequested, TapsterError, UsageError
 
 
@@ -47,8 +48,6 @@ def _one_line(message: str) -> str:
 
 
 def _dispatch(argv: list[str], parsed: dict[str, bool]) -> int:
-    from tapster import runner
-
     if argv[:1] == ["ctl"]:
         return _ctl(argv[1:])
     options = runner.ServerOptions("tapster")
@@ -64,8 +63,6 @@ def _dispatch(argv: list[str], parsed: dict[str, bool]) -> int:
 
 
 def _ctl(argv: list[str]) -> int:
-    from tapster import runner
-
     options = runner.CtlOptions("tapster ctl")
     options.parse_options(argv)
     status, message = runner.run_ctl(options)

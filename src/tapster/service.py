@@ -27,8 +27,6 @@ logger = logging.getLogger(__name__)
 class _Completed:
     """An awaitable that is already done: what add/remove return when nothing needed scheduling."""
 
-    __slots__ = ()
-
     def __await__(self) -> Generator[Any, None, None]:
         return
         yield  # pragma: no cover - makes this a generator

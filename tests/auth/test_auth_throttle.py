@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from support import wait_until_async
 from tapster.auth import Authenticator, InMemoryChecker, ThrottleLimits
 from tapster.auth._throttle import Throttle, address_key
 
@@ -170,7 +171,8 @@ def test_the_last_refusals_are_reported_too(caplog, monkeypatch):
     async def main() -> None:
         for n in range(11):
             await authenticator.attempts("10.9.9.9").password("a", f"x{n}")
-        await asyncio.sleep(0.4)
+        summed = "9 attempt(s) refused without checking"
+        await wait_until_async(lambda: summed in caplog.text, 10, "the later summary line")
 
     asyncio.run(main())
     assert "1 attempt(s) refused without checking" in caplog.text

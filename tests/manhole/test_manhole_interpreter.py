@@ -6,6 +6,7 @@ import asyncio
 import sys
 from typing import Any
 
+from support import wait_until_async
 from tapster.manhole import _stdio
 from tapster.manhole._interpreter import Interpreter, Outcome, make_namespace
 
@@ -125,8 +126,7 @@ def test_interrupt_cancels_an_awaiting_statement():
 
     async def main() -> Outcome:
         task = asyncio.ensure_future(interp.run("import asyncio\nawait asyncio.sleep(60)"))
-        while not interp.busy:
-            await asyncio.sleep(0)
+        await wait_until_async(lambda: interp.busy, 10, "the statement running")
         assert interp.interrupt()
         outcome = await asyncio.wait_for(task, 5)
         assert not interp.interrupt()

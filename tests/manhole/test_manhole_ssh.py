@@ -12,6 +12,7 @@ import asyncssh
 import pytest
 from manhole_support import read_until, running_manhole, ssh_connect
 
+from support import wait_until_async
 from tapster.auth import AnonymousChecker, InMemoryChecker, SSHKeyChecker
 
 
@@ -230,11 +231,7 @@ def test_disconnect_mid_prompt_leaves_the_server_healthy(tmp_path: Path, caplog)
             writer.write(b"SSH-2.0-half\r\n")
             writer.close()
 
-            for _ in range(200):
-                if not manhole._shells:
-                    break
-                await asyncio.sleep(0.02)
-            assert not manhole._shells
+            await wait_until_async(lambda: not manhole._shells, 10, "every broken session ended")
             async with await ssh_connect(port) as conn:
                 assert (await conn.run("'healthy'", check=False)).stdout == "'healthy'\n"
 

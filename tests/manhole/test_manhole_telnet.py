@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from manhole_support import TelnetClient, running_manhole
 
+from support import wait_until_async
 from tapster.manhole import ManholeService, manhole_endpoint
 
 
@@ -153,11 +154,7 @@ def test_disconnects_leave_the_server_healthy(tmp_path: Path, caplog):
             await client.read_until(">>> ")
             client.close()
 
-            for _ in range(200):
-                if not manhole._shells:
-                    break
-                await asyncio.sleep(0.02)
-            assert not manhole._shells
+            await wait_until_async(lambda: not manhole._shells, 10, "every broken session ended")
             client = await TelnetClient.open(port)
             await client.login()
             client.send("'healthy'\r\n")

@@ -7,13 +7,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from _plugin_helpers import plugin_folder, plugin_rows, python_path, write_plugin
 
-from conftest import EXAMPLES, TapsterProcess, connect, pid_alive, read_all, run_tapster
+from conftest import EXAMPLES, TapsterProcess, connect, read_all, run_tapster
+from support import wait_gone
 
 POEM = (EXAMPLES / "poetry" / "ecstasy.txt").read_bytes()
 
@@ -233,10 +233,7 @@ def test_plugin_runs_as_a_daemon_without_n(examples: Path) -> None:
             assert read_all(sock) == POEM
     finally:
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not pid_alive(pid)
+    wait_gone(pid, 15)
 
 
 def test_plugins_folder_with_init_is_named_not_silently_skipped(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ import asyncssh
 import pytest
 
 from reliability.conftest import scale
+from support import wait_for_match
 
 PASSWORD = "S3cretPassw0rd"
 NOBODY = pwd.getpwnam("nobody").pw_uid
@@ -369,12 +370,7 @@ def test_no_password_in_clear_text_in_saved_state_or_log(tapster: Any, shared_di
 
 
 def _wait_port(log: Path, timeout: float = 30) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log.exists() and (match := re.search(r"ManholeSSH\S* starting on (\d+)", log.read_text())):
-            return int(match.group(1))
-        time.sleep(0.05)
-    raise AssertionError(f"no port in {log}: {log.read_text() if log.exists() else '(missing)'}")
+    return int(wait_for_match(log, r"ManholeSSH\S* starting on (\d+)", timeout).group(1))
 
 
 def _save_state_in_process(tap: Path) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from reliability.conftest import Figures, scale
+from support import wait_for_match
 
 ECHO_LOGGING = """
 import asyncio
@@ -72,15 +73,6 @@ def limit_descriptors() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, LIMIT))
 
 
-def wait_for_text(path: Path, pattern: str, timeout: float = 20) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and (match := re.search(pattern, path.read_text(errors="replace"))):
-            return match
-        time.sleep(0.02)
-    pytest.fail(f"{pattern!r} not in {path}:\n{path.read_text() if path.exists() else '(no file)'}")
-
-
 def echo(sock: socket.socket, payload: bytes = b"ping") -> bool:
     try:
         sock.sendall(payload)
@@ -124,7 +116,7 @@ def test_out_of_descriptors_is_quiet_and_recovers(
         preexec_fn=limit_descriptors,
     )
     server_processes.append(server)
-    port = int(wait_for_text(log, r"Echo starting on (\d+)").group(1))
+    port = int(wait_for_match(log, r"Echo starting on (\d+)").group(1))
     old = socket.create_connection(("127.0.0.1", port), timeout=10)
     assert echo(old)
 

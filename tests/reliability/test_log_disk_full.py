@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from reliability.conftest import Figures, fill, root_only, scale
+from support import wait_for_match
 
 ECHO_LOGGING = '''
 """echo, logging one line per request."""
@@ -66,15 +67,6 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def wait_for_text(path: Path, pattern: str, timeout: float = 20) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and (match := re.search(pattern, path.read_text(errors="replace"))):
-            return match
-        time.sleep(0.02)
-    pytest.fail(f"{pattern!r} not in {path}:\n{path.read_text() if path.exists() else '(no file)'}")
-
-
 class Daemon:
     def __init__(self, directory: Path, tac: Path, *args: str) -> None:
         self.log = directory / "echo.log"
@@ -88,7 +80,7 @@ class Daemon:
         )
         assert done.returncode == 0, done.stderr
         self.pid = int(self.pidfile.read_text())
-        self.port = int(wait_for_text(self.log, r"Echo starting on (\d+)").group(1))
+        self.port = int(wait_for_match(self.log, r"Echo starting on (\d+)").group(1))
 
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -13,6 +13,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 
+from support import wait_until_async
 from tapster import Application
 from tapster.services import ClientService, StreamClient, StreamServer
 
@@ -155,8 +156,7 @@ def test_stream_client_with_a_handler_runs_it_and_stop_gives_it_eof() -> None:
         connection = client.connection
         assert isinstance(connection, tuple) and isinstance(connection[0], asyncio.StreamReader)
         await peer.until(lambda: peer.lines == [b"one\n"])
-        while len(handler_saw) < 1:
-            await asyncio.sleep(0.001)
+        await wait_until_async(lambda: handler_saw, 10, "the handler's first line")
         await client.stop()
         assert handler_saw == [b"ack one\n", b""]
         await peer.until(lambda: peer.ended == 1)
@@ -189,8 +189,9 @@ def test_client_service_starts_at_once_while_the_server_is_down_and_connects_whe
         await service.start()
         assert service.running
         waiter = asyncio.create_task(service.when_connected())
-        while service.attempts < 3:  # it keeps trying while nobody listens
-            await asyncio.sleep(0.005)
+        await wait_until_async(
+            lambda: service.attempts >= 3, 10, "three attempts"
+        )  # it keeps trying meanwhile
         assert not waiter.done()
         peer = Peer()
         server = await serve(peer.handle, f"tcp:{port}:interface=127.0.0.1")
@@ -276,8 +277,8 @@ def test_a_successful_connection_resets_the_backoff(caplog: pytest.LogCaptureFix
         port = await free_port()
         service = ClientService(client_endpoint(port), Greeter, initial_delay=0.02, max_delay=10.0)
         await service.start()
-        while service.attempts < 5:  # refused 4+ times: the next delay is at least 0.5 x 0.02 x 2**3 = 0.08 s
-            await asyncio.sleep(0.005)
+        # Refused 4+ times: the next delay is at least 0.5 x 0.02 x 2**3 = 0.08 s.
+        await wait_until_async(lambda: service.attempts >= 5, 10, "five attempts")
         accepted = asyncio.Event()
         count = 0
 
@@ -502,8 +503,7 @@ def test_no_protocol_is_built_for_a_failed_attempt() -> None:
         port = await free_port()
         service = ClientService(client_endpoint(port), factory, initial_delay=0.01, max_delay=0.02)
         await service.start()
-        while service.attempts < 4:
-            await asyncio.sleep(0.005)
+        await wait_until_async(lambda: service.attempts >= 4, 10, "four attempts")
         assert built == []
         peer = Peer()
         server = await serve(peer.handle, f"tcp:{port}:interface=127.0.0.1")

@@ -20,6 +20,7 @@ from typing import TypeVar
 
 import pytest
 
+from support import wait_until_async
 from tapster.log._context import record_context
 from tapster.service import MultiService, Service, still_stopping
 from tapster.services import StreamServer, lingering_close
@@ -74,16 +75,6 @@ class EchoWithHook(Echo):
         lingering_close(self.transport)
 
 
-async def until(condition: Callable[[], bool], what: str, seconds: float = 5.0) -> None:
-    """Wait for ``condition``; fail naming ``what`` if it does not come true in time."""
-    try:
-        async with asyncio.timeout(seconds):
-            while not condition():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        pytest.fail(f"still waiting for {what}")
-
-
 async def open_echoed(port: int, count: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     """``count`` client connections, each with one byte echoed (so the server has set every one up)."""
     clients = []
@@ -126,7 +117,7 @@ def test_protocols_of_connections_the_client_closed_are_freed_without_the_collec
         for _, writer in clients:
             writer.close()
         del clients
-        await until(lambda: alive(Bare) == 0, "the bare server's protocols to be freed")
+        await wait_until_async(lambda: alive(Bare) == 0, 5, "the bare server's protocols to be freed")
         bare.close()
 
         server = await tapster_server(Tracked)
@@ -136,10 +127,14 @@ def test_protocols_of_connections_the_client_closed_are_freed_without_the_collec
         for _, writer in clients:
             writer.close()
         del clients
-        await until(lambda: server.open_connections == 0, "the server to see every connection closed")
+        await wait_until_async(
+            lambda: server.open_connections == 0, 5, "the server to see every connection closed"
+        )
         # Nothing but reference counting runs: a cycle per connection would keep its protocol for ever.
-        await until(
-            lambda: alive(Tracked) == 0, f"closed connections' protocols to be freed ({alive(Tracked)} left)"
+        await wait_until_async(
+            lambda: alive(Tracked) == 0,
+            5,
+            f"closed connections' protocols to be freed ({alive(Tracked)} left)",
         )
         await server.stop()
         return alive(Bare), alive(Tracked)
@@ -164,8 +159,8 @@ def test_protocols_of_connections_the_drain_closed_are_freed_without_the_collect
         del clients
         await stopping
         assert server.open_connections == 0
-        await until(
-            lambda: alive(cls) == 0, f"drained connections' protocols to be freed ({alive(cls)} left)"
+        await wait_until_async(
+            lambda: alive(cls) == 0, 5, f"drained connections' protocols to be freed ({alive(cls)} left)"
         )
 
     run(scenario, loop)
@@ -204,7 +199,7 @@ def test_the_log_names_each_connection_in_every_callback_before_and_after_close(
             writer.write(b"x")
             assert await reader.readexactly(1) == b"x"
             writer.close()
-        await until(lambda: server.open_connections == 0, "both connections to close")
+        await wait_until_async(lambda: server.open_connections == 0, 5, "both connections to close")
         await server.stop()
 
     caplog.handler.addFilter(stamp)
@@ -278,7 +273,7 @@ def test_plain_children_stop_at_once_and_the_others_still_concurrently(
             child.set_parent(root)
         await root.start()
         stopping = asyncio.ensure_future(root.stop())
-        await until(lambda: len(calls) == 2, "both waiting stops to have begun")
+        await wait_until_async(lambda: len(calls) == 2, 5, "both waiting stops to have begun")
         assert calls == ["slow1", "slow0"]  # reverse order, and the second began before the first ended
         assert not any(child.running for child in root)
         assert set(still_stopping(root)) == set(slow)  # the plain ones are stopped already

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import tempfile
+import termios
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import TypeVar, cast
 
 import pytest
 
+from support import wait_until_async
 from tapster.log._context import record_context
 from tapster.services import LINGER, StreamServer, lingering_close, server_stopping, unless_stopping
 
@@ -85,9 +89,10 @@ async def read_until_end(client: socket.socket) -> tuple[bytes, str]:
     return data, "eof"
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await asyncio.sleep(0.001)
+def unread_in_kernel(writer: asyncio.StreamWriter) -> int:
+    """Bytes the kernel still holds for the server's side of a connection (FIONREAD): 0 once all is read."""
+    sock = writer.get_extra_info("socket")
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(4)))[0])
 
 
 # --------------------------------------------------------------------------------------------- Protocol hook
@@ -136,13 +141,18 @@ def test_a_protocol_with_the_hook_is_told_once_and_finishes_its_work(
 
     async def scenario() -> None:
         release = asyncio.Event()
-        server = await started(StreamServer(LOOPBACK, lambda: Deferred(release, told), name="deferred"))
+        made: list[Deferred] = []
+
+        def factory() -> Deferred:
+            made.append(Deferred(release, told))
+            return made[-1]
+
+        server = await started(StreamServer(LOOPBACK, factory, name="deferred"))
         client = await raw_client(server.port)
         await asyncio.get_running_loop().sock_sendall(client, b"one\ntwo\n")
-        await until(lambda: server.open_connections == 1)
-        await asyncio.sleep(0.05)  # let the server read both lines
+        await wait_until_async(lambda: made and made[0].pending == 2, 10, "both lines read by the server")
         stopping = asyncio.create_task(server.stop())
-        await until(lambda: bool(told))
+        await wait_until_async(lambda: bool(told))
         done, _ = await asyncio.wait({stopping}, timeout=0.1)
         assert not done, "a protocol with the hook stays open until it closes itself"
         release.set()
@@ -176,7 +186,7 @@ def test_a_hook_that_raises_is_logged_and_the_connection_still_closes_cleanly(
     async def scenario() -> None:
         server = await started(StreamServer(LOOPBACK, Broken))
         client = await raw_client(server.port)
-        await until(lambda: server.open_connections == 1)
+        await wait_until_async(lambda: server.open_connections == 1)
         stopping = asyncio.create_task(server.stop())
         assert await read_until_end(client) == (b"", "eof")
         client.close()
@@ -220,10 +230,10 @@ def test_a_protocol_without_the_hook_gets_eof_not_a_reset_for_unread_input(
         server = await started(StreamServer(LOOPBACK, Unread))
         client = await raw_client(server.port)
         loop = asyncio.get_running_loop()
-        await until(lambda: bool(Unread.instances))
+        await wait_until_async(lambda: bool(Unread.instances))
         await loop.sock_sendall(client, b"x" * 100_000)  # sits unread in the server's receive queue
         stopping = asyncio.create_task(server.stop())
-        await asyncio.sleep(0.05)
+        await wait_until_async(lambda: not server.running, 10, "the stop begun")  # it closes at once
         await loop.sock_sendall(client, b"y" * 10_000)  # crosses the close
         assert await read_until_end(client) == (b"hello\n", "eof")
         client.close()
@@ -252,7 +262,7 @@ def test_the_linger_is_bounded_for_a_peer_that_keeps_sending(loop: str) -> None:
                     await asyncio.sleep(0.01)
 
         sender = asyncio.create_task(keep_sending())
-        await until(lambda: server.open_connections == 1)
+        await wait_until_async(lambda: server.open_connections == 1)
         began = time.monotonic()
         async with asyncio.timeout(5):
             await server.stop()
@@ -273,7 +283,7 @@ def test_an_idle_peer_that_never_reads_does_not_hold_the_stop(loop: str) -> None
     async def scenario() -> None:
         server = await started(StreamServer(LOOPBACK, Unread, linger=5))
         client = await raw_client(server.port)
-        await until(lambda: server.open_connections == 1)
+        await wait_until_async(lambda: server.open_connections == 1)
         began = time.monotonic()
         async with asyncio.timeout(4):  # well before the 5 s linger
             await server.stop()
@@ -301,7 +311,10 @@ def test_requests_a_handler_had_read_are_all_answered(loop: str, records: list[t
         working = asyncio.Event()
         release = asyncio.Event()
 
+        writers: list[asyncio.StreamWriter] = []
+
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.append(writer)
             first = True
             while line := await unless_stopping(reader.readline()):
                 if first:
@@ -315,9 +328,11 @@ def test_requests_a_handler_had_read_are_all_answered(loop: str, records: list[t
         client = await raw_client(server.port)
         await asyncio.get_running_loop().sock_sendall(client, b"a\nb\nc\n")
         await working.wait()
-        await asyncio.sleep(0.05)
+        await wait_until_async(
+            lambda: unread_in_kernel(writers[0]) == 0, 10, "b and c in the handler's buffer"
+        )
         stopping = asyncio.create_task(server.stop())
-        await asyncio.sleep(0.05)
+        await wait_until_async(lambda: not server.running, 10, "the stop begun")
         release.set()
         assert await read_until_end(client) == (b"done a\ndone b\ndone c\n", "eof")
         client.close()
@@ -377,7 +392,10 @@ def test_a_client_that_half_closed_gets_its_answer_and_the_stop_is_prompt(loop: 
         working = asyncio.Event()
         release = asyncio.Event()
 
+        readers: list[asyncio.StreamReader] = []
+
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            readers.append(reader)
             line = await reader.readline()
             working.set()
             await release.wait()
@@ -390,7 +408,9 @@ def test_a_client_that_half_closed_gets_its_answer_and_the_stop_is_prompt(loop: 
         client.shutdown(socket.SHUT_WR)
         await working.wait()
         stopping = asyncio.create_task(server.stop())
-        await asyncio.sleep(0.05)  # the server reads our end-of-file while the handler works
+        await wait_until_async(
+            lambda: readers[0].at_eof(), 10, "our end-of-file read while the handler works"
+        )
         release.set()
         began = time.monotonic()
         assert await read_until_end(client) == (b"done job\n", "eof")
@@ -473,7 +493,7 @@ def test_a_real_cancellation_still_reaches_a_handler_in_unless_stopping() -> Non
         tracker = server._tracker
         assert tracker is not None
         next(iter(tracker.handler_tasks)).cancel()
-        await until(lambda: not tracker.handler_tasks)
+        await wait_until_async(lambda: not tracker.handler_tasks)
         await server.stop()
         client.close()
 

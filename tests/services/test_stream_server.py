@@ -13,6 +13,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 
+from support import wait_until_async
 from tapster import Application
 from tapster.errors import ListenError
 from tapster.log._context import record_context
@@ -357,8 +358,11 @@ def test_cancelling_stop_aborts_open_connections_and_logs_the_count(
             assert isinstance(child, StreamServer)
             clients.append(await asyncio.open_connection("127.0.0.1", child.port))
         await connected.wait()
-        while not all(child.open_connections for child in app if isinstance(child, StreamServer)):
-            await asyncio.sleep(0.001)
+        await wait_until_async(
+            lambda: all(child.open_connections for child in app if isinstance(child, StreamServer)),
+            10,
+            "both connections tracked",
+        )
         stopping = asyncio.create_task(app.stop())
         done, _ = await asyncio.wait({stopping}, timeout=0.1)
         assert not done, "neither connection can close by itself"
@@ -483,8 +487,7 @@ def test_a_connection_made_after_the_stop_began_is_closed(loop: str) -> None:
 
         servers.append(await started(StreamServer(LOOPBACK, factory)))
         reader, writer = await asyncio.open_connection("127.0.0.1", servers[0].port)
-        while not stops:
-            await asyncio.sleep(0.001)
+        await wait_until_async(lambda: stops, 10, "the stop begun")
         async with asyncio.timeout(5):
             assert await reaches_eof(reader, reset_ok=False)
             writer.close()

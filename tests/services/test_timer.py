@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import pytest
 
+from support import wait_until_async
 from tapster import Application
 from tapster.services import TimerService
 
@@ -150,6 +151,7 @@ def test_no_call_after_stop() -> None:
         await ticks.until(2)
         await timer.stop()
         count = len(ticks.args)
+        # Proving that nothing happens needs a bounded wait: 0.05 s is ten intervals, each of which would call.
         await asyncio.sleep(0.05)
         assert len(ticks.args) == count
 
@@ -179,8 +181,7 @@ def test_a_started_timer_pickles_and_runs_again_after_loading() -> None:
         app = Application("saved")
         TimerService(3600, remember, "tick", name="timer").set_parent(app)
         await app.start()
-        while not calls:
-            await asyncio.sleep(0.001)
+        await wait_until_async(lambda: calls, 10, "the first tick")
         saved = pickle.dumps(app)
         await app.stop()
         return saved
@@ -193,8 +194,7 @@ def test_a_started_timer_pickles_and_runs_again_after_loading() -> None:
         assert isinstance(timer, TimerService)
         assert not timer.running and timer.fn is remember and timer.args == ("tick",)
         await app.start()
-        while len(calls) < 2:
-            await asyncio.sleep(0.001)
+        await wait_until_async(lambda: len(calls) >= 2, 10, "a tick after loading")
         await app.stop()
 
     run(second_run)

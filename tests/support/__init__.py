@@ -6,10 +6,12 @@ machine, so a test that sleeps "long enough" is either slow or flaky.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -33,9 +35,11 @@ __all__ = [
     "one_line",
     "run_in_child",
     "taken_port",
+    "wait_for_match",
     "wait_for_text",
     "wait_gone",
     "wait_until",
+    "wait_until_async",
 ]
 
 
@@ -48,21 +52,33 @@ def wait_until(predicate: Callable[[], object], timeout: float = 15, what: str =
         time.sleep(0.01)
 
 
-def wait_for_text(path: Path, text: str, timeout: float = 10) -> str:
-    """Wait until the file at ``path`` contains ``text`` (a daemon writes each log line at once); return it all."""
-    found: list[str] = []
-
-    def has_text() -> bool:
-        content = path.read_text() if path.exists() else ""
-        found[:] = [content]
-        return text in content
-
+async def wait_until_async(
+    predicate: Callable[[], object], timeout: float = 15, what: str = "condition"
+) -> None:
+    """``wait_until`` inside a running loop: poll every millisecond without blocking the loop the tests drive."""
     deadline = time.monotonic() + timeout
-    while not has_text():
+    while not predicate():
         if time.monotonic() >= deadline:
-            pytest.fail(f"{text!r} not in {path}:\n{found[0] if found and found[0] else '(no file)'}")
+            pytest.fail(f"{what} not met within {timeout} s")
+        await asyncio.sleep(0.001)
+
+
+def wait_for_match(path: Path, pattern: str, timeout: float = 20) -> re.Match[str]:
+    """Wait until the file at ``path`` has a match for ``pattern`` (a daemon writes each log line at once)."""
+    content = ""
+    deadline = time.monotonic() + timeout
+    while True:
+        content = path.read_text(errors="replace") if path.exists() else ""
+        if match := re.search(pattern, content):
+            return match
+        if time.monotonic() >= deadline:
+            pytest.fail(f"{pattern!r} not in {path}:\n{content or '(no file)'}")
         time.sleep(0.01)
-    return found[0]
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 10) -> str:
+    """Wait until the file at ``path`` contains ``text``; return all the file holds."""
+    return wait_for_match(path, re.escape(text), timeout).string
 
 
 def wait_gone(pid: int, timeout: float = 10) -> None:

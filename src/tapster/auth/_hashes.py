@@ -21,6 +21,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import importlib
 import os
 import re
 import warnings
@@ -276,8 +277,6 @@ def _argon2_fault(stored: str) -> str | None:
 
 
 def _require(module: str, package: str, scheme: str) -> Any:
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:

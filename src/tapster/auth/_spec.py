@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tapster.auth._base import Checker
+from tapster.auth._checkers import AnonymousChecker, FileChecker, InMemoryChecker, PasswdChecker, UnixChecker
+from tapster.auth._sshkey import SSHKeyChecker
 from tapster.errors import StartupError, UsageError
 
 __all__ = ["AuthType", "auth_types", "format_auth_type", "format_auth_types", "parse_auth"]
@@ -52,8 +54,6 @@ def _split_escaped(text: str) -> list[str]:
 
 
 def _make_memory(args: str | None) -> Checker:
-    from tapster.auth._checkers import InMemoryChecker
-
     fields = _split_escaped(args or "")
     if args is None or len(fields) % 2:
         raise ValueError("expected USER:PASS pairs")
@@ -74,36 +74,26 @@ def _needs_path(args: str | None) -> str:
 
 
 def _make_file(args: str | None) -> Checker:
-    from tapster.auth._checkers import FileChecker
-
     return FileChecker(_needs_path(args))
 
 
 def _make_passwd(args: str | None) -> Checker:
-    from tapster.auth._checkers import PasswdChecker
-
     return PasswdChecker(_needs_path(args))
 
 
 def _make_unix(args: str | None) -> Checker:
-    from tapster.auth._checkers import UnixChecker
-
     if args is not None:
         raise ValueError("takes no arguments")
     return UnixChecker()
 
 
 def _make_sshkey(args: str | None) -> Checker:
-    from tapster.auth._sshkey import SSHKeyChecker
-
     if args == "":
         raise ValueError("expected a DIR after the colon")
     return SSHKeyChecker(args)
 
 
 def _make_anonymous(args: str | None) -> Checker:
-    from tapster.auth._checkers import AnonymousChecker
-
     if args is not None:
         raise ValueError("takes no arguments")
     return AnonymousChecker()

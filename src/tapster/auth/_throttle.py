@@ -111,8 +111,6 @@ def address_key(peer: str) -> str:
 class _Bucket:
     """A token bucket that may go below zero: a negative level is tokens promised to waiting attempts."""
 
-    __slots__ = ("capacity", "level", "rate", "stamp")
-
     def __init__(self, capacity: int, rate: float, now: float) -> None:
         self.capacity = capacity
         self.rate = rate

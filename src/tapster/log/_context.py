@@ -21,7 +21,7 @@ DEFAULT_CONTEXT = "-"
 class ConnectionContext:
     """``label,number,peer`` for one accepted connection, e.g. ``PoetryProtocol,3,127.0.0.1``."""
 
-    __slots__ = ("label", "number", "peer")
+    __slots__ = ("label", "number", "peer")  # one a connection: see _Connection, which extends it
 
     def __init__(self, label: str, number: int, peer: str | None = None) -> None:
         self.label = label

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Final, TextIO
 
 from tapster._record import Record
+from tapster._safefile import open_regular
 from tapster.errors import StartupError
 from tapster.log._capture import StreamToLogger
 from tapster.log._format import JsonFormatter, TextFormatter
@@ -141,8 +142,6 @@ class LogDestination:
         """
         if not isinstance(self.handler, RotatingFileHandler):
             return
-        from tapster._safefile import open_regular
-
         try:
             fd = open_regular(self.handler.path, os.O_RDONLY, what="log file")
             try:

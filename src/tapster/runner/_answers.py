@@ -37,8 +37,6 @@ def answer_path(pidfile: str) -> str:
 class Answer:
     """One parsed answer line."""
 
-    __slots__ = ("command", "outcome", "pid", "reason", "sequence")
-
     def __init__(self, sequence: int, pid: int, command: str, outcome: str, reason: str) -> None:
         self.sequence = sequence
         self.pid = pid

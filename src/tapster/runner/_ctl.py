@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import select
 import signal
 import stat
@@ -10,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from tapster.errors import ExitStatus, StartupError
+from tapster.errors import ExitStatus, StartupError, UsageError
 from tapster.options import Options
 from tapster.runner._answers import answer_path, read_answer, wait_for_answer
 from tapster.runner._options import seconds
@@ -68,8 +69,6 @@ class CtlOptions(Options):
 
     def post_options(self) -> None:
         if self.subcommand is None:
-            from tapster.errors import UsageError
-
             raise UsageError("give a command: status, stop, rotate or reopen")
 
 
@@ -184,8 +183,6 @@ def _not_permitted(pid: int, signame: str, shown: str) -> str:
     except OSError:
         owner = None
     try:
-        import pwd
-
         who = pwd.getpwuid(owner).pw_name if owner is not None else None
     except KeyError:
         who = None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from tapster._version import __version__
 from tapster.errors import StartupError, TapsterError
 from tapster.runner._config import RunConfig
+from tapster.runner._debug import install_debug_exception_handler
 from tapster.runner._loop_errors import guard_accept_errors
 from tapster.runner._reactors import describe_loop, new_event_loop
 from tapster.runner._signals import SignalHandlers, signal_name
@@ -100,8 +101,6 @@ def run_loop(config: RunConfig, root: Service, hooks: Hooks) -> Outcome:
     loop = new_event_loop(config.reactor)
     asyncio.set_event_loop(loop)
     if config.debug:
-        from tapster.runner._debug import install_debug_exception_handler
-
         loop.set_debug(True)
         install_debug_exception_handler(loop)
     guard_accept_errors(loop)  # out of descriptors: pause listeners quietly (docs/running.md, "Logs")

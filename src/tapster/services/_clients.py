@@ -68,8 +68,6 @@ class _ForwarderBase(Generic[_Inner]):
     it by the protocol's type, so a plain and a buffered protocol each need a forwarder of their own type).
     """
 
-    __slots__ = ("_finished", "_inner")
-
     def __init__(self, inner: _Inner, finished: Callable[[], None]) -> None:
         self._inner: _Inner = inner
         self._finished = finished
@@ -96,16 +94,12 @@ class _ForwarderBase(Generic[_Inner]):
 class _Forwarder(_ForwarderBase[asyncio.Protocol], asyncio.Protocol):
     """The forwarder for a plain ``Protocol``: data arrives as bytes."""
 
-    __slots__ = ()
-
     def data_received(self, data: bytes) -> None:
         self._inner.data_received(data)
 
 
 class _BufferedForwarder(_ForwarderBase[asyncio.BufferedProtocol], asyncio.BufferedProtocol):
     """The forwarder for a ``BufferedProtocol``: data is read into the buffer the inner protocol hands out."""
-
-    __slots__ = ()
 
     def get_buffer(self, sizehint: int) -> Any:
         return self._inner.get_buffer(sizehint)

@@ -124,8 +124,6 @@ class _Lingerer(asyncio.Protocol):
     a client that is still sending is waited for, so what it had in flight is read and discarded, not reset.
     """
 
-    __slots__ = ("deadline", "delay", "heard", "linger", "on_lost", "protocol", "shut", "timer", "transport")
-
     def __init__(
         self,
         transport: asyncio.Transport,
