@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import zlib
 from typing import Any
 
 CACHE_NAME = ".tapster-plugins.json"
@@ -137,15 +138,11 @@ class FolderCache:
         size, mtime, plugins = entry
         if size != stamp[0] or mtime != stamp[1] or type(plugins) is not list:
             return None
-        for record in plugins:  # written out rather than all(...): this runs once per cached plugin
-            if (
-                type(record) is not list
-                or len(record) != 3
-                or type(record[0]) is not str
-                or type(record[1]) is not str
-                or type(record[2]) is not str
-            ):
-                return None
+        if not all(
+            type(record) is list and len(record) == 3 and all(type(x) is str for x in record)
+            for record in plugins
+        ):
+            return None
         return plugins
 
     def store(self, section: str, key: str, stamp: Stamp, plugins: list[PluginRecord]) -> None:
@@ -206,6 +203,4 @@ class FolderCache:
 def _token(body: bytes) -> str:
     """The entries' checksum: a header is trusted only beside the entries it was written with, and a listing
     built from a folder names the entries it was built from by it (equal snapshots, equal entries)."""
-    import zlib
-
     return f"{len(body)}-{zlib.crc32(body):08x}"

@@ -11,15 +11,18 @@ same name. The name is stable for a given folder, so the module's classes can be
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import stat
 import sys
 import types
+import zlib
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
+from tapster._plugin_bytecode import HashCheckedLoader
 from tapster._plugin_cache import (
     ENTRY_POINTS,
     MODULES,
@@ -195,8 +198,6 @@ def searched_note(path: Sequence[str], *, entry_points: bool) -> str:
 
 def module_name(folder: str, stem: str) -> str:
     """The private, stable module name a plugin file is loaded under."""
-    import zlib
-
     return f"{_MODULE_PREFIX}{zlib.crc32(os.path.realpath(folder).encode()):08x}_{stem}"
 
 
@@ -231,10 +232,6 @@ def import_plugin_file(path: str) -> Any:
     module = sys.modules.get(name)
     if module is not None:
         return module
-    import importlib.util
-
-    from tapster._plugin_bytecode import HashCheckedLoader
-
     spec = importlib.util.spec_from_file_location(name, path, loader=HashCheckedLoader(name, path))
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")

@@ -19,13 +19,28 @@ changed since it was written, or that failed last time; see :mod:`tapster._plugi
 
 from __future__ import annotations
 
+import gc
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from tapster._plugin_discovery import GROUP, Candidate, discover, import_plugin_module, is_service_maker
-from tapster.errors import PluginError
+from tapster import _plugin_discovery, _plugin_entry_points
+from tapster._plugin_cache import FolderCache, stored_listing
+from tapster._plugin_discovery import (
+    GROUP,
+    Candidate,
+    discover,
+    ignored_folders_note,
+    import_plugin_module,
+    is_service_maker,
+    listing_sources,
+    plugin_folders,
+    searched_note,
+)
+from tapster._version import __version__
+from tapster.errors import PluginError, TapsterError
 
 if TYPE_CHECKING:
     from tapster.options import Options
@@ -189,8 +204,6 @@ class Plugins:
         ``tapster/plugins/`` folder is named, and so is any folder skipped for holding an ``__init__.py``. The
         folders are worked out again here, so listing plugins pays nothing for this.
         """
-        from tapster._plugin_discovery import ignored_folders_note, searched_note
-
         hint = self.suggest(name)
         names = self.names()
         text = f"Did you mean {hint}? " if hint else ""
@@ -246,8 +259,6 @@ def _discover(
     reserved: Mapping[str, str] | None,
     sources: list[Any] | None = None,
 ) -> Plugins:
-    import gc
-
     # Discovery builds a few objects per plugin and keeps nearly all of them: with 1,000 plugins the collector
     # would run a dozen times over them for nothing (~1 ms of a 30 ms `tapster --help`).
     collecting = gc.isenabled()
@@ -274,9 +285,6 @@ def cached_listing(render: Callable[[Plugins], str], *, reserved: Mapping[str, s
     reserved names, and the version and files of the code that rendered it, so an edit to any of them renders it
     anew. A listing with a failed module is never stored: the module is tried again on every run.
     """
-    from tapster._plugin_cache import FolderCache, stored_listing
-    from tapster._plugin_discovery import listing_sources, plugin_folders
-
     searched = list(sys.path)
     code = _code_stamps(render)
     found = listing_sources(searched)
@@ -297,11 +305,6 @@ def cached_listing(render: Callable[[Plugins], str], *, reserved: Mapping[str, s
 def _code_stamps(render: Callable[[Plugins], str]) -> list[Any] | None:
     """The version and the files of the code a stored listing depends on: rendering, shadowing, discovery, entry
     points (the cache's own layout has its format number)."""
-    import os
-
-    from tapster import _plugin_discovery, _plugin_entry_points
-    from tapster._version import __version__
-
     stamps: list[Any] = [__version__]
     for file in (
         getattr(sys.modules.get(render.__module__), "__file__", None),
@@ -327,7 +330,6 @@ def build_application(maker: ServiceMaker, options: Options) -> Application:
             that is not a Service.
     """
     from tapster._extras import install_hint
-    from tapster.errors import TapsterError
     from tapster.service import Application, Service
 
     try:

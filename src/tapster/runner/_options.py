@@ -6,6 +6,7 @@ import functools
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -95,8 +96,6 @@ def _render_listing(plugins: Plugins) -> str:
 def _wrap(text: str, width: int) -> list[str]:
     if len(text) <= width:
         return [text] if text else []
-    import textwrap
-
     return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
 
 
