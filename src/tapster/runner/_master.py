@@ -1,0 +1,549 @@
+"""The master of ``--workers N``: holds the listeners, starts N workers, keeps N running, rolls reloads.
+
+It runs no part of the application after building the tree once to find its listeners. Its loop watches each
+worker through a pidfd (exit), a control socket (``ready``, ``failed REASON``, ``beat``) and its output (log
+records, relayed by runner/_worker_log.py). The rules (docs/workers.md):
+
+* start: all N start at once; the master is ready (launcher exit, ``READY=1``) when all N said ``ready``; the
+  first that fails, dies or outlives ``--worker-boot-timeout`` fails the start with its reason.
+* a worker that dies, or whose heartbeat stops for ``--worker-heartbeat-timeout`` (it is killed), is
+  replaced after a jittered backoff that doubles with each failed start in a row; after
+  :data:`CRASH_LIMIT` of those the master gives up, stops the others and exits 1.
+* reload (SIGUSR2): for each worker in turn, start a new one, wait until it is ready, stop the old one
+  gracefully. A new worker that fails ends the reload; the old workers keep serving.
+* stop (SIGTERM/SIGINT): close the master's own copies of the listeners, SIGTERM every worker, SIGKILL those
+  still running :data:`KILL_AFTER` seconds past ``--shutdown-timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+
+from tapster.runner._spawn import SpawnedWorker, spawn_worker
+from tapster.runner._worker_log import OutputRelay
+from tapster.runner._workers_table import WorkerRow, format_table
+
+__all__ = ["CRASH_LIMIT", "KILL_AFTER", "Master", "MasterHooks", "WorkersFailed"]
+
+logger = logging.getLogger("tapster")
+
+CRASH_LIMIT = 5
+"""Failed starts in a row (a worker that exits before it is ready or within :data:`STABLE` s of it) after which
+the master gives up."""
+
+STABLE = 1.0
+"""Seconds a worker must stay up after ``ready`` for its start to count as a success."""
+
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+KILL_AFTER = 1.5
+"""Seconds past ``--shutdown-timeout`` that a stopping worker gets (its own cancel and exit) before SIGKILL."""
+
+_TICK = 0.1  # how often the master checks boot deadlines and heartbeats
+
+
+class WorkersFailed(Exception):
+    """The workers could not be started (at start-up) or kept running (crash loop); the message says why."""
+
+
+class _State(enum.Enum):
+    BOOTING = "booting"
+    READY = "ready"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+class Worker:
+    """One worker process as the master sees it."""
+
+    def __init__(self, number: int, spawned: SpawnedWorker, loop: asyncio.AbstractEventLoop) -> None:
+        self.number = number
+        self.pid = spawned.pid
+        self.control = spawned.control
+        self.output_fd = spawned.output_fd
+        self.state = _State.BOOTING
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+        self.ready_at: float | None = None
+        self.last_beat = self.started
+        self.failure: str | None = None  # why it failed to start or was killed, as the worker or master said
+        self.retiring = False  # stopped on purpose (reload, stop): its exit is no crash
+        self.ready: asyncio.Future[str | None] = loop.create_future()  # None: ready; a reason: it failed
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self.relay = OutputRelay(number)
+        self._control_buffer = b""
+        self.pidfd: int | None = None
+
+    def signal(self, signum: int) -> None:
+        if self.state is not _State.EXITED:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def settle_ready(self, reason: str | None) -> None:
+        if not self.ready.done():
+            self.ready.set_result(reason)
+
+    def read_control(self) -> bool | None:
+        """Handle what the worker said; False at end of file, None when there is nothing more to read now."""
+        try:
+            data = self.control.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            return False
+        self._control_buffer += data
+        *lines, self._control_buffer = self._control_buffer.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            if line == "beat":
+                self.last_beat = time.monotonic()
+            elif line == "ready" and self.state is _State.BOOTING:
+                self.state = _State.READY
+                self.ready_at = self.last_beat = time.monotonic()
+                self.settle_ready(None)
+            elif line.startswith("failed"):
+                self.failure = line[len("failed") :].strip() or "the worker failed to start"
+                self.settle_ready(self.failure)
+        return True
+
+    def read_output(self) -> bool | None:
+        """Relay the worker's output to the log; False at end of file, None when there is nothing more now."""
+        try:
+            data = os.read(self.output_fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            self.relay.close()
+            return False
+        self.relay.feed(data)
+        return True
+
+
+class Slot:
+    """Worker number N: the process filling it now and how often it was replaced."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.current: Worker | None = None
+        self.restarts = 0
+
+
+class MasterHooks:
+    """What the run around the master wants to hear; see runner/_master_run.py."""
+
+    def __init__(
+        self,
+        *,
+        ready: Callable[[], None],
+        status: Callable[[str], object],
+        reloading: Callable[[], object],
+        stopping: Callable[[], object],
+        answer: Callable[[str, str, str], None],
+        rotate: Callable[[], bool],
+        reopen: Callable[[], bool],
+        workers_changed: Callable[[str], None],
+    ) -> None:
+        self.ready = ready  # all N workers are ready, the first time
+        self.status = status  # a one-line status for systemd (STATUS=)
+        self.reloading = reloading  # a reload begins (RELOADING=1)
+        self.stopping = stopping  # a stop signal came (STOPPING=1)
+        self.answer = answer  # how a ctl command went (command, ok|skipped|failed, reason)
+        self.rotate = rotate
+        self.reopen = reopen
+        self.workers_changed = workers_changed  # the workers table for `tapster ctl status`
+
+
+class Master:
+    """Supervises ``count`` workers on ``listeners`` until a stop signal; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        count: int,
+        listeners: Sequence[tuple[str, socket.socket]],
+        close_listeners: Callable[[], None],
+        argv: Sequence[str],
+        launch_dir: str,
+        boot_timeout: float,
+        heartbeat_timeout: float,
+        shutdown_timeout: float,
+        hooks: MasterHooks,
+    ) -> None:
+        self.slots = [Slot(number) for number in range(1, count + 1)]
+        self.listeners = list(listeners)
+        self.close_listeners = close_listeners
+        self.argv = list(argv)
+        self.launch_dir = launch_dir
+        self.boot_timeout = boot_timeout
+        self.heartbeat_timeout = heartbeat_timeout
+        self.beat = min(1.0, heartbeat_timeout / 4)
+        self.shutdown_timeout = shutdown_timeout
+        self.hooks = hooks
+        self.workers: set[Worker] = set()  # every live process: current, new in a reload, retiring
+        self.running = False  # all started once, not stopping: a dead worker is replaced
+        self.stop_requested: asyncio.Event | None = None
+        self.give_up: str | None = None
+        self.failed_starts = 0
+        self.reload_task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop_signals = 0
+
+    # -- the whole life --------------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Start the workers, supervise them until a stop signal, stop them; the exit status.
+
+        Raises:
+            WorkersFailed: the workers did not all start (nothing is left running).
+        """
+        self.loop = asyncio.get_running_loop()
+        self.stop_requested = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        self.loop.add_signal_handler(signal.SIGUSR2, self._on_reload_signal)
+        self.loop.add_signal_handler(signal.SIGUSR1, self._log_command, "rotate", self.hooks.rotate)
+        self.loop.add_signal_handler(signal.SIGHUP, self._log_command, "reopen", self.hooks.reopen)
+        watcher = asyncio.ensure_future(self._watch())
+        try:
+            if not await self._boot():
+                await self._stop_all()
+                return 0
+            self.running = True
+            self.hooks.ready()
+            self._changed()
+            await self.stop_requested.wait()
+            self.running = False
+            await self._stop_all()
+        finally:
+            watcher.cancel()
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
+                self.loop.remove_signal_handler(signum)
+        if self.give_up is not None:
+            raise WorkersFailed(self.give_up)
+        return 0
+
+    async def _boot(self) -> bool:
+        """Start every slot's worker at once; True when all are ready, False if a stop signal came first."""
+        logger.info("Starting %d worker(s).", len(self.slots))
+        try:
+            for slot in self.slots:
+                slot.current = self._spawn(slot.number)
+        except OSError as exc:
+            await self._stop_all()
+            raise WorkersFailed(f"cannot start a worker: {exc}") from exc
+        assert self.stop_requested is not None
+        stop: asyncio.Future[object] = asyncio.ensure_future(self.stop_requested.wait())
+        pending: set[asyncio.Future[object]] = {
+            asyncio.ensure_future(self._ready_or_reason(slot)) for slot in self.slots
+        }
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending | {stop}, return_when=asyncio.FIRST_COMPLETED)
+                if stop in done:
+                    logger.info("Stopping during start-up: stopping the workers.")
+                    return False
+                pending.discard(stop)
+                for task in done:
+                    reason = task.result()
+                    if reason is not None:
+                        await self._stop_all()
+                        raise WorkersFailed(reason)
+        finally:
+            stop.cancel()
+            for task in pending:
+                task.cancel()
+        return True
+
+    async def _ready_or_reason(self, slot: Slot) -> str | None:
+        worker = slot.current
+        assert worker is not None
+        reason = await worker.ready
+        return None if reason is None else f"worker {slot.number} failed to start: {reason}"
+
+    # -- processes ---------------------------------------------------------------------------------------------
+
+    def _spawn(self, number: int) -> Worker:
+        assert self.loop is not None
+        spawned = spawn_worker(
+            number, self.listeners, argv=self.argv, launch_dir=self.launch_dir, beat=self.beat
+        )
+        worker = Worker(number, spawned, self.loop)
+        self.workers.add(worker)
+        worker.pidfd = os.pidfd_open(worker.pid)
+        self.loop.add_reader(worker.pidfd, self._on_exit, worker)
+        self.loop.add_reader(worker.control.fileno(), self._on_control, worker)
+        self.loop.add_reader(worker.output_fd, self._on_output, worker)
+        logger.info("worker %d started (pid %d).", number, worker.pid)
+        return worker
+
+    def _on_control(self, worker: Worker) -> None:
+        was_booting = worker.state is _State.BOOTING
+        if worker.read_control() is False:
+            assert self.loop is not None
+            self.loop.remove_reader(worker.control.fileno())
+        if was_booting and worker.state is _State.READY:
+            logger.info("worker %d ready (pid %d).", worker.number, worker.pid)
+            self._changed()
+
+    def _on_output(self, worker: Worker) -> None:
+        if worker.read_output() is False:
+            assert self.loop is not None
+            self.loop.remove_reader(worker.output_fd)
+
+    def _on_exit(self, worker: Worker) -> None:
+        assert self.loop is not None and worker.pidfd is not None
+        try:
+            _, status = os.waitpid(worker.pid, os.WNOHANG)
+        except ChildProcessError:
+            status = 0
+        self.loop.remove_reader(worker.pidfd)
+        os.close(worker.pidfd)
+        worker.pidfd = None
+        while worker.read_output():  # what it wrote last, before we say why it died (a process it started
+            pass  # may hold the pipe open: read what is there, not until the end)
+        worker.relay.close()
+        while worker.read_control():  # a "failed" line sent just before exiting
+            pass
+        for fd in (worker.control.fileno(), worker.output_fd):
+            self.loop.remove_reader(fd)
+        worker.control.close()
+        os.close(worker.output_fd)
+        worker.state = _State.EXITED
+        self.workers.discard(worker)
+        how = _describe_status(status)
+        worker.settle_ready(worker.failure or f"it {how} before it was ready")
+        worker.exited.set_result(status)
+        if worker.retiring:
+            logger.info("worker %d (pid %d) stopped: %s.", worker.number, worker.pid, how)
+        else:
+            logger.error("worker %d (pid %d) %s%s", worker.number, worker.pid, how, _why(worker))
+        slot = self.slots[worker.number - 1]
+        if slot.current is worker:
+            slot.current = None
+            if self.running and not worker.retiring:
+                self._replace_later(slot, worker)
+        self._changed()
+
+    def _replace_later(self, slot: Slot, dead: Worker) -> None:
+        """Start a new worker for ``slot`` after a jittered backoff; give up on a crash loop."""
+        assert self.loop is not None and self.stop_requested is not None
+        stable = dead.ready_at is not None and time.monotonic() - dead.ready_at >= STABLE
+        self.failed_starts = 0 if stable else self.failed_starts + 1
+        if self.failed_starts >= CRASH_LIMIT:
+            self.give_up = (
+                f"workers crash-loop: {self.failed_starts} starts in a row failed; the last: worker "
+                f"{dead.number}: {dead.failure or 'it exited'}"
+            )
+            logger.error("Giving up: %s.", self.give_up)
+            self.stop_requested.set()
+            return
+        delay = min(BACKOFF_FIRST * 2**self.failed_starts, BACKOFF_MAX) * random.uniform(0.5, 1.0)
+        self.loop.call_later(delay, self._replace, slot)
+
+    def _replace(self, slot: Slot) -> None:
+        if not self.running or slot.current is not None:  # stopping, or a reload filled the slot meanwhile
+            return
+        try:
+            slot.current = self._spawn(slot.number)
+        except OSError as exc:
+            logger.error("cannot start worker %d: %s", slot.number, exc)
+            assert self.loop is not None
+            self.loop.call_later(BACKOFF_MAX, self._replace, slot)
+            return
+        slot.restarts += 1
+        self._changed()
+
+    async def _watch(self) -> None:
+        """Kill a worker that takes too long to start, or whose heartbeat stopped."""
+        while True:
+            await asyncio.sleep(_TICK)
+            now = time.monotonic()
+            for worker in list(self.workers):
+                if worker.state is _State.BOOTING and now - worker.started > self.boot_timeout:
+                    worker.failure = (
+                        f"it did not start within {self.boot_timeout:g} s (--worker-boot-timeout)"
+                    )
+                    self._kill(worker)
+                elif worker.state is _State.READY and now - worker.last_beat > self.heartbeat_timeout:
+                    worker.failure = (
+                        f"its event loop sent no heartbeat for {self.heartbeat_timeout:g} s "
+                        "(--worker-heartbeat-timeout): killed"
+                    )
+                    self._kill(worker)
+
+    def _kill(self, worker: Worker) -> None:
+        logger.error("worker %d (pid %d): %s.", worker.number, worker.pid, worker.failure)
+        worker.settle_ready(worker.failure)
+        worker.state = _State.STOPPING
+        worker.signal(signal.SIGKILL)
+
+    async def _retire(self, worker: Worker) -> None:
+        """Stop ``worker`` gracefully; SIGKILL it if it is still running KILL_AFTER s past the timeout."""
+        worker.retiring = True
+        if worker.state is _State.EXITED:
+            return
+        worker.state = _State.STOPPING
+        worker.signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(worker.exited), self.shutdown_timeout + KILL_AFTER)
+        except TimeoutError:
+            logger.error(
+                "worker %d (pid %d) still running %g s after SIGTERM: killing it.",
+                worker.number,
+                worker.pid,
+                self.shutdown_timeout + KILL_AFTER,
+            )
+            worker.signal(signal.SIGKILL)
+            await asyncio.shield(worker.exited)
+
+    async def _stop_all(self) -> None:
+        """Close the master's listeners, then stop every worker (at once, each bounded)."""
+        self.running = False
+        self.close_listeners()
+        if self.reload_task is not None:
+            self.reload_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reload_task
+        if self.workers:
+            logger.info("Stopping %d worker(s).", len(self.workers))
+            self.hooks.status("stopping workers")
+            await asyncio.gather(*(self._retire(worker) for worker in list(self.workers)))
+
+    # -- signals -----------------------------------------------------------------------------------------------
+
+    def _on_stop_signal(self, signum: int) -> None:
+        assert self.stop_requested is not None
+        self._stop_signals += 1
+        name = signal.Signals(signum).name
+        if self._stop_signals == 1:
+            logger.info("Received %s, shutting down.", name)
+            self.hooks.stopping()
+            self.stop_requested.set()
+            return
+        logger.warning("Received %s again: killing the workers.", name)
+        for worker in list(self.workers):
+            worker.signal(signal.SIGKILL)
+
+    def _log_command(self, command: str, action: Callable[[], bool]) -> None:
+        try:
+            changed = action()
+        except OSError as exc:
+            logger.error("cannot %s the log: %s", command, exc)
+            self.hooks.answer(command, "failed", str(exc))
+            return
+        if changed:
+            logger.info("Log %s.", "rotated (SIGUSR1)" if command == "rotate" else "file reopened (SIGHUP)")
+            self.hooks.answer(command, "ok", "")
+        else:
+            self.hooks.answer(command, "skipped", "the log is not a file")
+
+    def _on_reload_signal(self) -> None:
+        if not self.running:
+            self.hooks.answer("reload", "skipped", "the server is starting or stopping")
+            return
+        if self.reload_task is not None and not self.reload_task.done():
+            logger.info("Received SIGUSR2 during a reload: the reload goes on.")
+            self.hooks.answer("reload", "skipped", "a reload is already running")
+            return
+        self.reload_task = asyncio.ensure_future(self._reload())
+
+    # -- rolling reload ----------------------------------------------------------------------------------------
+
+    async def _reload(self) -> None:
+        count = len(self.slots)
+        logger.info("Received SIGUSR2: reloading %d worker(s) one by one.", count)
+        self.hooks.reloading()
+        started = time.monotonic()
+        done = 0
+        try:
+            for slot in self.slots:
+                self.hooks.status(f"reloading: {done} of {count} workers new")
+                try:
+                    new = self._spawn(slot.number)
+                except OSError as exc:
+                    self._reload_failed(f"cannot start a new worker {slot.number}: {exc}", done)
+                    return
+                new.retiring = True  # not slot.current yet: its death during the boot is no crash
+                reason = await new.ready
+                if reason is not None:
+                    if new.state is not _State.EXITED:
+                        await self._retire(new)
+                    self._reload_failed(f"the new worker {slot.number} failed to start: {reason}", done)
+                    return
+                new.retiring = False
+                old, slot.current = slot.current, new
+                self._changed()
+                if old is not None:
+                    await self._retire(old)
+                done += 1
+        except asyncio.CancelledError:
+            for worker in list(self.workers):
+                if worker.retiring and worker.state is _State.BOOTING:
+                    worker.signal(signal.SIGKILL)
+            raise
+        elapsed = time.monotonic() - started
+        logger.info("Reload done: %d worker(s) replaced in %.2f s.", count, elapsed)
+        self.hooks.answer("reload", "ok", f"{count} worker(s) replaced in {elapsed:.2f} s")
+        self.hooks.ready()
+        self._changed()
+
+    def _reload_failed(self, reason: str, done: int) -> None:
+        logger.error(
+            "Reload aborted: %s; %d worker(s) were replaced, the others keep serving the old code.",
+            reason,
+            done,
+        )
+        self.hooks.answer("reload", "failed", f"{reason} ({done} replaced, the old workers keep serving)")
+        self.hooks.ready()
+        self._changed()
+
+    # -- reporting ---------------------------------------------------------------------------------------------
+
+    def ready_count(self) -> int:
+        return sum(
+            1 for slot in self.slots if slot.current is not None and slot.current.state is _State.READY
+        )
+
+    def _changed(self) -> None:
+        rows = []
+        for slot in self.slots:
+            worker = slot.current
+            if worker is None:
+                rows.append(WorkerRow(slot.number, None, None, slot.restarts, "replacing"))
+            else:
+                rows.append(
+                    WorkerRow(slot.number, worker.pid, worker.started_wall, slot.restarts, worker.state.value)
+                )
+        self.hooks.workers_changed(format_table(rows))
+        if self.running:
+            ready, count = self.ready_count(), len(self.slots)
+            self.hooks.status(
+                f"{ready} workers ready" if ready == count else f"{ready} of {count} workers ready"
+            )
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        try:
+            name = signal.Signals(os.WTERMSIG(status)).name
+        except ValueError:
+            name = f"signal {os.WTERMSIG(status)}"
+        return f"was killed by {name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def _why(worker: Worker) -> str:
+    return f": {worker.failure}" if worker.failure else "."
