@@ -24,7 +24,9 @@ async def handle(reader, writer):
         words = line.decode().split()
         if words[:1] == ["sleep"]:
             import asyncio
+            import logging
 
+            logging.getLogger("app").info("sleeping %s s", words[1])
             await asyncio.sleep(float(words[1]))
         if words[:1] == ["block"]:
             time.sleep(float(words[1]))

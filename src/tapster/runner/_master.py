@@ -219,21 +219,20 @@ class Master:
         watcher = asyncio.ensure_future(self._watch())
         try:
             if not await self._boot():
-                await self._stop_all()
-                return 0
+                return 0 if await self._stop_all() else 1
             self.running = True
             self.hooks.ready()
             self._changed()
             await self.stop_requested.wait()
             self.running = False
-            await self._stop_all()
+            clean = await self._stop_all()
         finally:
             watcher.cancel()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
                 self.loop.remove_signal_handler(signum)
         if self.give_up is not None:
             raise WorkersFailed(self.give_up)
-        return 0
+        return 0 if clean else 1
 
     async def _boot(self) -> bool:
         """Start every slot's worker at once; True when all are ready, False if a stop signal came first."""
@@ -390,15 +389,18 @@ class Master:
         worker.state = _State.STOPPING
         worker.signal(signal.SIGKILL)
 
-    async def _retire(self, worker: Worker) -> None:
-        """Stop ``worker`` gracefully; SIGKILL it if it is still running KILL_AFTER s past the timeout."""
+    async def _retire(self, worker: Worker) -> bool:
+        """Stop ``worker`` gracefully; SIGKILL it if it is still running KILL_AFTER s past the timeout.
+
+        Returns whether it stopped cleanly (exit status 0 by itself).
+        """
         worker.retiring = True
         if worker.state is _State.EXITED:
-            return
+            return worker.exited.result() == 0
         worker.state = _State.STOPPING
         worker.signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.shield(worker.exited), self.shutdown_timeout + KILL_AFTER)
+            status = await asyncio.wait_for(asyncio.shield(worker.exited), self.shutdown_timeout + KILL_AFTER)
         except TimeoutError:
             logger.error(
                 "worker %d (pid %d) still running %g s after SIGTERM: killing it.",
@@ -408,19 +410,23 @@ class Master:
             )
             worker.signal(signal.SIGKILL)
             await asyncio.shield(worker.exited)
+            return False
+        return status == 0
 
-    async def _stop_all(self) -> None:
-        """Close the master's listeners, then stop every worker (at once, each bounded)."""
+    async def _stop_all(self) -> bool:
+        """Close the master's listeners, then stop every worker (at once, each bounded); True if all cleanly."""
         self.running = False
         self.close_listeners()
         if self.reload_task is not None:
             self.reload_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.reload_task
-        if self.workers:
-            logger.info("Stopping %d worker(s).", len(self.workers))
-            self.hooks.status("stopping workers")
-            await asyncio.gather(*(self._retire(worker) for worker in list(self.workers)))
+        if not self.workers:
+            return True
+        logger.info("Stopping %d worker(s).", len(self.workers))
+        self.hooks.status("stopping workers")
+        stopped = await asyncio.gather(*(self._retire(worker) for worker in list(self.workers)))
+        return all(stopped)
 
     # -- signals -----------------------------------------------------------------------------------------------
 
