@@ -39,6 +39,10 @@ class Failing(Service):
     async def start(self):
         if os.path.exists("{fail_marker}"):
             raise RuntimeError("the marker file says fail")
+        if os.path.exists("{hang_marker}"):
+            import asyncio
+
+            await asyncio.sleep(3600)
         await super().start()
 
 
@@ -50,8 +54,10 @@ StreamServer(f"tcp:{{os.environ['PORT']}}:interface=127.0.0.1", handle, name="Ec
 
 
 def write_app(path: Path, version: str = "v1", *, extra: str = "") -> Path:
-    """Write the test application (it fails to start while ``PATH.fail`` exists)."""
-    path.write_text(APP.format(version=version, fail_marker=f"{path}.fail", extra=extra))
+    """Write the test application (its start fails while ``PATH.fail`` exists, never ends while ``PATH.hang`` does)."""
+    path.write_text(
+        APP.format(version=version, fail_marker=f"{path}.fail", hang_marker=f"{path}.hang", extra=extra)
+    )
     return path
 
 
