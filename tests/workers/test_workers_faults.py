@@ -130,3 +130,66 @@ def test_daemon_launcher_waits_for_all_workers(tmp_path: Path) -> None:
     assert stop.returncode == 0 and stop.stdout.strip() == "stopped"
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
     assert "Server Shut Down." in (tmp_path / "t.log").read_text()
+
+
+def _messages(listener: socket.socket, until: float) -> list[tuple[float, list[str]]]:
+    got = []
+    while time.monotonic() < until:
+        listener.settimeout(max(0.01, until - time.monotonic()))
+        try:
+            got.append((time.monotonic(), listener.recv(4096).decode().splitlines()))
+        except TimeoutError:
+            break
+    return got
+
+
+def test_watchdog_only_while_workers_are_healthy(tapster, tmp_path: Path) -> None:
+    """WATCHDOG=1 at half of WATCHDOG_USEC; withheld while a worker's loop is stopped; back once it is replaced."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(tmp_path / "notify"))
+        env = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "400000"}
+        proc, _, _ = _start(tapster, tmp_path, "--worker-heartbeat-timeout", "3", env=env)
+        healthy = _messages(listener, time.monotonic() + 1.0)
+        assert sum("WATCHDOG=1" in m for _, m in healthy) >= 3
+        old = ready_pids(proc.lines)[1]
+        os.kill(old, signal.SIGSTOP)
+        stopped = time.monotonic()
+        # its beats come every 0.75 s (a quarter of the timeout): overdue 1.6 s after the last one at most
+        stalled = _messages(listener, stopped + 2.6)
+        assert not [t for t, m in stalled if "WATCHDOG=1" in m and t > stopped + 1.7]
+        proc.wait_for(rf"\] worker 1 ready \(pid (?!{old}\))\d+\)", timeout=15)
+        back = _messages(listener, time.monotonic() + 1.5)
+        assert any("WATCHDOG=1" in m for _, m in back)
+        proc.signal(signal.SIGTERM)
+        assert proc.finish()[0] == 0
+
+
+def test_watchdog_for_another_pid_is_not_ours(tapster, tmp_path: Path) -> None:
+    """WATCHDOG_PID naming another process: the master sends no WATCHDOG=1 (and no worker does)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(tmp_path / "notify"))
+        env = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"}
+        proc, _, _ = _start(tapster, tmp_path, env=env)
+        got = _messages(listener, time.monotonic() + 1.0)
+        assert got and not any("WATCHDOG=1" in m for _, m in got)
+        proc.signal(signal.SIGTERM)
+        assert proc.finish()[0] == 0
+
+
+def test_slow_start_extends_systemd_start_timeout(tapster, tmp_path: Path) -> None:
+    """While workers are still starting (within their boot timeout), EXTEND_TIMEOUT_USEC covers that time."""
+    app = write_app(tmp_path / "app.tac")
+    Path(f"{app}.hang").touch()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(tmp_path / "notify"))
+        proc = tapster(
+            ["-n", "--pidfile", "t.pid", "--workers", "1", "--worker-boot-timeout", "2", "-y", str(app)],
+            env={"PORT": str(free_port()), "NOTIFY_SOCKET": str(tmp_path / "notify")},
+        )
+        got = _messages(listener, time.monotonic() + 1.5)
+        extends = [
+            int(line.split("=")[1]) for _, m in got for line in m if line.startswith("EXTEND_TIMEOUT_USEC=")
+        ]
+        assert extends and all(2_000_000 < usec <= 7_000_000 for usec in extends)
+        status, _, err = proc.finish(timeout=15)
+        assert status == 1 and "did not start within 2 s" in err

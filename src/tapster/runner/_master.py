@@ -155,6 +155,8 @@ class MasterHooks:
         rotate: Callable[[], bool],
         reopen: Callable[[], bool],
         workers_changed: Callable[[str], None],
+        watchdog: Callable[[], object] | None = None,
+        extend_start: Callable[[float], object] | None = None,
     ) -> None:
         self.ready = ready  # all N workers are ready, the first time
         self.status = status  # a one-line status for systemd (STATUS=)
@@ -164,6 +166,10 @@ class MasterHooks:
         self.rotate = rotate
         self.reopen = reopen
         self.workers_changed = workers_changed  # the workers table for `tapster ctl status`
+        self.watchdog = watchdog  # all is well (WATCHDOG=1); None: systemd asked for no watchdog
+        self.extend_start = (
+            extend_start  # the start goes on: give it this many more seconds (EXTEND_TIMEOUT_USEC)
+        )
 
 
 class Master:
@@ -181,6 +187,7 @@ class Master:
         heartbeat_timeout: float,
         shutdown_timeout: float,
         hooks: MasterHooks,
+        watchdog_interval: float | None = None,
     ) -> None:
         self.slots = [Slot(number) for number in range(1, count + 1)]
         self.listeners = list(listeners)
@@ -200,6 +207,9 @@ class Master:
         self.reload_task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop_signals = 0
+        self.watchdog_interval = watchdog_interval  # WATCHDOG_USEC / 2, in seconds
+        self._last_watchdog = 0.0
+        self._last_extend = 0.0
 
     # -- the whole life --------------------------------------------------------------------------------------
 
@@ -366,10 +376,11 @@ class Master:
         self._changed()
 
     async def _watch(self) -> None:
-        """Kill a worker that takes too long to start, or whose heartbeat stopped."""
+        """Kill a worker that takes too long to start, or whose heartbeat stopped; keep systemd informed."""
         while True:
             await asyncio.sleep(_TICK)
             now = time.monotonic()
+            self._tell_systemd(now)
             for worker in list(self.workers):
                 if worker.state is _State.BOOTING and now - worker.started > self.boot_timeout:
                     worker.failure = (
@@ -382,6 +393,29 @@ class Master:
                         "(--worker-heartbeat-timeout): killed"
                     )
                     self._kill(worker)
+
+    def _healthy(self, now: float) -> bool:
+        """No worker is late: each started one beat within two of its intervals, none is past its boot time."""
+        for worker in self.workers:
+            if worker.state is _State.READY and now - worker.last_beat > 2 * self.beat + _TICK:
+                return False
+            if worker.state is _State.BOOTING and now - worker.started > self.boot_timeout:
+                return False
+        return True
+
+    def _tell_systemd(self, now: float) -> None:
+        """WATCHDOG=1 at half the watchdog interval while all is well; EXTEND_TIMEOUT_USEC while booting."""
+        hooks = self.hooks
+        interval = self.watchdog_interval
+        due = interval is not None and now - self._last_watchdog >= interval
+        if hooks.watchdog is not None and due and self._healthy(now):
+            self._last_watchdog = now
+            hooks.watchdog()
+        if hooks.extend_start is not None and not self.running and now - self._last_extend >= 1.0:
+            booting = [w.started + self.boot_timeout - now for w in self.workers if w.state is _State.BOOTING]
+            if booting and self.stop_requested is not None and not self.stop_requested.is_set():
+                self._last_extend = now
+                hooks.extend_start(max(booting) + 5.0)  # the master's own bound on the start, and a margin
 
     def _kill(self, worker: Worker) -> None:
         logger.error("worker %d (pid %d): %s.", worker.number, worker.pid, worker.failure)

@@ -79,7 +79,14 @@ def run_master(
         rotate=destination.rotate,
         reopen=destination.reopen,
         workers_changed=table.rewrite if table is not None else lambda _text: None,
+        watchdog=(lambda: notifier.notify("WATCHDOG=1")) if notifier.enabled else None,
+        extend_start=(
+            (lambda seconds: notifier.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}"))
+            if notifier.enabled
+            else None
+        ),
     )
+    watchdog = _watchdog_interval()
     try:
         if stale is not None:
             logger.info("Removing stale pid file left by PID %d (%s).", stale, config.pidfile_display)
@@ -105,6 +112,7 @@ def run_master(
             heartbeat_timeout=config.worker_heartbeat_timeout,
             shutdown_timeout=config.shutdown_timeout,
             hooks=hooks,
+            watchdog_interval=watchdog,
         )
         try:
             status = loop.run_until_complete(master.run())
@@ -137,3 +145,19 @@ def run_master(
         if ready:
             logger.info("Server Shut Down.")
         destination.close()
+
+
+def _watchdog_interval() -> float | None:
+    """Half of ``WATCHDOG_USEC`` in seconds when systemd watches this process (``WATCHDOG_PID`` unset or ours).
+
+    Both variables are removed, so the workers, which are not what systemd watches, never send WATCHDOG=1.
+    """
+    usec = os.environ.pop("WATCHDOG_USEC", None)
+    pid = os.environ.pop("WATCHDOG_PID", None)
+    if usec is None or (pid is not None and pid.strip() != str(os.getpid())):
+        return None
+    try:
+        value = int(usec)
+    except ValueError:
+        return None
+    return value / 2_000_000 if value > 0 else None
