@@ -99,6 +99,8 @@ def run_master(
             os.chdir(config.rundir)
         except OSError as exc:
             raise StartupError(f"cannot change to run directory {config.rundir}: {exc.strerror}") from exc
+        if not config.no_save:
+            logger.info("With --workers the application state is not saved at shutdown (docs/workers.md).")
         listeners.extend(loop.run_until_complete(bind_listeners(root)))
         for listener in listeners:
             logger.info("master listening on %s for %d worker(s)", listener.description, config.workers)
