@@ -431,8 +431,9 @@ class Master:
         worker.retiring = True
         if worker.state is _State.EXITED:
             return worker.exited.result() == 0
-        worker.state = _State.STOPPING
-        worker.signal(signal.SIGTERM)
+        if worker.state is not _State.STOPPING:  # a second SIGTERM would cut its drain short
+            worker.state = _State.STOPPING
+            worker.signal(signal.SIGTERM)
         try:
             status = await asyncio.wait_for(asyncio.shield(worker.exited), self.shutdown_timeout + KILL_AFTER)
         except TimeoutError:
