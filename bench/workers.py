@@ -163,42 +163,40 @@ def throughput(server: Server, conns: int, seconds: float) -> tuple[float, colle
 
 
 class Load:
-    """Clients in threads, each asking on a new connection after another; every outcome counted."""
+    """``clients`` asyncio clients on a loop in a thread, each asking on a new connection after another."""
 
     def __init__(self, port: int, clients: int) -> None:
         self.port = port
         self.sent = self.answered = 0
         self.errors: collections.Counter[str] = collections.Counter()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-        for thread in self._threads:
-            thread.start()
+        self.loop = asyncio.new_event_loop()
+        self.running = True
+        self._thread = threading.Thread(target=self.loop.run_until_complete, args=(self._all(clients),))
+        self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                self.sent += 1
+    async def _all(self, clients: int) -> None:
+        await asyncio.gather(*(self._client() for _ in range(clients)))
+
+    async def _client(self) -> None:
+        while self.running:
+            self.sent += 1
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
-                    sock.sendall(b"x\n")
-                    data = b""
-                    while not data.endswith(b"\n"):
-                        chunk = sock.recv(100)
-                        if not chunk:
-                            raise ConnectionError("closed without an answer")
-                        data += chunk
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                try:
+                    writer.write(b"x\n")
+                    if not (await reader.readline()).endswith(b"\n"):
+                        raise ConnectionError("closed without an answer")
+                finally:
+                    writer.close()
             except OSError as exc:
-                with self._lock:
-                    self.errors[type(exc).__name__] += 1
+                self.errors[type(exc).__name__] += 1
             else:
-                with self._lock:
-                    self.answered += 1
+                self.answered += 1
 
     def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
+        self.running = False
+        self._thread.join(timeout=60)
+        self.loop.close()
 
 
 def reloads(directory: Path, count: int, clients: int) -> tuple[Load, list[float]]:
