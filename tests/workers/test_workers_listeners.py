@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 from pathlib import Path
 
+import pytest
 from workerapp import ask, free_port, write_app
 
+from conftest import run_tapster
 from tapster._endpoint_inherited import listener_names
 
 
@@ -44,13 +47,20 @@ print("printed by a worker")
 """
 
 
-def test_udp_and_unix_listeners_are_shared(tapster, tmp_path: Path) -> None:
-    """A UDP socket and a unix socket file, bound once by the master, are served by its workers."""
+@pytest.mark.parametrize("upgrade", [False, True])
+def test_udp_and_unix_listeners_are_shared(tapster, tmp_path: Path, upgrade: bool) -> None:
+    """A UDP socket and a unix socket file, bound once by the master, are served by its workers (also after
+    an in-place upgrade handed them to the new master image)."""
     port, udp = free_port(), free_port()
     sock_path = tmp_path / "app.sock"
     app = write_app(tmp_path / "app.tac", extra=UDP_AND_UNIX.format(udp=udp, sock=sock_path))
     proc = tapster(["-n", "--pidfile", "t.pid", "--workers", "2", "-y", str(app)], env={"PORT": str(port)})
     pids = {int(proc.wait_for(rf"\] worker {n} ready \(pid (\d+)\)")[1]) for n in (1, 2)}
+    if upgrade:
+        result = run_tapster(["ctl", "upgrade", "--pidfile", "t.pid"], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        status = run_tapster(["ctl", "status", "--pidfile", "t.pid"], cwd=tmp_path).stdout
+        pids = {int(pid) for pid in re.findall(r"worker \d+: pid (\d+), ready", status)}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         client.settimeout(10)
         client.sendto(b"who", ("127.0.0.1", udp))
@@ -70,8 +80,6 @@ def test_udp_and_unix_listeners_are_shared(tapster, tmp_path: Path) -> None:
 
 def test_worker_records_in_a_json_log(tmp_path: Path) -> None:
     """With --log-format json the master's log holds the workers' records as JSON, context naming the worker."""
-    from conftest import run_tapster
-
     port = free_port()
     app = write_app(tmp_path / "app.tac")
     result = run_tapster(

@@ -25,7 +25,7 @@ from tapster._safefile import open_regular
 __all__ = ["Answer", "AnswerFile", "HeldFile", "answer_path", "read_answer", "read_held", "wait_for_answer"]
 
 SUFFIX = ".answer"
-_LINE = re.compile(r"(\d+) (\d+) (rotate|reopen|reload) (ok|skipped|failed) ?(.*)")
+_LINE = re.compile(r"(\d+) (\d+) (rotate|reopen|reload|upgrade) (ok|skipped|failed) ?(.*)")
 _MAX_BYTES = 4096
 
 
@@ -110,7 +110,9 @@ class AnswerFile(HeldFile):
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
-        self._sequence = 0
+        # Not 0: a master that re-executed itself (ctl upgrade) keeps its pid, and ctl tells a new answer from
+        # the last one by pid and sequence; microseconds since the epoch never repeat the previous image's.
+        self._sequence = time.time_ns() // 1000
 
     def answer(self, command: str, outcome: str, reason: str = "") -> None:
         """Replace the file's line with this answer (one ``pwrite``, then cut to its length)."""

@@ -66,10 +66,17 @@ class _ReloadOptions(_CtlCommand):
     )
 
 
+class _UpgradeOptions(_ReloadOptions):
+    description = (
+        "Re-execute the master of a --workers server with the code installed now (same pid, same listeners, "
+        "SIGURG), then replace its workers one by one; say whether it did."
+    )
+
+
 class CtlOptions(Options):
     """``tapster ctl COMMAND [--pidfile FILE]``."""
 
-    synopsis = "Usage: tapster ctl (status | stop | rotate | reopen | reload) [--pidfile FILE]"
+    synopsis = "Usage: tapster ctl (status | stop | rotate | reopen | reload | upgrade) [--pidfile FILE]"
     description = "Control a running tapster server through its pid file."
     subcommands = (
         ("status", None, _StatusOptions, "Is the server running? (LSB exit codes 0 / 3 / 1)"),
@@ -82,13 +89,14 @@ class CtlOptions(Options):
             _ReloadOptions,
             "Roll the workers onto a fresh load (SIGUSR2); waits for the answer.",
         ),
+        ("upgrade", None, _UpgradeOptions, "Re-execute the master in place, then roll the workers (SIGURG)."),
     )
 
     def post_options(self) -> None:
         if self.subcommand is None:
             from tapster.errors import UsageError
 
-            raise UsageError("give a command: status, stop, rotate, reopen or reload")
+            raise UsageError("give a command: status, stop, rotate, reopen, reload or upgrade")
 
 
 def run_ctl(options: CtlOptions) -> tuple[int, str]:
@@ -115,17 +123,18 @@ def run_ctl(options: CtlOptions) -> tuple[int, str]:
         if command == "stop":
             return ExitStatus.OK, f"not running ({where})"
         return ExitStatus.FAILURE, f"not running ({where})"
-    if command in ("rotate", "reopen", "reload"):
+    if command in ("rotate", "reopen", "reload", "upgrade"):
         return _log_command(command, pid, path, shown, sub["timeout"])
     return _stop(pid, sub["timeout"], shown)
 
 
 def _log_command(command: str, pid: int, path: str, shown: str, timeout: float) -> tuple[int, str]:
     """Send SIGUSR1/SIGHUP/SIGUSR2 and report what the server answered in its answer file (runner/_answers.py)."""
-    signum = {"rotate": signal.SIGUSR1, "reopen": signal.SIGHUP, "reload": signal.SIGUSR2}[command]
-    if command == "reload" and read_workers(path) is None:
+    signum = _SIGNALS[command]
+    if command in _DONE and read_workers(path) is None:
         return ExitStatus.FAILURE, (
-            f"pid {pid} runs no workers: only a server started with --workers N reloads (see docs/workers.md)"
+            f"pid {pid} runs no workers: only a server started with --workers N can {command} "
+            "(see docs/workers.md)"
         )
     answers = answer_path(path)
     try:
@@ -143,10 +152,10 @@ def _log_command(command: str, pid: int, path: str, shown: str, timeout: float) 
     if not has_answers:  # a server without an answer file (an older tapster): all we know is that it was sent
         return ExitStatus.OK, f"sent {signum.name} to pid {pid} (it gives no answer: see its log)"
     answer = wait_for_answer(answers, pid, before, timeout, owner)
-    if answer is not None and command == "reload":
+    if answer is not None and command in _DONE:
         if answer.outcome == "ok":
-            return ExitStatus.OK, f"reloaded (pid {pid}): {answer.reason}"
-        return ExitStatus.FAILURE, f"pid {pid} did not reload: {answer.reason}"
+            return ExitStatus.OK, f"{_DONE[command]} (pid {pid}): {answer.reason}"
+        return ExitStatus.FAILURE, f"pid {pid} did not {command}: {answer.reason}"
     done = "rotated" if command == "rotate" else "reopened"
     if answer is None:
         return ExitStatus.FAILURE, (
@@ -157,6 +166,15 @@ def _log_command(command: str, pid: int, path: str, shown: str, timeout: float) 
     if answer.outcome == "skipped":
         return ExitStatus.OK, f"nothing {done} (pid {pid}): {answer.reason}"
     return ExitStatus.FAILURE, f"pid {pid} could not {command} its log: {answer.reason}"
+
+
+_SIGNALS = {
+    "rotate": signal.SIGUSR1,
+    "reopen": signal.SIGHUP,
+    "reload": signal.SIGUSR2,
+    "upgrade": signal.SIGURG,
+}
+_DONE = {"reload": "reloaded", "upgrade": "upgraded"}  # the commands of a --workers master
 
 
 def _stop(pid: int, timeout: float, shown: str) -> tuple[int, str]:

@@ -11,14 +11,23 @@ import asyncio
 import contextlib
 import os
 import socket
+import stat
 from collections.abc import Iterator
+from typing import Any
 
 from tapster._endpoint_inherited import InheritedServerEndpoint, listener_names
 from tapster._endpoint_server import ServerEndpoint, TCPServerEndpoint, UNIXServerEndpoint
 from tapster.errors import StartupError
 from tapster.service import MultiService, Service
 
-__all__ = ["BoundListener", "adopt_listeners", "bind_listeners", "server_services"]
+__all__ = [
+    "BoundListener",
+    "adopt_listeners",
+    "bind_listeners",
+    "handed_over",
+    "held_listeners",
+    "server_services",
+]
 
 
 def server_services(root: Service) -> list[Service]:
@@ -34,23 +43,34 @@ def _walk(service: Service) -> Iterator[Service]:
             yield from _walk(child)
 
 
-def adopt_listeners(root: Service, passed: set[str]) -> int:
-    """In a worker: make each server service listen on the socket its master passed under its name.
+def held_listeners(root: Service, held: set[str], change: str) -> list[tuple[Service, str]]:
+    """Each server service of ``root`` with the name of its listener, all among the ``held`` names.
 
     Raises:
-        StartupError: the tree has an endpoint the master does not listen on (the tree changed since the
-            master started: a reload cannot add a listener).
+        StartupError: the tree has an endpoint the master does not listen on (it changed since the master
+            started: a ``change``, reload or upgrade, cannot add a listener).
     """
     services = server_services(root)
     names = listener_names(service.endpoint.description for service in services)  # type: ignore[attr-defined]
     for service, name in zip(services, names, strict=True):
-        if name not in passed:
+        if name not in held:
             raise StartupError(
                 f"{service.endpoint.description} is not one of the master's listeners "  # type: ignore[attr-defined]
-                "(a reload cannot add one: restart tapster)"
+                f"(a {change} cannot add one: restart tapster)"
             )
+    return list(zip(services, names, strict=True))
+
+
+def adopt_listeners(root: Service, passed: set[str]) -> int:
+    """In a worker: make each server service listen on the socket its master passed under its name.
+
+    Raises:
+        StartupError: the tree has an endpoint the master does not listen on.
+    """
+    pairs = held_listeners(root, passed, "reload")
+    for service, name in pairs:
         service.endpoint = InheritedServerEndpoint(service.endpoint, name)  # type: ignore[attr-defined]
-    return len(services)
+    return len(pairs)
 
 
 class BoundListener:
@@ -61,12 +81,39 @@ class BoundListener:
         self.description = description
         self.sock = sock
         self._keep = keep  # the asyncio server that owns a unix socket file: closing it removes the file
+        self.handed_over = (
+            False  # from an old master image (an upgrade): it removes a unix socket file itself
+        )
 
     def close(self) -> None:
+        path = self._unix_path() if self._keep is None and self.sock.fileno() >= 0 else None
         self.sock.close()
         keep, self._keep = self._keep, None
         if isinstance(keep, asyncio.AbstractServer):
             keep.close()
+        elif path is not None:  # handed over by an upgrade: the server that would remove the file is gone
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
+
+    def _unix_path(self) -> str | None:
+        if self.sock.family != socket.AF_UNIX or not self.handed_over:
+            return None
+        name = self.sock.getsockname()
+        return name if isinstance(name, str) and name and not name.startswith("\0") else None
+
+
+def handed_over(listeners: list[list[Any]]) -> list[BoundListener]:
+    """The listeners an in-place upgrade handed over, as ``[name, fd]`` pairs (runner/_upgrade.py)."""
+    from urllib.parse import unquote
+
+    bound = []
+    for name, fd in listeners:
+        os.set_inheritable(fd, False)
+        listener = BoundListener(name, unquote(name.split("#")[0]), socket.socket(fileno=fd), None)
+        listener.handed_over = True
+        bound.append(listener)
+    return bound
 
 
 class _NoConnections(asyncio.Protocol):

@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import os
 import random
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from tapster.runner._master_workers import Slot, Worker, WorkerState
 from tapster.runner._spawn import SpawnedWorker, spawn_worker
-from tapster.runner._worker_log import OutputRelay
+from tapster.runner._upgrade import check_new_code, exec_new_master, handoff
 from tapster.runner._workers_table import WorkerRow, format_table
 
 __all__ = ["CRASH_LIMIT", "KILL_AFTER", "Master", "MasterHooks", "WorkersFailed"]
@@ -48,97 +50,12 @@ BACKOFF_MAX = 5.0
 KILL_AFTER = 1.5
 """Seconds past ``--shutdown-timeout`` that a stopping worker gets (its own cancel and exit) before SIGKILL."""
 
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGURG)
 _TICK = 0.1  # how often the master checks boot deadlines and heartbeats
 
 
 class WorkersFailed(Exception):
     """The workers could not be started (at start-up) or kept running (crash loop); the message says why."""
-
-
-class _State(enum.Enum):
-    BOOTING = "booting"
-    READY = "ready"
-    STOPPING = "stopping"
-    EXITED = "exited"
-
-
-class Worker:
-    """One worker process as the master sees it."""
-
-    def __init__(self, number: int, spawned: SpawnedWorker, loop: asyncio.AbstractEventLoop) -> None:
-        self.number = number
-        self.pid = spawned.pid
-        self.control = spawned.control
-        self.output_fd = spawned.output_fd
-        self.state = _State.BOOTING
-        self.started = time.monotonic()
-        self.started_wall = time.time()
-        self.ready_at: float | None = None
-        self.last_beat = self.started
-        self.failure: str | None = None  # why it failed to start or was killed, as the worker or master said
-        self.retiring = False  # stopped on purpose (reload, stop): its exit is no crash
-        self.ready: asyncio.Future[str | None] = loop.create_future()  # None: ready; a reason: it failed
-        self.exited: asyncio.Future[int] = loop.create_future()
-        self.relay = OutputRelay(number)
-        self._control_buffer = b""
-        self.pidfd: int | None = None
-
-    def signal(self, signum: int) -> None:
-        if self.state is not _State.EXITED:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signum)
-
-    def settle_ready(self, reason: str | None) -> None:
-        if not self.ready.done():
-            self.ready.set_result(reason)
-
-    def read_control(self) -> bool | None:
-        """Handle what the worker said; False at end of file, None when there is nothing more to read now."""
-        try:
-            data = self.control.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError:
-            data = b""
-        if not data:
-            return False
-        self._control_buffer += data
-        *lines, self._control_buffer = self._control_buffer.split(b"\n")
-        for raw in lines:
-            line = raw.decode("utf-8", "replace")
-            if line == "beat":
-                self.last_beat = time.monotonic()
-            elif line == "ready" and self.state is _State.BOOTING:
-                self.state = _State.READY
-                self.ready_at = self.last_beat = time.monotonic()
-                self.settle_ready(None)
-            elif line.startswith("failed"):
-                self.failure = line[len("failed") :].strip() or "the worker failed to start"
-                self.settle_ready(self.failure)
-        return True
-
-    def read_output(self) -> bool | None:
-        """Relay the worker's output to the log; False at end of file, None when there is nothing more now."""
-        try:
-            data = os.read(self.output_fd, 65536)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError:
-            data = b""
-        if not data:
-            self.relay.close()
-            return False
-        self.relay.feed(data)
-        return True
-
-
-class Slot:
-    """Worker number N: the process filling it now and how often it was replaced."""
-
-    def __init__(self, number: int) -> None:
-        self.number = number
-        self.current: Worker | None = None
-        self.restarts = 0
 
 
 class MasterHooks:
@@ -157,6 +74,7 @@ class MasterHooks:
         workers_changed: Callable[[str], None],
         watchdog: Callable[[], object] | None = None,
         extend_start: Callable[[float], object] | None = None,
+        prepare_exec: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.ready = ready  # all N workers are ready, the first time
         self.status = status  # a one-line status for systemd (STATUS=)
@@ -167,9 +85,8 @@ class MasterHooks:
         self.reopen = reopen
         self.workers_changed = workers_changed  # the workers table for `tapster ctl status`
         self.watchdog = watchdog  # all is well (WATCHDOG=1); None: systemd asked for no watchdog
-        self.extend_start = (
-            extend_start  # the start goes on: give it this many more seconds (EXTEND_TIMEOUT_USEC)
-        )
+        self.extend_start = extend_start  # the start goes on: more seconds for it (EXTEND_TIMEOUT_USEC)
+        self.prepare_exec = prepare_exec  # before an upgrade's exec: flush the log; what the new image needs
 
 
 class Master:
@@ -213,8 +130,11 @@ class Master:
 
     # -- the whole life --------------------------------------------------------------------------------------
 
-    async def run(self) -> int:
+    async def run(self, adopted: Sequence[Sequence[Any]] | None = None) -> int:
         """Start the workers, supervise them until a stop signal, stop them; the exit status.
+
+        ``adopted``: after an in-place upgrade, the old image's workers (number, pid, control fd, output fd,
+        start time, restarts), which are taken over and rolled onto new ones instead of a start.
 
         Raises:
             WorkersFailed: the workers did not all start (nothing is left running).
@@ -224,21 +144,27 @@ class Master:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self._on_stop_signal, signum)
         self.loop.add_signal_handler(signal.SIGUSR2, self._on_reload_signal)
+        self.loop.add_signal_handler(signal.SIGURG, self._on_upgrade_signal)
         self.loop.add_signal_handler(signal.SIGUSR1, self._log_command, "rotate", self.hooks.rotate)
         self.loop.add_signal_handler(signal.SIGHUP, self._log_command, "reopen", self.hooks.reopen)
         watcher = asyncio.ensure_future(self._watch())
         try:
-            if not await self._boot():
+            if adopted is not None:
+                self._adopt(adopted)
+                self.running = True
+                self.reload_task = asyncio.ensure_future(self._reload("upgrade"))
+            elif not await self._boot():
                 return 0 if await self._stop_all() else 1
-            self.running = True
-            self.hooks.ready()
+            else:
+                self.running = True
+                self.hooks.ready()
             self._changed()
             await self.stop_requested.wait()
             self.running = False
             clean = await self._stop_all()
         finally:
             watcher.cancel()
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
+            for signum in _SIGNALS:
                 self.loop.remove_signal_handler(signum)
         if self.give_up is not None:
             raise WorkersFailed(self.give_up)
@@ -289,21 +215,43 @@ class Master:
         spawned = spawn_worker(
             number, self.listeners, argv=self.argv, launch_dir=self.launch_dir, beat=self.beat
         )
-        worker = Worker(number, spawned, self.loop)
+        worker = self._watch_worker(Worker(number, spawned, self.loop))
+        logger.info("worker %d started (pid %d).", number, worker.pid)
+        return worker
+
+    def _watch_worker(self, worker: Worker) -> Worker:
+        assert self.loop is not None
         self.workers.add(worker)
         worker.pidfd = os.pidfd_open(worker.pid)
         self.loop.add_reader(worker.pidfd, self._on_exit, worker)
         self.loop.add_reader(worker.control.fileno(), self._on_control, worker)
         self.loop.add_reader(worker.output_fd, self._on_output, worker)
-        logger.info("worker %d started (pid %d).", number, worker.pid)
         return worker
 
+    def _adopt(self, adopted: Sequence[Sequence[Any]]) -> None:
+        """Take over the workers an in-place upgrade handed over: ready, serving, still our children."""
+        assert self.loop is not None
+        for number, pid, control_fd, output_fd, started_wall, restarts in adopted:
+            os.set_inheritable(control_fd, False)
+            os.set_inheritable(output_fd, False)
+            control = socket.socket(fileno=control_fd)
+            control.setblocking(False)
+            os.set_blocking(output_fd, False)
+            worker = Worker(number, SpawnedWorker(pid, control, output_fd), self.loop)
+            worker.state = WorkerState.READY
+            worker.started_wall = started_wall
+            worker.ready_at = time.monotonic() - STABLE
+            worker.settle_ready(None)
+            slot = self.slots[number - 1]
+            slot.current, slot.restarts = self._watch_worker(worker), restarts
+            logger.info("worker %d (pid %d) taken over from the old master.", number, pid)
+
     def _on_control(self, worker: Worker) -> None:
-        was_booting = worker.state is _State.BOOTING
+        was_booting = worker.state is WorkerState.BOOTING
         if worker.read_control() is False:
             assert self.loop is not None
             self.loop.remove_reader(worker.control.fileno())
-        if was_booting and worker.state is _State.READY:
+        if was_booting and worker.state is WorkerState.READY:
             logger.info("worker %d ready (pid %d).", worker.number, worker.pid)
             self._changed()
 
@@ -330,7 +278,7 @@ class Master:
             self.loop.remove_reader(fd)
         worker.control.close()
         os.close(worker.output_fd)
-        worker.state = _State.EXITED
+        worker.state = WorkerState.EXITED
         self.workers.discard(worker)
         how = _describe_status(status)
         worker.settle_ready(worker.failure or f"it {how} before it was ready")
@@ -382,12 +330,12 @@ class Master:
             now = time.monotonic()
             self._tell_systemd(now)
             for worker in list(self.workers):
-                if worker.state is _State.BOOTING and now - worker.started > self.boot_timeout:
+                if worker.state is WorkerState.BOOTING and now - worker.started > self.boot_timeout:
                     worker.failure = (
                         f"it did not start within {self.boot_timeout:g} s (--worker-boot-timeout)"
                     )
                     self._kill(worker)
-                elif worker.state is _State.READY and now - worker.last_beat > self.heartbeat_timeout:
+                elif worker.state is WorkerState.READY and now - worker.last_beat > self.heartbeat_timeout:
                     worker.failure = (
                         f"its event loop sent no heartbeat for {self.heartbeat_timeout:g} s "
                         "(--worker-heartbeat-timeout): killed"
@@ -397,9 +345,9 @@ class Master:
     def _healthy(self, now: float) -> bool:
         """No worker is late: each started one beat within two of its intervals, none is past its boot time."""
         for worker in self.workers:
-            if worker.state is _State.READY and now - worker.last_beat > 2 * self.beat + _TICK:
+            if worker.state is WorkerState.READY and now - worker.last_beat > 2 * self.beat + _TICK:
                 return False
-            if worker.state is _State.BOOTING and now - worker.started > self.boot_timeout:
+            if worker.state is WorkerState.BOOTING and now - worker.started > self.boot_timeout:
                 return False
         return True
 
@@ -412,7 +360,9 @@ class Master:
             self._last_watchdog = now
             hooks.watchdog()
         if hooks.extend_start is not None and not self.running and now - self._last_extend >= 1.0:
-            booting = [w.started + self.boot_timeout - now for w in self.workers if w.state is _State.BOOTING]
+            booting = [
+                w.started + self.boot_timeout - now for w in self.workers if w.state is WorkerState.BOOTING
+            ]
             if booting and self.stop_requested is not None and not self.stop_requested.is_set():
                 self._last_extend = now
                 hooks.extend_start(max(booting) + 5.0)  # the master's own bound on the start, and a margin
@@ -420,7 +370,7 @@ class Master:
     def _kill(self, worker: Worker) -> None:
         logger.error("worker %d (pid %d): %s.", worker.number, worker.pid, worker.failure)
         worker.settle_ready(worker.failure)
-        worker.state = _State.STOPPING
+        worker.state = WorkerState.STOPPING
         worker.signal(signal.SIGKILL)
 
     async def _retire(self, worker: Worker) -> bool:
@@ -429,10 +379,10 @@ class Master:
         Returns whether it stopped cleanly (exit status 0 by itself).
         """
         worker.retiring = True
-        if worker.state is _State.EXITED:
+        if worker.state is WorkerState.EXITED:
             return worker.exited.result() == 0
-        if worker.state is not _State.STOPPING:  # a second SIGTERM would cut its drain short
-            worker.state = _State.STOPPING
+        if worker.state is not WorkerState.STOPPING:  # a second SIGTERM would cut its drain short
+            worker.state = WorkerState.STOPPING
             worker.signal(signal.SIGTERM)
         try:
             status = await asyncio.wait_for(asyncio.shield(worker.exited), self.shutdown_timeout + KILL_AFTER)
@@ -501,12 +451,48 @@ class Master:
             return
         self.reload_task = asyncio.ensure_future(self._reload())
 
+    def _on_upgrade_signal(self) -> None:
+        reloading = self.reload_task is not None and not self.reload_task.done()
+        busy = reloading or len(self.workers) != len(self.slots) or self.ready_count() != len(self.slots)
+        if not self.running or busy:
+            why = "the server is starting or stopping" if not self.running else "workers are being replaced"
+            logger.info("Received SIGURG while %s: no upgrade now.", why)
+            self.hooks.answer("upgrade", "skipped", f"{why}; try again in a moment")
+            return
+        self.reload_task = asyncio.ensure_future(self._upgrade())
+
+    async def _upgrade(self) -> None:
+        """Check that the new code loads, hand everything over, exec; on any failure nothing changes."""
+        logger.info("Received SIGURG: upgrading in place; checking that the new code loads.")
+        names = [name for name, _ in self.listeners]
+        reason = await check_new_code(self.argv, self.launch_dir, names, self.boot_timeout)
+        if reason is None and (not self.running or len(self.workers) != len(self.slots)):
+            reason = "a worker changed during the check"
+        if reason is not None:
+            logger.error("Upgrade aborted: %s; the master and its workers go on unchanged.", reason)
+            self.hooks.answer("upgrade", "failed", f"{reason} (nothing changed)")
+            return
+        self.hooks.reloading()
+        logger.info("Re-executing the master (pid %d) with the code installed now.", os.getpid())
+        extra = self.hooks.prepare_exec() if self.hooks.prepare_exec is not None else {}
+        workers = [(slot.current, slot.restarts) for slot in self.slots if slot.current is not None]
+        state = handoff(self.listeners, workers, **extra)
+        try:
+            exec_new_master(self.argv, self.launch_dir, state)
+        except OSError as exc:
+            logger.error("Upgrade aborted: cannot execute %s: %s; nothing changed.", sys.executable, exc)
+            self.hooks.answer("upgrade", "failed", f"cannot execute {sys.executable}: {exc}")
+            self.hooks.ready()
+
     # -- rolling reload ----------------------------------------------------------------------------------------
 
-    async def _reload(self) -> None:
+    async def _reload(self, command: str = "reload") -> None:
         count = len(self.slots)
-        logger.info("Received SIGUSR2: reloading %d worker(s) one by one.", count)
-        self.hooks.reloading()
+        if command == "reload":
+            logger.info("Received SIGUSR2: reloading %d worker(s) one by one.", count)
+            self.hooks.reloading()
+        else:
+            logger.info("Replacing the %d worker(s) of the old master one by one.", count)
         started = time.monotonic()
         done = 0
         try:
@@ -515,14 +501,16 @@ class Master:
                 try:
                     new = self._spawn(slot.number)
                 except OSError as exc:
-                    self._reload_failed(f"cannot start a new worker {slot.number}: {exc}", done)
+                    self._reload_failed(command, f"cannot start a new worker {slot.number}: {exc}", done)
                     return
                 new.retiring = True  # not slot.current yet: its death during the boot is no crash
                 reason = await new.ready
                 if reason is not None:
-                    if new.state is not _State.EXITED:
+                    if new.state is not WorkerState.EXITED:
                         await self._retire(new)
-                    self._reload_failed(f"the new worker {slot.number} failed to start: {reason}", done)
+                    self._reload_failed(
+                        command, f"the new worker {slot.number} failed to start: {reason}", done
+                    )
                     return
                 new.retiring = False
                 old, slot.current = slot.current, new
@@ -532,22 +520,23 @@ class Master:
                 done += 1
         except asyncio.CancelledError:
             for worker in list(self.workers):
-                if worker.retiring and worker.state is _State.BOOTING:
+                if worker.retiring and worker.state is WorkerState.BOOTING:
                     worker.signal(signal.SIGKILL)
             raise
         elapsed = time.monotonic() - started
-        logger.info("Reload done: %d worker(s) replaced in %.2f s.", count, elapsed)
-        self.hooks.answer("reload", "ok", f"{count} worker(s) replaced in {elapsed:.2f} s")
+        logger.info("%s done: %d worker(s) replaced in %.2f s.", command.capitalize(), count, elapsed)
+        self.hooks.answer(command, "ok", f"{count} worker(s) replaced in {elapsed:.2f} s")
         self.hooks.ready()
         self._changed()
 
-    def _reload_failed(self, reason: str, done: int) -> None:
+    def _reload_failed(self, command: str, reason: str, done: int) -> None:
         logger.error(
-            "Reload aborted: %s; %d worker(s) were replaced, the others keep serving the old code.",
+            "%s aborted: %s; %d worker(s) were replaced, the others keep serving the old code.",
+            command.capitalize(),
             reason,
             done,
         )
-        self.hooks.answer("reload", "failed", f"{reason} ({done} replaced, the old workers keep serving)")
+        self.hooks.answer(command, "failed", f"{reason} ({done} replaced, the old workers keep serving)")
         self.hooks.ready()
         self._changed()
 
@@ -555,7 +544,7 @@ class Master:
 
     def ready_count(self) -> int:
         return sum(
-            1 for slot in self.slots if slot.current is not None and slot.current.state is _State.READY
+            1 for slot in self.slots if slot.current is not None and slot.current.state is WorkerState.READY
         )
 
     def _changed(self) -> None:

@@ -15,13 +15,14 @@ import asyncio
 import logging
 import os
 import time
+from typing import Any
 
 from tapster.errors import StartupError, TapsterError
 from tapster.log import LogDestination
 from tapster.runner._answers import HeldFile
 from tapster.runner._config import RunConfig
 from tapster.runner._daemon import StartupPipe
-from tapster.runner._listeners import BoundListener, bind_listeners
+from tapster.runner._listeners import BoundListener, bind_listeners, handed_over
 from tapster.runner._master import Master, MasterHooks, WorkersFailed
 from tapster.runner._pidfile import NoPidFile, PidFile
 from tapster.runner._proctitle import set_process_title
@@ -41,8 +42,11 @@ def run_master(
     process: tuple[LogDestination, PidFile | NoPidFile, int | None],
     launcher: StartupPipe | None,
     notifier: SystemdNotifier,
+    handoff: dict[str, Any] | None = None,
 ) -> int:
     """Serve ``root`` with ``config.workers`` worker processes; the exit status of the master.
+
+    ``handoff``: after an in-place upgrade (runner/_upgraded.py), the listeners and workers of the old image.
 
     Raises:
         TapsterError: a failure before all workers were ready, in the foreground (a daemon tells its launcher).
@@ -53,7 +57,7 @@ def run_master(
     name = root.name or "tapster"
     table = HeldFile(workers_path(config.pidfile), max_bytes=MAX_BYTES) if config.pidfile else None
     listeners: list[BoundListener] = []
-    ready = False
+    ready = handoff is not None  # an upgraded master has been serving all along
     loop = asyncio.new_event_loop()
 
     def on_ready() -> None:
@@ -79,6 +83,7 @@ def run_master(
         rotate=destination.rotate,
         reopen=destination.reopen,
         workers_changed=table.rewrite if table is not None else lambda _text: None,
+        prepare_exec=lambda: _prepare_exec(destination, pidfile, notifier),
         watchdog=(lambda: notifier.notify("WATCHDOG=1")) if notifier.enabled else None,
         extend_start=(
             (lambda seconds: notifier.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}"))
@@ -101,7 +106,10 @@ def run_master(
             raise StartupError(f"cannot change to run directory {config.rundir}: {exc.strerror}") from exc
         if not config.no_save:
             logger.info("With --workers the application state is not saved at shutdown (docs/workers.md).")
-        listeners.extend(loop.run_until_complete(bind_listeners(root)))
+        if handoff is None:
+            listeners.extend(loop.run_until_complete(bind_listeners(root)))
+        else:
+            listeners.extend(handed_over(handoff["listeners"]))
         for listener in listeners:
             logger.info("master listening on %s for %d worker(s)", listener.description, config.workers)
         master = Master(
@@ -117,7 +125,7 @@ def run_master(
             watchdog_interval=watchdog,
         )
         try:
-            status = loop.run_until_complete(master.run())
+            status = loop.run_until_complete(master.run(None if handoff is None else handoff["workers"]))
         except WorkersFailed as exc:
             if not ready:
                 raise StartupError(str(exc)) from None
@@ -163,3 +171,15 @@ def _watchdog_interval() -> float | None:
     except ValueError:
         return None
     return value / 2_000_000 if value > 0 else None
+
+
+def _prepare_exec(
+    destination: LogDestination, pidfile: PidFile | NoPidFile, notifier: SystemdNotifier
+) -> dict[str, Any]:
+    """Before an upgrade's exec: what the new image needs besides the sockets; the log flushed."""
+    destination.handler.flush()
+    # SystemdNotifier (runner/_sdnotify.py) keeps the address it read, with an abstract socket's "@" as NUL
+    address = getattr(notifier, "_address", None)
+    if isinstance(address, str) and address.startswith("\0"):
+        address = "@" + address[1:]
+    return {"notify_socket": address, "pidfile_fd": pidfile.fd}
