@@ -1,6 +1,6 @@
 """--workers: CPU-bound throughput with 2 workers vs 1, the connection split, reloads under load, master cost.
 
-    python bench/workers.py [--seconds 3] [--rounds 3] [--conns 20] [--reloads 10] [--reload-conns 50]
+    python bench/workers.py [--seconds 3] [--rounds 3] [--conns 20] [--reloads 10] [--upgrades 3] [--reload-conns 50]
 
 One invocation measures, on this machine:
 
@@ -9,13 +9,12 @@ One invocation measures, on this machine:
   a load client in this process (an asyncio loop in a thread); the ratio 2 vs 1 is the figure to read (goal
   >= 1.6 on 2 cores; the client shares the cores, so the ideal is a little under 2).
 * **split**: how many requests each worker answered with ``--workers 2`` (each answer names the worker's pid).
-* **reloads**: ``--reloads`` rolling reloads (``tapster ctl reload``) under ``--reload-conns`` concurrent clients,
+* **reloads and upgrades**: ``--reloads`` rolling reloads (``tapster ctl reload``) and then ``--upgrades``
+  in-place upgrades (``tapster ctl upgrade``) of a 2-worker server under ``--reload-conns`` concurrent clients,
   each opening a new connection per request: connections refused or reset, requests without an answer
-  (goal: 0 and 0), and the time from ``ctl reload`` to all workers new (median).
+  (goal: 0 and 0), and the time from the command to all workers new (median).
 * **master**: RSS of the master and of one worker; ready time (spawn -> first answer) with ``--workers 1`` vs a
   single process, median of ``--rounds`` starts.
-
-In-place upgrades are not implemented (docs/workers.md), so the issue's "3 upgrades" row is not measured.
 """
 
 from __future__ import annotations
@@ -199,22 +198,23 @@ class Load:
         self.loop.close()
 
 
-def reloads(directory: Path, count: int, clients: int) -> tuple[Load, list[float]]:
+def reloads(directory: Path, commands: list[str], clients: int) -> tuple[Load, dict[str, list[float]]]:
+    """Run each ``ctl`` command in turn on a 2-worker server under load; the load and each command's times."""
     server = Server(directory, 2)
     load = Load(server.port, clients)
-    times: list[float] = []
+    times: dict[str, list[float]] = collections.defaultdict(list)
     try:
-        for _ in range(count):
+        for command in commands:
             began = time.perf_counter()
             result = subprocess.run(
-                [tool("tapster"), "ctl", "reload", "--pidfile", "bench.pid"],
+                [tool("tapster"), "ctl", command, "--pidfile", "bench.pid"],
                 cwd=directory,
                 capture_output=True,
                 text=True,
             )
-            times.append(time.perf_counter() - began)
+            times[command].append(time.perf_counter() - began)
             if result.returncode != 0:
-                raise SystemExit(f"bench: ctl reload failed: {result.stdout}{result.stderr}")
+                raise SystemExit(f"bench: ctl {command} failed: {result.stdout}{result.stderr}")
     finally:
         load.stop()
         server.stop()
@@ -227,6 +227,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--conns", type=int, default=20)
     parser.add_argument("--reloads", type=int, default=10)
+    parser.add_argument("--upgrades", type=int, default=3)
     parser.add_argument("--reload-conns", type=int, default=50)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tapster-bench-workers-") as name:
@@ -234,7 +235,7 @@ def main() -> None:
         (directory / "busy.tac").write_text(APP)
         rates: dict[str, list[float]] = {"single process": [], "--workers 1": [], "--workers 2": []}
         ready: dict[str, list[float]] = {key: [] for key in rates}
-        split: collections.Counter[bytes] = collections.Counter()
+        splits: list[list[float]] = []
         master_rss: list[int] = []
         worker_rss: list[int] = []
         for round_number in range(args.rounds):
@@ -246,13 +247,18 @@ def main() -> None:
                     rate, pids = throughput(server, args.conns, args.seconds)
                     rates[label].append(rate)
                     if workers == 2:
-                        split.update(pids)
+                        total = sum(pids.values()) or 1
+                        splits.append(sorted((n / total for n in pids.values()), reverse=True))
                         master_rss.append(rss_kib(server.proc.pid))
                         worker_rss.extend(rss_kib(pid) for pid in server.worker_pids())
                 finally:
                     server.stop()
-        print(f"reloads: {args.reloads} under {args.reload_conns} clients", file=sys.stderr)
-        load, times = reloads(directory, args.reloads, args.reload_conns)
+        print(
+            f"{args.reloads} reloads, {args.upgrades} upgrades under {args.reload_conns} clients",
+            file=sys.stderr,
+        )
+        commands = ["reload"] * args.reloads + ["upgrade"] * args.upgrades
+        load, times = reloads(directory, commands, args.reload_conns)
 
     one, two = median(rates["--workers 1"]), median(rates["--workers 2"])
     rows = [
@@ -268,11 +274,9 @@ def main() -> None:
         f"## --workers (bench/workers.py, {args.conns} connections, ~1 ms CPU per request, median of {args.rounds})\n"
     )
     print(table(["server", "round trips/s", "vs --workers 1", "ready ms"], rows))
-    shares = sorted(split.values(), reverse=True)
-    total = sum(shares) or 1
     print(
-        f"\n--workers 2 vs 1: {two / one:.2f}x (goal >= 1.6: {verdict(two / one >= 1.6)}); requests per worker: "
-        + " / ".join(f"{share / total:.0%}" for share in shares)
+        f"\n--workers 2 vs 1: {two / one:.2f}x (goal >= 1.6: {verdict(two / one >= 1.6)}); requests per worker "
+        "in each round: " + ", ".join(" / ".join(f"{share:.0%}" for share in split) for split in splits)
     )
     print(
         f"master RSS {median(master_rss) / 1024:.1f} MiB, worker RSS {median(worker_rss) / 1024:.1f} MiB; "
@@ -281,11 +285,15 @@ def main() -> None:
     )
     errors = sum(load.errors.values())
     lost = load.sent - load.answered - errors
+    took = "; ".join(
+        f"ctl {command} -> all new: median {median(values) * 1000:.0f} ms, max {max(values) * 1000:.0f} ms"
+        for command, values in times.items()
+    )
     print(
-        f"\n{args.reloads} rolling reloads of 2 workers under {args.reload_conns} clients (a connection per "
-        f"request): {load.answered:,} answered, {errors} refused/reset ({dict(load.errors) or 'none'}), "
-        f"{max(lost, 0)} lost (goal 0 and 0: {verdict(errors == 0 and lost <= 0)}); ctl reload -> all new: "
-        f"median {median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms"
+        f"\n{args.reloads} rolling reloads and {args.upgrades} upgrades of 2 workers under {args.reload_conns} "
+        f"clients (a connection per request): {load.answered:,} answered, {errors} refused/reset "
+        f"({dict(load.errors) or 'none'}), {max(lost, 0)} lost (goal 0 and 0: "
+        f"{verdict(errors == 0 and lost <= 0)}); {took}"
     )
 
 
