@@ -60,6 +60,10 @@ StreamServer(f"tcp:{os.environ['PORT']}:interface=127.0.0.1", handle, name="Busy
 """
 
 
+OPEN_GAP = 0.01
+"""Seconds between opening two of the load's connections."""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -146,7 +150,10 @@ async def _ping_pong(
                 pids[answer.split(b" ", 1)[0]] += 1
         writer.close()
 
-    tasks = [asyncio.ensure_future(client()) for _ in range(conns)]
+    tasks = []
+    for _ in range(conns):  # one every OPEN_GAP s, as clients arrive, rather than all in one millisecond
+        tasks.append(asyncio.ensure_future(client()))
+        await asyncio.sleep(OPEN_GAP)
     await asyncio.sleep(warmup)
     counting = True
     await asyncio.sleep(seconds)
