@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -82,21 +83,34 @@ def test_failed_upgrade_changes_nothing(tapster, tmp_path: Path) -> None:
 
 
 def test_upgrade_tells_systemd(tapster, tmp_path: Path) -> None:
-    """RELOADING=1 before the exec, READY=1 from the new image once its workers are new; MAINPID unchanged."""
+    """RELOADING=1 before the exec, READY=1 from the new image once its workers are new (MAINPID unchanged),
+    and the new image goes on with the watchdog."""
+    messages: list[tuple[float, list[str]]] = []
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
         listener.bind(str(tmp_path / "notify"))
-        listener.settimeout(15)
-        proc, _, _ = _start(tapster, tmp_path, env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
-        seen: list[str] = []
-        deadline = time.monotonic() + 15
-        while "READY=1" not in seen and time.monotonic() < deadline:
-            seen = listener.recv(4096).decode().splitlines()
+        listener.settimeout(0.2)
+
+        def receive() -> None:  # all along: a full queue would block the sender (a blocking datagram socket)
+            while listener.fileno() >= 0:
+                try:
+                    messages.append((time.monotonic(), listener.recv(4096).decode().splitlines()))
+                except (TimeoutError, OSError):
+                    continue
+
+        threading.Thread(target=receive, daemon=True).start()
+        env = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "400000"}
+        proc, _, _ = _start(tapster, tmp_path, env=env)
         assert _ctl(tmp_path, "upgrade")[0] == 0
-        after: list[list[str]] = []
-        while not any("READY=1" in message for message in after):
-            after.append(listener.recv(4096).decode().splitlines())
-        assert any("RELOADING=1" in message for message in after)
-        ready = next(message for message in after if "READY=1" in message)
-        assert f"MAINPID={proc.proc.pid}" in ready
+        done = time.monotonic()
+        proc.wait_for("Upgrade done")
+        deadline = done + 5
+        while not any("WATCHDOG=1" in m for when, m in list(messages) if when > done + 0.5):
+            assert time.monotonic() < deadline, "no WATCHDOG=1 from the upgraded master"
+            time.sleep(0.05)
         proc.signal(signal.SIGTERM)
         assert proc.finish()[0] == 0
+    fields = [field for _, message in messages for field in message]
+    reloading = fields.index("RELOADING=1")
+    ready_after = fields.index("READY=1", reloading)
+    assert fields.index("READY=1") < reloading  # the first start
+    assert f"MAINPID={proc.proc.pid}" in fields[ready_after:]

@@ -83,7 +83,7 @@ def run_master(
         rotate=destination.rotate,
         reopen=destination.reopen,
         workers_changed=table.rewrite if table is not None else lambda _text: None,
-        prepare_exec=lambda: _prepare_exec(destination, pidfile, notifier),
+        prepare_exec=lambda: {**_prepare_exec(destination, pidfile, notifier), "watchdog_interval": watchdog},
         watchdog=(lambda: notifier.notify("WATCHDOG=1")) if notifier.enabled else None,
         extend_start=(
             (lambda seconds: notifier.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}"))
@@ -91,7 +91,8 @@ def run_master(
             else None
         ),
     )
-    watchdog = _watchdog_interval()
+    # systemd's watchdog settings were read (and removed from the environment) by the first image
+    watchdog = _watchdog_interval() if handoff is None else handoff.get("watchdog_interval")
     try:
         if stale is not None:
             logger.info("Removing stale pid file left by PID %d (%s).", stale, config.pidfile_display)

@@ -68,6 +68,7 @@ def handoff(
     *,
     notify_socket: str | None,
     pidfile_fd: int | None,
+    watchdog_interval: float | None = None,
 ) -> dict[str, object]:
     """What the new image needs, with every descriptor in it made inheritable (the exec keeps them)."""
     for _, sock in listeners:
@@ -85,6 +86,7 @@ def handoff(
         ],
         "notify_socket": notify_socket,
         "pidfile_fd": pidfile_fd,
+        "watchdog_interval": watchdog_interval,
     }
 
 

@@ -24,10 +24,15 @@ import os
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from tapster.errors import ExitStatus, TapsterError, UsageError
 from tapster.log._context import record_context
 from tapster.log._format import message_with_details
+
+if TYPE_CHECKING:
+    from tapster.runner._config import RunConfig
+    from tapster.service import Service
 
 RECORD_MARK = b"\x1e"
 """Starts a line that is a log record (JSON) rather than something the worker printed."""
@@ -41,6 +46,10 @@ class WorkerEnvironment:
     """What the master put in the environment (removed from it, so the application's children do not see it)."""
 
     def __init__(self) -> None:
+        if "TAPSTER_WORKER" not in os.environ:
+            raise SystemExit(
+                "tapster: this is a worker process, started by a master: use tapster --workers N"
+            )
         self.number = int(os.environ.pop("TAPSTER_WORKER"))
         self.master_pid = int(os.environ.pop("TAPSTER_MASTER_PID"))
         self.control_fd = int(os.environ.pop("TAPSTER_WORKER_CONTROL_FD"))
@@ -153,15 +162,12 @@ def _run(env: WorkerEnvironment, control: ControlChannel) -> int:
     return _serve(config, root, env, control)
 
 
-def _serve(config: object, root: object, env: WorkerEnvironment, control: ControlChannel) -> int:
-    from tapster.runner._config import RunConfig
+def _serve(config: RunConfig, root: Service, env: WorkerEnvironment, control: ControlChannel) -> int:
     from tapster.runner._guard import ShutdownGuard
     from tapster.runner._proctitle import set_process_title
     from tapster.runner._run import _identity, _process_setup, _switch_user
     from tapster.runner._serve import Hooks, run_loop
-    from tapster.service import Service
 
-    assert isinstance(config, RunConfig) and isinstance(root, Service)
     identity = _identity(config, root)
     guard = ShutdownGuard(config.shutdown_timeout, root, _nothing, _nothing)
     ready = False
