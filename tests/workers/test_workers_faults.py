@@ -193,3 +193,16 @@ def test_slow_start_extends_systemd_start_timeout(tapster, tmp_path: Path) -> No
         assert extends and all(2_000_000 < usec <= 7_000_000 for usec in extends)
         status, _, err = proc.finish(timeout=15)
         assert status == 1 and "did not start within 2 s" in err
+
+
+def test_stop_while_workers_start(tapster, tmp_path: Path) -> None:
+    """SIGTERM before all workers are ready: the starting workers are stopped, nothing is left, exit 0."""
+    app = write_app(tmp_path / "app.tac")
+    Path(f"{app}.hang").touch()
+    proc = tapster(["-n", "--pidfile=", "--workers", "2", "-y", str(app)], env={"PORT": str(free_port())})
+    pids = [int(proc.wait_for(rf"\] worker {n} started \(pid (\d+)\)")[1]) for n in (1, 2)]
+    proc.wait_for(r"\[worker [12]: -\] event loop")  # a worker is inside its start
+    proc.signal(signal.SIGTERM)
+    status, out, _ = proc.finish(timeout=20)
+    assert status == 0 and "Stopping during start-up: stopping the workers." in out
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)

@@ -381,6 +381,9 @@ class Master:
         worker.retiring = True
         if worker.state is WorkerState.EXITED:
             return worker.exited.result() == 0
+        booting = (
+            worker.state is WorkerState.BOOTING
+        )  # SIGTERM may end it before it has a handler: a clean stop
         if worker.state is not WorkerState.STOPPING:  # a second SIGTERM would cut its drain short
             worker.state = WorkerState.STOPPING
             worker.signal(signal.SIGTERM)
@@ -396,7 +399,7 @@ class Master:
             worker.signal(signal.SIGKILL)
             await asyncio.shield(worker.exited)
             return False
-        return status == 0
+        return status == 0 or (booting and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM)
 
     async def _stop_all(self) -> bool:
         """Close the master's listeners, then stop every worker (at once, each bounded); True if all cleanly."""
