@@ -28,12 +28,17 @@ def test_workers_drop_privileges_the_master_keeps_them(tapster, shared_dir: Path
     """-u nobody: each worker runs as nobody after its start; the master stays root to start new workers."""
     nobody = pwd.getpwnam("nobody").pw_uid
     port = free_port()
-    app = write_app(shared_dir / "app.tac")
-    proc = tapster(
-        ["-n", "--pidfile=", "--workers", "2", "-u", "nobody", "-y", str(app)],
-        cwd=shared_dir,
-        env={"PORT": str(port)},
-    )
+    args = [
+        "-n",
+        "--pidfile=",
+        "--workers",
+        "2",
+        "-u",
+        "nobody",
+        "-y",
+        str(write_app(shared_dir / "app.tac")),
+    ]
+    proc = tapster(args, cwd=shared_dir, env={"PORT": str(port)})
     pids = [int(proc.wait_for(rf"\] worker {n} ready \(pid (\d+)\)")[1]) for n in (1, 2)]
     assert [_uid_of(pid) for pid in pids] == [nobody, nobody]
     assert _uid_of(proc.proc.pid) == 0
