@@ -41,20 +41,36 @@ def test_requests_spread_over_workers(tapster, tmp_path: Path) -> None:
 
 
 def test_killed_worker_is_replaced_within_a_second(tapster, tmp_path: Path) -> None:
-    """SIGKILL one worker: the other keeps answering, and a new worker 1 is ready within a second."""
+    """SIGKILL one worker: the other keeps answering, and a new worker 1 is started within a second."""
     proc, port = _start(tapster, tmp_path)
     before = ready_pids(proc.lines)
     killed = time.monotonic()
     os.kill(before[1], signal.SIGKILL)
     for _ in range(20):  # the survivor serves meanwhile: no refused connection
         assert ask(port)[1] == before[2]
-    match = proc.wait_for(rf"\] worker 1 ready \(pid (?!{before[1]}\))(\d+)\)")
-    assert time.monotonic() - killed < 1.0
-    new = int(match[1])
+    started = proc.wait_for(rf"\] worker 1 started \(pid (?!{before[1]}\))(\d+)\)")
+    assert time.monotonic() - killed < 1.0  # replaced: a new worker 1 runs (backoff 0.05 to 0.2 s)
+    proc.wait_for(rf"\] worker 1 ready \(pid {started[1]}\)")
+    new = int(started[1])
     assert pid_alive(new) and new != before[1]
     assert any(f"worker 1 (pid {before[1]}) was killed by SIGKILL" in line for line in proc.lines)
     status = run_tapster(["ctl", "status", "--pidfile", "t.pid"], cwd=tmp_path)
     assert f"worker 1: pid {new}, ready" in status.stdout and "restarts 1" in status.stdout
+    proc.signal(signal.SIGTERM)
+    assert proc.finish()[0] == 0
+
+
+def test_worker_killed_while_the_others_start_is_replaced(tapster, tmp_path: Path) -> None:
+    """A worker that was ready and dies while the master still waits for the others is replaced, not lost."""
+    port = free_port()
+    proc = tapster(
+        ["-n", "--pidfile=", "--workers", "2", "-y", str(write_app(tmp_path / "app.tac"))],
+        env={"PORT": str(port)},
+    )
+    first = proc.wait_for(r"\] worker (\d) ready \(pid (\d+)\)")
+    os.kill(int(first[2]), signal.SIGKILL)
+    proc.wait_for(rf"\] worker {first[1]} ready \(pid (?!{first[2]}\))\d+\)")
+    assert ask(port)[1] != int(first[2])
     proc.signal(signal.SIGTERM)
     assert proc.finish()[0] == 0
 

@@ -118,6 +118,7 @@ class Master:
         self.hooks = hooks
         self.workers: set[Worker] = set()  # every live process: current, new in a reload, retiring
         self.running = False  # all started once, not stopping: a dead worker is replaced
+        self.stopping = False  # the stop (or giving up) began: nothing is started any more
         self.stop_requested: asyncio.Event | None = None
         self.give_up: str | None = None
         self.failed_starts = 0
@@ -252,6 +253,10 @@ class Master:
             assert self.loop is not None
             self.loop.remove_reader(worker.control.fileno())
         if was_booting and worker.state is WorkerState.READY:
+            if not self.running and not self.stopping and self.ready_count() == len(self.slots):
+                self.running = (
+                    True  # at once, not when the start-up task next runs: a ctl command may come first
+                )
             logger.info("worker %d ready (pid %d).", worker.number, worker.pid)
             self._changed()
 
@@ -290,7 +295,9 @@ class Master:
         slot = self.slots[worker.number - 1]
         if slot.current is worker:
             slot.current = None
-            if self.running and not worker.retiring:
+            # a worker that was serving is replaced, even one lost while the others still start (the start
+            # goes on: it was ready); one that never was fails the start instead
+            if not worker.retiring and not self.stopping and (self.running or worker.ready_at is not None):
                 self._replace_later(slot, worker)
         self._changed()
 
@@ -305,13 +312,14 @@ class Master:
                 f"{dead.number}: {dead.failure or 'it exited'}"
             )
             logger.error("Giving up: %s.", self.give_up)
+            self.stopping = True
             self.stop_requested.set()
             return
         delay = min(BACKOFF_FIRST * 2**self.failed_starts, BACKOFF_MAX) * random.uniform(0.5, 1.0)
         self.loop.call_later(delay, self._replace, slot)
 
     def _replace(self, slot: Slot) -> None:
-        if not self.running or slot.current is not None:  # stopping, or a reload filled the slot meanwhile
+        if self.stopping or slot.current is not None:  # stopping, or a reload filled the slot meanwhile
             return
         try:
             slot.current = self._spawn(slot.number)
@@ -404,6 +412,7 @@ class Master:
     async def _stop_all(self) -> bool:
         """Close the master's listeners, then stop every worker (at once, each bounded); True if all cleanly."""
         self.running = False
+        self.stopping = True
         self.close_listeners()
         if self.reload_task is not None:
             self.reload_task.cancel()
@@ -425,6 +434,7 @@ class Master:
         if self._stop_signals == 1:
             logger.info("Received %s, shutting down.", name)
             self.hooks.stopping()
+            self.stopping = True
             self.stop_requested.set()
             return
         logger.warning("Received %s again: killing the workers.", name)
