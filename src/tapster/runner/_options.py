@@ -42,6 +42,29 @@ def seconds(text: str) -> float:
     return value
 
 
+MAX_WORKERS = 256
+"""The most worker processes --workers accepts: far past any machine's cores, short of a typo's thousands."""
+
+
+def _workers(text: str) -> int:
+    """--workers N: a whole number from 1 to MAX_WORKERS (0 would serve nothing; a fork bomb helps no one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a number of worker processes, got {text!r}") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"expected a number of worker processes from 1 to {MAX_WORKERS}, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """A timeout that must pass at some point after 0: the worker boot and heartbeat timeouts."""
+    value = seconds(text)
+    if value <= 0:
+        raise ValueError(f"expected more than 0 seconds, got {text!r}")
+    return value
+
+
 def _size(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -166,6 +189,29 @@ class ServerOptions(Options):
             "process is gone 2 s after that at the latest.",
             seconds,
         ),
+        (
+            "workers",
+            None,
+            None,
+            f"Serve with this many worker processes (1 to {MAX_WORKERS}) under a master that holds the listeners, "
+            "replaces dead or hung workers and reloads them one by one (docs/workers.md).",
+            _workers,
+        ),
+        (
+            "worker-boot-timeout",
+            None,
+            60.0,
+            "With --workers: seconds a worker may take to start its services before it counts as failed.",
+            _positive_seconds,
+        ),
+        (
+            "worker-heartbeat-timeout",
+            None,
+            10.0,
+            "With --workers: seconds without a heartbeat from a started worker's event loop before it is killed "
+            "and replaced.",
+            _positive_seconds,
+        ),
         ("profile", "p", None, "Profile the whole run and write the profile to this file at shutdown."),
         ("profiler", None, "cprofile", "The profiler for --profile: cprofile or profile.", _profiler),
     )
@@ -209,6 +255,7 @@ class ServerOptions(Options):
         self.service_maker: ServiceMaker | None = None  # the plugin chosen on the command line, once parsed
         self._plugins: Plugins | None = None
         self._listing = False
+        self.argv: tuple[str, ...] = ()
 
     # -- plugins: discovered only when a positional argument or --help needs them, never for -y or -f --------
 
@@ -272,7 +319,7 @@ class ServerOptions(Options):
         use_launch_directory()  # the one sys.path rule (runner/_appload.py), as in plugins()
         return cached_listing(_render_listing, reserved=_RESERVED)
 
-    def parse_options(self, argv: Sequence[str]) -> None:
+    def _parse_options(self, argv: Sequence[str]) -> None:
         """Parse as Options does; a global option given after the plugin name gets a hint where it belongs."""
         try:
             super().parse_options(argv)
@@ -318,6 +365,28 @@ class ServerOptions(Options):
             raise UsageError("give only one of --save and -o/--no_save")
         if self["debug"]:
             self["nodaemon"] = True
+        if self["workers"] is not None:
+            self._check_workers()
+
+    def _check_workers(self) -> None:
+        """Refuse what --workers cannot do (yet): each would run in the master, which serves nothing."""
+        refused = [
+            option
+            for option, given in (
+                ("--chroot", self["chroot"]),
+                ("--debug", self["debug"]),
+                ("--profile", self["profile"]),
+                ("--spew", self["spew"]),
+                ("--save", self["save"]),
+            )
+            if given
+        ]
+        if refused:
+            raise UsageError(f"{refused[0]} cannot be combined with --workers (see docs/workers.md)")
+
+    def parse_options(self, argv: Sequence[str]) -> None:
+        self.argv = tuple(argv)  # a master starts its workers with the same command line
+        self._parse_options(argv)
 
     def _log_config(self, base: str) -> LogConfig:
         """The log settings as the log package takes them; the file's path is made absolute here, once."""
@@ -378,4 +447,9 @@ class ServerOptions(Options):
             savestats=self["savestats"],
             spew=self["spew"],
             originalname=self["originalname"],
+            workers=self["workers"],
+            worker_boot_timeout=self["worker-boot-timeout"],
+            worker_heartbeat_timeout=self["worker-heartbeat-timeout"],
+            argv=self.argv,
+            launch_dir=base,
         )
