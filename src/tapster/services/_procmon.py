@@ -256,7 +256,7 @@ class ProcessMonitor(Service):
                 server = await endpoint.listen(asyncio.Protocol, start_serving=False)
                 slot.servers.append(server)
                 # asyncio listens only when it starts serving, which it never does here; a dup is the same socket
-                fd = getattr(server, "sockets", ())[0].fileno()
+                fd: int = server.sockets[0].fileno()  # type: ignore[attr-defined]
                 slot.listening.append(fd)
                 with socket.socket(fileno=os.dup(fd)) as sock:
                     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
