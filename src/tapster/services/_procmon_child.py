@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -142,7 +143,7 @@ class Child:
             raise
         finally:
             os.close(status_write)
-        child = cls(name, popen, status_read, " ".join(args))
+        child = cls(name, popen, status_read, shlex.join(args).replace("\n", "\\n"))
         for stream, pipe in (("stdout", popen.stdout), ("stderr", popen.stderr)):
             output = OutputLines(name, stream)
             await loop.connect_read_pipe(lambda output=output: output, pipe)  # type: ignore[misc]

@@ -49,17 +49,25 @@ class OutputLines(asyncio.Protocol):
     def _emit(self, line: str) -> None:
         logger.info("[%s] %s", self.name, line, extra={"stream": self.stream})
 
+    def _emit_bounded(self, data: bytes | bytearray, start: int, end: int) -> None:
+        """Log ``data[start:end]`` (one line, without its newline) in pieces of at most ``MAX_LINE`` bytes."""
+        while end - start > MAX_LINE:
+            cut = _utf8_boundary(data, start + MAX_LINE)
+            self._emit(_decode(data[start:cut]) + _CUT)
+            start = cut
+        self._emit(_decode(data[start:end]))
+
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
         buffer += data
         start = 0
         while (newline := buffer.find(b"\n", start)) != -1:
-            self._emit(_decode(buffer[start:newline]))
+            self._emit_bounded(buffer, start, newline)
             start = newline + 1
-        while len(buffer) - start > MAX_LINE:
-            end = _utf8_boundary(buffer, start + MAX_LINE)
-            self._emit(_decode(buffer[start:end]) + _CUT)
-            start = end
+        while len(buffer) - start > MAX_LINE:  # no newline yet: log what the bound allows, keep the rest
+            cut = _utf8_boundary(buffer, start + MAX_LINE)
+            self._emit(_decode(buffer[start:cut]) + _CUT)
+            start = cut
         del buffer[:start]
 
     def eof_received(self) -> bool:
@@ -67,7 +75,7 @@ class OutputLines(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.buffer:
-            self._emit(_decode(self.buffer))
+            self._emit_bounded(self.buffer, 0, len(self.buffer))
             self.buffer.clear()
         self.done.set()
 
