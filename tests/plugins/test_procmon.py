@@ -26,6 +26,15 @@ def procmon(tapster: type[TapsterProcess], *args: str) -> TapsterProcess:
     return tapster(["-n", "-o", "--pidfile=", "procmon", *args])
 
 
+def stop_cleanly(process: TapsterProcess) -> str:
+    """SIGTERM the monitor; it must exit 0 without a traceback. Returns its log."""
+    process.signal(signal.SIGTERM)
+    status, out, err = process.finish()
+    assert status == 0, err
+    assert "Traceback" not in out + err
+    return out
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is ``pgid``."""
     found = []
@@ -82,10 +91,7 @@ def test_output_lines_reach_the_log_with_the_name_prefix(tapster: type[TapsterPr
     assert len(pieces) == 3, lines
     assert all(len(p.removesuffix(" [line continues]")) <= 16 * 1024 for p in pieces)
     assert sum(len(p.removesuffix(" [line continues]")) for p in pieces) == 40000
-    process.signal(signal.SIGTERM)
-    status, out, _ = process.finish()
-    assert status == 0
-    assert "Traceback" not in out
+    stop_cleanly(process)
 
 
 def test_quick_deaths_double_the_delay_up_to_the_max_and_a_long_run_resets_it(
@@ -129,8 +135,7 @@ def test_quick_deaths_double_the_delay_up_to_the_max_and_a_long_run_resets_it(
     # each gap is the delay plus one start of the program (run 5 also ran 0.9 s); the bound is generous for a busy CI
     for gap, delay, ran in zip(gaps, delays, [0, 0, 0, 0, 0.9, 0], strict=False):
         assert delay + ran <= gap < delay + ran + 1.0, (gaps, delays)
-    process.signal(signal.SIGTERM)
-    assert process.finish()[0] == 0
+    stop_cleanly(process)
 
 
 def test_a_crash_is_replaced_within_a_second_at_the_minimum_delay(
@@ -149,8 +154,7 @@ def test_a_crash_is_replaced_within_a_second_at_the_minimum_delay(
     again = starts(record, 2)[1]
     assert again - killed < 1.0
     process.wait_for(r"\[sleeper\] pid \d+ killed by SIGKILL after .*; restarting in 0.1 s")
-    process.signal(signal.SIGTERM)
-    assert process.finish()[0] == 0
+    stop_cleanly(process)
 
 
 IGNORING = (
@@ -172,10 +176,8 @@ def test_stop_kills_children_and_grandchildren_that_ignore_sigterm(tapster: type
     wait_until(lambda: len(group_members(pid)) == 2, what="child and grandchild in the child's group")
     members = group_members(pid)
     asked = time.monotonic()
-    process.signal(signal.SIGTERM)
-    status, out, _ = process.finish()
+    out = stop_cleanly(process)
     took = time.monotonic() - asked
-    assert status == 0
     assert "sent SIGKILL to its process group" in out
     assert "killed by SIGKILL" in out
     assert took < 0.5 + 5  # killtime, plus a generous allowance for a busy machine's process exit
@@ -208,8 +210,7 @@ def test_what_a_child_leaves_in_its_group_is_ended_when_it_exits(
     process.wait_for(r"\[leaver\] pid \d+ exited with status 0 .*restarting in 60 s")
     wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), what="orphan pid written")
     wait_gone(int(pidfile.read_text()))
-    process.signal(signal.SIGTERM)
-    assert process.finish()[0] == 0
+    stop_cleanly(process)
 
 
 @pytest.mark.parametrize(
@@ -230,10 +231,7 @@ def test_a_program_that_cannot_run_is_one_line_and_a_backoff(
     first = process.wait_for(rf"\[{program}\] cannot run: (.*); restarting in 0.1 s").group(1)
     assert first == f"{path}: {reason}"
     process.wait_for(rf"\[{program}\] cannot run: .*; restarting in 0.2 s")
-    process.signal(signal.SIGTERM)
-    status, out, err = process.finish()
-    assert status == 0
-    assert "Traceback" not in out + err
+    out = stop_cleanly(process)
     assert f"[{program}] started" not in out
     attempts = [line for line in out.splitlines() if f"[{program}]" in line]
     assert all("cannot run" in line for line in attempts), attempts
@@ -273,8 +271,7 @@ def test_the_command_line_after_the_first_word_belongs_to_the_program(tapster: t
         "-x",
     )
     process.wait_for(r"\[python[\d.]*\] \['--threshold', '-x'\]")
-    process.signal(signal.SIGTERM)
-    assert process.finish()[0] == 0
+    stop_cleanly(process)
 
 
 SERVE_FD3 = (
@@ -311,8 +308,7 @@ def test_listening_sockets_are_handed_over_by_listen_fds(tapster: type[TapsterPr
         assert listen_pid == pid
         seen.append(pid)
     assert seen[0] != seen[1]
-    process.signal(signal.SIGTERM)
-    assert process.finish()[0] == 0
+    stop_cleanly(process)
 
 
 def test_children_die_with_a_monitor_killed_by_sigkill(tapster: type[TapsterProcess]) -> None:

@@ -19,7 +19,10 @@ Only the standard library, and only what this needs: it runs under ``-I -S`` for
 
 from __future__ import annotations
 
+import ctypes  # imported before the user switch: the new user may not be able to read the standard library
+import fcntl
 import os
+import pwd
 import signal
 import sys
 
@@ -29,8 +32,6 @@ PR_SET_PDEATHSIG = 1
 def _place_fds(fds: list[int], keep: int) -> int:
     """Put ``fds`` at 3, 4, ...; return where the status fd ``keep`` ended up (moved out of the way)."""
     top = 3 + len(fds)
-    import fcntl
-
     moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top) for fd in fds]
     keep_moved = fcntl.fcntl(keep, fcntl.F_DUPFD_CLOEXEC, top)
     for fd in {*fds, keep}:
@@ -41,10 +42,7 @@ def _place_fds(fds: list[int], keep: int) -> int:
     return keep_moved
 
 
-def _die_with_parent(monitor_pid: int) -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
+def _die_with_parent(libc: ctypes.CDLL, monitor_pid: int) -> None:
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
     if os.getppid() != monitor_pid:  # the monitor died before the request took effect
@@ -64,9 +62,8 @@ def main(argv: list[str]) -> None:
             env["LISTEN_FDS"] = str(len(fds))
             env["LISTEN_FDNAMES"] = names
             env["LISTEN_PID"] = str(os.getpid())
+        libc = ctypes.CDLL(None, use_errno=True)
         if uid != "-":
-            import pwd
-
             user = pwd.getpwuid(int(uid))
             group = int(gid) if gid != "-" else user.pw_gid
             if (int(uid), group) != (os.getuid(), os.getgid()):
@@ -76,7 +73,7 @@ def main(argv: list[str]) -> None:
         elif gid != "-" and int(gid) != os.getgid():
             os.setgroups([])
             os.setgid(int(gid))
-        _die_with_parent(int(monitor_pid))
+        _die_with_parent(libc, int(monitor_pid))
         os.execvpe(program[0], program, env)
     except OSError as exc:
         what = exc.filename if exc.filename else program[0]
