@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,11 @@ from conftest import TapsterProcess, pid_alive, read_all, run_tapster
 from support import one_line, wait_gone, wait_until
 
 PY = sys.executable
+LOOPS = [pytest.param([], id="asyncio"), pytest.param(["--reactor", "uvloop"], id="uvloop")]
 
 
-def procmon(tapster: type[TapsterProcess], *args: str) -> TapsterProcess:
-    return tapster(["-n", "-o", "--pidfile=", "procmon", *args])
+def procmon(tapster: type[TapsterProcess], *args: str, loop: Sequence[str] = ()) -> TapsterProcess:
+    return tapster(["-n", "-o", "--pidfile=", *loop, "procmon", *args])
 
 
 def stop_cleanly(process: TapsterProcess) -> str:
@@ -168,9 +170,12 @@ IGNORING = (
 )
 
 
-def test_stop_kills_children_and_grandchildren_that_ignore_sigterm(tapster: type[TapsterProcess]) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_stop_kills_children_and_grandchildren_that_ignore_sigterm(
+    tapster: type[TapsterProcess], loop: list[str]
+) -> None:
     """SIGTERM to the monitor: SIGTERM to the group, SIGKILL after --killtime; nothing of the group is left."""
-    process = procmon(tapster, "--killtime", "0.5", "--name", "stubborn", "--", PY, "-c", IGNORING)
+    process = procmon(tapster, "--killtime", "0.5", "--name", "stubborn", "--", PY, "-c", IGNORING, loop=loop)
     pid = int(process.wait_for(r"\[stubborn\] started, pid (\d+)").group(1))
     process.wait_for(r"\[stubborn\] ready")
     wait_until(lambda: len(group_members(pid)) == 2, what="child and grandchild in the child's group")
@@ -284,7 +289,10 @@ SERVE_FD3 = (
 )
 
 
-def test_listening_sockets_are_handed_over_by_listen_fds(tapster: type[TapsterProcess]) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_listening_sockets_are_handed_over_by_listen_fds(
+    tapster: type[TapsterProcess], loop: list[str]
+) -> None:
     """--listen: the child serves on fd 3 with LISTEN_FDS=1 and LISTEN_PID its own pid; the socket outlives runs."""
     process = procmon(
         tapster,
@@ -298,6 +306,7 @@ def test_listening_sockets_are_handed_over_by_listen_fds(tapster: type[TapsterPr
         PY,
         "-c",
         SERVE_FD3,
+        loop=loop,
     )
     port = int(process.wait_for(r"\[server\] socket tcp on 127\.0\.0\.1:(\d+)").group(1))
     seen = []

@@ -149,3 +149,27 @@ def test_names_are_unique_and_times_checked() -> None:
         ProcessMonitor(killtime=-1)
     with pytest.raises(ValueError, match="above max_restart_delay"):
         ProcessMonitor(min_restart_delay=10, max_restart_delay=1)
+
+
+def test_a_saved_monitor_runs_again(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    """A monitor saved in a state file (tapster -f) keeps its programs and settings, and runs them when loaded."""
+    from tapster.persist import load_state, save_state
+    from tapster.service import Application
+
+    caplog.set_level(logging.INFO, "tapster.services.procmon")
+    app = Application("saved")
+    monitor = ProcessMonitor(threshold=2, killtime=1, min_restart_delay=60, max_restart_delay=60)
+    monitor.add_process("echo", ["/bin/echo", "hello again"], sockets=["tcp:0:interface=127.0.0.1"])
+    monitor.set_parent(app)
+    state = tmp_path / "saved.tap"
+    save_state(app, str(state))
+    loaded = load_state(str(state))["ProcessMonitor"]
+    assert isinstance(loaded, ProcessMonitor)
+    assert (loaded.threshold, loaded.killtime, list(loaded.programs)) == (2, 1, ["echo"])
+
+    async def scenario() -> None:
+        await started(loaded)
+        await wait_until_async(logged(caplog, "[echo] hello again"), what="the loaded program's line")
+        await loaded.stop()
+
+    run(scenario)
