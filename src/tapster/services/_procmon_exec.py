@@ -23,10 +23,10 @@ import ctypes  # imported before the user switch: the new user may not be able t
 import fcntl
 import os
 import pwd
-import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
+SIGKILL = 9  # the number on every Linux architecture; the signal module would cost an enum import
 
 
 def _place_fds(fds: list[int], keep: int) -> int:
@@ -43,7 +43,7 @@ def _place_fds(fds: list[int], keep: int) -> int:
 
 
 def _die_with_parent(libc: ctypes.CDLL, monitor_pid: int) -> None:
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
     if os.getppid() != monitor_pid:  # the monitor died before the request took effect
         os._exit(1)
