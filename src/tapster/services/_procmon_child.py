@@ -143,7 +143,17 @@ class Child:
             raise
         finally:
             os.close(status_write)
-        child = cls(name, popen, status_read, shlex.join(args).replace("\n", "\\n"))
+        try:
+            child = cls(name, popen, status_read, shlex.join(args).replace("\n", "\\n"))
+        except BaseException:  # no pidfd (a kernel before 5.3): do not leave an untracked child behind
+            os.close(status_read)
+            with contextlib.suppress(OSError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+            for pipe in (popen.stdout, popen.stderr):
+                if pipe is not None:
+                    pipe.close()
+            raise
         for stream, pipe in (("stdout", popen.stdout), ("stderr", popen.stderr)):
             output = OutputLines(name, stream)
             await loop.connect_read_pipe(lambda output=output: output, pipe)  # type: ignore[misc]
@@ -187,6 +197,9 @@ class Child:
         try:
             os.killpg(self.pid, signum)
         except ProcessLookupError:
+            return False
+        except PermissionError:  # a member runs as a user this monitor may not signal
+            logger.error("[%s] not allowed to signal process group %d", self.name, self.pid)
             return False
         return True
 
