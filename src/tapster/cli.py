@@ -53,6 +53,12 @@ def _dispatch(argv: list[str], parsed: dict[str, bool]) -> int:
     options = runner.ServerOptions("tapster")
     try:
         options.parse_options(argv)
+    except UsageError as exc:
+        if not argv and str(exc).startswith("nothing to run"):
+            # a bare ``tapster`` is someone finding out what it does: the help and the plugins, then the error
+            print(options.format_help(), file=sys.stderr)
+            raise UsageError(str(exc), prog=exc.prog) from None  # the help said it all: no usage line again
+        raise
     finally:  # a plugin that fails to load while parsing: --traceback before its name counts
         parsed["traceback"] = bool(options["traceback"])
     config = options.run_config()
