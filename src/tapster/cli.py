@@ -50,6 +50,8 @@ def _one_line(message: str) -> str:
 def _dispatch(argv: list[str], parsed: dict[str, bool]) -> int:
     if argv[:1] == ["ctl"]:
         return _ctl(argv[1:])
+    if argv[:1] == ["mktap"]:
+        return _mktap(argv[1:])
     options = runner.ServerOptions("tapster")
     try:
         options.parse_options(argv)
@@ -75,3 +77,10 @@ def _ctl(argv: list[str]) -> int:
     answer = options.subcommand == "status" or status == ExitStatus.OK  # a status is an answer, not an error
     print(message, file=sys.stdout if answer else sys.stderr)
     return status
+
+
+def _mktap(argv: list[str]) -> int:
+    options = runner.MktapOptions("tapster mktap")
+    options.parse_options(argv)
+    print(runner.run_mktap(options))
+    return ExitStatus.OK

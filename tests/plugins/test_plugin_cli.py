@@ -55,7 +55,9 @@ def test_help_groups_built_in_plugins_apart_from_the_projects(examples: Path) ->
     project = listing.index(" From plugin folders and installed packages:")
     names = [line.split()[0] for line in listing if line.startswith("  ") and line[2] != " "]
     assert {"manhole", "web", "portforward"} <= set(names)
-    assert all(built_in < listing.index(f"  {row}") < project for row in _rows_named(listing, "manhole", "web"))
+    assert all(
+        built_in < listing.index(f"  {row}") < project for row in _rows_named(listing, "manhole", "web")
+    )
     assert all(listing.index(f"  {row}") > project for row in _rows_named(listing, "fastpoetry", "myproject"))
 
 

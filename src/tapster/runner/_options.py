@@ -20,7 +20,10 @@ if TYPE_CHECKING:
     from tapster.log._setup import LogConfig
     from tapster.plugin import Plugins, ServiceMaker
 
-_RESERVED = {"ctl": "the 'tapster ctl' command"}  # words the CLI handles before looking for a plugin
+_RESERVED = {
+    "ctl": "the 'tapster ctl' command",
+    "mktap": "the 'tapster mktap' command",
+}  # words the CLI handles before looking for a plugin
 
 
 MAX_SECONDS = 86400.0
