@@ -24,8 +24,8 @@ class MktapOptions(ServerOptions):
         "Build a plugin's application without running it and save it as PLUGIN.tap; "
         "run it later with: tapster -f PLUGIN.tap"
     )
-    parameters = (("output", None, None, "Write the application here instead of PLUGIN.tap."),)
-    flags = ()
+    parameters = (("output", None, None, "Write the application here instead of PLUGIN.tap."),)  # type: ignore[assignment]
+    flags = ()  # type: ignore[assignment]  # none of the run's flags
 
     opt_version = None  # type: ignore[assignment]  # the run's options do not apply to building a file
     opt_help_reactors = None  # type: ignore[assignment]
