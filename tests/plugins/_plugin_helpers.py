@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,12 @@ def plugin_rows(help_text: str) -> list[str]:
     lines = help_text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("Plugins"))
     builtins = builtin_names()
-    rows = [" ".join(line.split()) for line in lines[start + 1 :] if line.strip()]
+    group_headings = re.compile(r"^ \S")  # " Built in:", " From plugin folders ...": not rows
+    rows = [
+        " ".join(line.split())
+        for line in lines[start + 1 :]
+        if line.strip() and not group_headings.match(line)
+    ]
     return [row for row in rows if row.split()[0] not in builtins]
 
 

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
     from tapster.log._setup import LogConfig
     from tapster.plugin import Plugins, ServiceMaker
 
-_RESERVED = {"ctl": "the 'tapster ctl' command"}  # words the CLI handles before looking for a plugin
+_RESERVED = {
+    "ctl": "the 'tapster ctl' command",
+    "mktap": "the 'tapster mktap' command",
+}  # words the CLI handles before looking for a plugin
 
 
 MAX_SECONDS = 86400.0
@@ -89,9 +92,10 @@ def _umask(text: str) -> int:
         raise StartupError(str(exc)) from None
 
 
-def _plugin_table(rows: list[tuple[str, str]], width: int = 100) -> list[str]:
+def _plugin_table(rows: list[tuple[str, str]], width: int = 100, *, column: int | None = None) -> list[str]:
     """Two columns, name and text; only long texts are wrapped, and never inside a word or a path."""
-    column = min(max(len(name) for name, _ in rows), 30)
+    if column is None:
+        column = min(max(len(name) for name, _ in rows), 30)
     indent = " " * (column + 4)
     lines: list[str] = []
     for name, text in rows:
@@ -106,14 +110,31 @@ def _plugin_table(rows: list[tuple[str, str]], width: int = 100) -> list[str]:
 
 
 def _render_listing(plugins: Plugins) -> str:
-    """Every plugin with its description, sorted, shadowed and failed ones marked: the rows of ``--help``."""
-    rows: list[tuple[str, str]] = []
+    """Every plugin with its description, sorted, shadowed and failed ones marked: the rows of ``--help``.
+
+    Built-in plugins and the project's (plugin folders, installed packages) are listed apart, so a user sees at a
+    glance which plugins come with tapster and which from the code around them.
+    """
+    from tapster._plugin_discovery import BUILTIN_FOLDER
+
+    groups: dict[bool, list[tuple[str, str]]] = {True: [], False: []}
     for info in plugins:
         note = info.description if info.error is None else f"(failed to load: {info.error})"
         if info.shadowed_by is not None:
             note = f"(shadowed by {info.shadowed_by}) {note} [{info.origin}]"
-        rows.append((info.name, note))
-    return "\n".join(_plugin_table(rows)) if rows else "  none found (see docs/plugins.md)"
+        groups[os.path.dirname(info.origin) == BUILTIN_FOLDER].append((info.name, note))
+    if not groups[True] and not groups[False]:
+        return "  none found (see docs/plugins.md)"
+    column = min(max(len(name) for name, _ in groups[True] + groups[False]), 30)
+    lines = [" Built in:", *_plugin_table(groups[True], column=column)] if groups[True] else []
+    if groups[False]:
+        lines += [
+            " From plugin folders and installed packages:",
+            *_plugin_table(groups[False], column=column),
+        ]
+    else:
+        lines.append(" No project plugins found (a NAME_plugin.py beside you: see docs/plugins.md).")
+    return "\n".join(lines)
 
 
 def _wrap(text: str, width: int) -> list[str]:
