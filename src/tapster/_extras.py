@@ -25,6 +25,7 @@ EXTRAS: dict[str, str] = {
     "passlib": "ssh",
     "aiohttp": "web",
     "a2wsgi": "web",
+    "prometheus_client": "metrics",
     "uvloop": "uvloop",
     "setproctitle": "all",
 }

@@ -24,6 +24,7 @@ class RunConfig(Record):
         "debug",
         "euid",
         "gid",
+        "health_timeout",
         "launch_dir",
         "log",
         "no_save",
@@ -38,6 +39,7 @@ class RunConfig(Record):
         "savestats",
         "shutdown_timeout",
         "spew",
+        "status",
         "traceback",
         "uid",
         "umask",
@@ -69,6 +71,8 @@ class RunConfig(Record):
     workers: Final[int | None]
     worker_boot_timeout: Final[float]
     worker_heartbeat_timeout: Final[float]
+    status: Final[str | None]
+    health_timeout: Final[float]
     argv: Final[tuple[str, ...]]
     launch_dir: Final[str | None]
 
@@ -98,6 +102,8 @@ class RunConfig(Record):
         workers: int | None = None,
         worker_boot_timeout: float = 60.0,
         worker_heartbeat_timeout: float = 10.0,
+        status: str | None = None,
+        health_timeout: float = 5.0,
         argv: tuple[str, ...] = (),
         launch_dir: str | None = None,
     ) -> None:
@@ -128,5 +134,7 @@ class RunConfig(Record):
         self.workers = workers  # None: one process serves; N: a master and N workers (runner/_master.py)
         self.worker_boot_timeout = worker_boot_timeout
         self.worker_heartbeat_timeout = worker_heartbeat_timeout
+        self.status = status  # --status: the endpoint of /healthz, /readyz, /metrics (runner/_status.py)
+        self.health_timeout = health_timeout
         self.argv = argv  # the command line as given: a master starts each worker with it
         self.launch_dir = launch_dir  # where it was given, which its relative paths mean

@@ -68,6 +68,12 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _status_endpoint(text: str) -> str:
+    from tapster.runner._status_endpoint import status_endpoint
+
+    return status_endpoint(text)
+
+
 def _size(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -231,6 +237,21 @@ class ServerOptions(Options):
             10.0,
             "With --workers: seconds without a heartbeat from a started worker's event loop before it is killed "
             "and replaced.",
+            _positive_seconds,
+        ),
+        (
+            "status",
+            None,
+            None,
+            "Serve /healthz, /readyz and /metrics on this endpoint (a bare port or tcp:PORT: 127.0.0.1 only; "
+            "docs/status.md). Needs the metrics extra.",
+            _status_endpoint,
+        ),
+        (
+            "health-timeout",
+            None,
+            5.0,
+            "With --status: /healthz fails once the event loop has been blocked for longer than this.",
             _positive_seconds,
         ),
         ("profile", "p", None, "Profile the whole run and write the profile to this file at shutdown."),
@@ -399,6 +420,7 @@ class ServerOptions(Options):
                 ("--profile", self["profile"]),
                 ("--spew", self["spew"]),
                 ("--save", self["save"]),
+                ("--status", self["status"]),
             )
             if given
         ]
@@ -471,6 +493,8 @@ class ServerOptions(Options):
             workers=self["workers"],
             worker_boot_timeout=self["worker-boot-timeout"],
             worker_heartbeat_timeout=self["worker-heartbeat-timeout"],
+            status=self["status"],
+            health_timeout=self["health-timeout"],
             argv=self.argv,
             launch_dir=base,
         )

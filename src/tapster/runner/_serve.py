@@ -23,10 +23,12 @@ from tapster.runner._debug import install_debug_exception_handler
 from tapster.runner._loop_errors import guard_accept_errors
 from tapster.runner._reactors import describe_loop, new_event_loop
 from tapster.runner._signals import SignalHandlers, signal_name
+from tapster.runner._state import ServerState
 from tapster.service import Service, service_path, still_stopping
 
 if TYPE_CHECKING:
     from tapster.runner._guard import ShutdownGuard
+    from tapster.runner._status import StatusServer
 
 # Seconds the loop waits for cancelled stops to end (the shutdown guard's GRACE leaves room for it).
 CANCEL_WAIT = 1.0
@@ -125,6 +127,13 @@ class _Server:
         self.phase = _Phase.STARTING
         self.stop_requested = asyncio.Event()
         self.stop_task: asyncio.Task[None] | None = None
+        # what --status reports (docs/status.md); a drain for load balancers calls state.begin_drain()
+        self.state = ServerState()
+        self.status: StatusServer | None = None
+        if config.status is not None:  # built now, so the log lines from here on are counted
+            from tapster.runner._status import StatusServer
+
+            self.status = StatusServer(config.status, config.health_timeout, root, self.state)
 
     async def serve(self) -> Outcome:
         logger.info("tapster %s (python %d.%d.%d) starting up.", __version__, *sys.version_info[:3])
@@ -145,10 +154,13 @@ class _Server:
             if not await self._start():
                 return Outcome.CLEAN
             self.phase = _Phase.RUNNING
+            self.state.set_phase("running")
             self.hooks.ready()
             await self.stop_requested.wait()
             return await self._stop()
         finally:
+            if self.status is not None:  # after the tree: /readyz answers 503 through the whole stop
+                await self.status.stop()
             if guard is not None:
                 guard.attach(None)
             signals.restore()
@@ -172,12 +184,14 @@ class _Server:
                 if isinstance(exc, TapsterError):
                     raise exc
                 where = getattr(exc, "tapster_service_path", None)
+                self.state.failed_service = where
                 prefix = f"{where}: " if where else ""
                 from tapster._extras import install_hint
 
                 raise StartFailed(f"{prefix}{type(exc).__name__}: {exc}{install_hint(exc)}") from exc
             return True
         logger.info("Stopping during start-up: stopping the services that started.")
+        self.state.set_phase("stopping")
         start.cancel()
         try:
             await start
@@ -189,6 +203,8 @@ class _Server:
 
     async def _start_tree(self) -> None:
         try:
+            if self.status is not None:  # its own listener first: a port in use fails before the tree starts
+                await self.status.start()
             await self.root.privileged_start()
             self.hooks.drop_privileges()
             await self.root.start()
@@ -203,6 +219,7 @@ class _Server:
     async def _stop(self) -> Outcome:
         """Stop the tree within the shutdown timeout; 0 means no drain: each stop is cancelled at its first wait."""
         self.phase = _Phase.STOPPING
+        self.state.set_phase("stopping")
         self.stop_task = asyncio.ensure_future(self.root.stop())
         timeout = self.config.shutdown_timeout
         done, _ = await asyncio.wait({self.stop_task}, timeout=timeout)  # 0: one turn of the loop

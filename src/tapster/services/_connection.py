@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import itertools
 import logging
 import traceback
 from collections.abc import Awaitable, Callable
@@ -203,7 +202,8 @@ class ConnectionTracker:
     def __init__(self, label: str, linger: float = LINGER) -> None:
         self.label = label
         self.linger = linger
-        self._numbers = itertools.count(1)
+        # Connections accepted so far (each one's number): a plain int, bumped on the loop, read by /metrics.
+        self.accepted = 0
         # Open Protocol connections (each knows its transport and protocol, and is its log context). A set, not
         # a dict by transport: an idle connection costs what a bare server's set of transports costs.
         self.connections: set[_Connection] = set()
@@ -227,7 +227,7 @@ class ConnectionTracker:
         """A factory whose protocols carry a log context and report their connection's life to this tracker."""
 
         def make_protocol() -> asyncio.BaseProtocol:
-            number = next(self._numbers)
+            number = self.accepted = self.accepted + 1
             # Plain asyncio calls the factory inside a task made for this one connection: setting the context
             # here reaches every later callback of the connection. uvloop calls it in the server's shared
             # context: there the context is set only around connection_made and restored afterwards.
@@ -269,7 +269,8 @@ class ConnectionTracker:
         """
 
         async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            log_context.set(ConnectionContext(self.label, next(self._numbers), peer_host(writer.transport)))
+            self.accepted += 1
+            log_context.set(ConnectionContext(self.label, self.accepted, peer_host(writer.transport)))
             serving.set(self)
             task = asyncio.current_task()
             assert task is not None

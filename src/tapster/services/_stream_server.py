@@ -107,6 +107,11 @@ class StreamServer(Service):
     def open_connections(self) -> int:
         return self._tracker.open_count if self._tracker is not None else 0
 
+    @property
+    def accepted_connections(self) -> int:
+        """Connections accepted since the listener last started listening (a counter that resets then)."""
+        return self._tracker.accepted if self._tracker is not None else 0
+
     def _protocol_factory(self, tracker: ConnectionTracker) -> ProtocolFactory:
         if not is_stream_handler(self.factory):
             return tracker.wrap_protocol_factory(self.factory)  # type: ignore[arg-type]

@@ -1,0 +1,178 @@
+"""--status ENDPOINT: /healthz, /readyz and /metrics on a listener of its own, beside (not in) the service tree.
+
+aiohttp's low-level server is the protocol factory of one StreamServer, as for the web plugin (services/_web.py),
+so any tapster endpoint serves it. It starts before the tree (a port in use fails the start with nothing else
+started) and stops after it (so /readyz answers 503 through the whole stop). aiohttp and prometheus_client are
+imported in :meth:`StatusServer.start`, never when the runner imports this module. docs/status.md has the
+contract.
+
+A request cannot make the process hold much: lines and header fields are capped, a connection that has not sent
+a whole request head within REQUEST_TIMEOUT is closed (aiohttp's keep-alive timer covers the time between
+requests), the handlers never read a body, and a response is at most the metrics text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from tapster.runner._state import ServerState, service_states
+from tapster.service import Service
+
+__all__ = ["StatusServer"]
+
+logger = logging.getLogger("tapster.status")
+
+REQUEST_TIMEOUT = 10.0
+"""Seconds a new connection has to send its first whole request head."""
+
+KEEPALIVE_TIMEOUT = 15.0
+"""Seconds an idle keep-alive connection is kept (a scraper every 15 s keeps its one connection)."""
+
+MAX_LINE = 4096
+MAX_FIELD = 4096
+MAX_HEADERS = 32
+
+_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+class StatusServer:
+    """The status listener of one serving process; built before the loop logs anything, so logs are counted."""
+
+    def __init__(self, endpoint: str, health_timeout: float, root: Service, state: ServerState) -> None:
+        from tapster.runner._status_metrics import LogCounter
+
+        self.endpoint = endpoint
+        self.health_timeout = health_timeout
+        self.root = root
+        self.state = state
+        self.logs = LogCounter()
+        logging.getLogger().addHandler(self.logs)
+        self._listener: Any = None
+        self._http: Any = None
+        self._lag: Any = None
+        self._collectors: list[Any] = []
+        self._deadlines: dict[Any, asyncio.TimerHandle] = {}
+
+    async def start(self) -> None:
+        """Listen (before the tree starts); raises ListenError (one line) if the endpoint cannot be bound."""
+        from tapster._extras import import_extra
+
+        web = import_extra("aiohttp.web", "--status")
+        import_extra("prometheus_client", "--status")
+        from tapster.runner._status_metrics import LoopLag
+        from tapster.services._stream_server import StreamServer
+        from tapster.services._web_access import ServerLog
+
+        loop = asyncio.get_running_loop()
+        self._lag = LoopLag(loop, min(1.0, self.health_timeout / 4))
+        self._http = web.Server(
+            self._handle,
+            logger=ServerLog("tapster.status"),
+            access_log=None,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_FIELD,
+            max_headers=MAX_HEADERS,
+        )
+        listener = StreamServer(self.endpoint, self._protocol, name="status", drain_timeout=1.0)
+        await listener.privileged_start()
+        await listener.start()
+        self._listener = listener
+        self._lag.start()
+        self._register()
+
+    def _register(self) -> None:
+        from prometheus_client import ProcessCollector
+
+        from tapster.metrics import registry
+        from tapster.runner._status_metrics import TapsterCollector
+
+        assert self._lag is not None
+        metrics = registry()
+        # ProcessCollector registers itself; our collector is registered by hand
+        self._collectors = [ProcessCollector(registry=metrics)]
+        collector = TapsterCollector(self.root, self.state, self._lag, self.logs)
+        metrics.register(collector)  # type: ignore[arg-type]
+        self._collectors.append(collector)
+
+    async def stop(self) -> None:
+        """Close the listener and its connections (after the tree has stopped); safe to call at any point."""
+        logging.getLogger().removeHandler(self.logs)
+        if self._lag is not None:
+            self._lag.stop()
+        for handle in self._deadlines.values():
+            handle.cancel()
+        self._deadlines.clear()
+        if self._collectors:
+            from tapster.metrics import registry
+
+            for collector in self._collectors:
+                registry().unregister(collector)
+            self._collectors = []
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.stop()
+        if self._http is not None:
+            await self._http.shutdown(0.5)
+            self._http = None
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        protocol: asyncio.BaseProtocol = self._http()
+        loop = asyncio.get_running_loop()
+        self._deadlines[protocol] = loop.call_later(REQUEST_TIMEOUT, self._expire, protocol)
+        return protocol
+
+    def _expire(self, protocol: Any) -> None:
+        """No whole request head within REQUEST_TIMEOUT of connecting (a slow or silent client): hang up."""
+        self._deadlines.pop(protocol, None)
+        transport = getattr(protocol, "transport", None)
+        if transport is not None:
+            transport.abort()
+
+    async def _handle(self, request: Any) -> Any:
+        from aiohttp import web
+
+        handle = self._deadlines.pop(request.protocol, None)
+        if handle is not None:
+            handle.cancel()
+        path = request.path
+        if path not in _PATHS:
+            return web.Response(status=404, text="not found: try /healthz, /readyz or /metrics\n")
+        if request.method not in ("GET", "HEAD"):
+            return web.Response(status=405, headers={"Allow": "GET, HEAD"}, text="method not allowed\n")
+        if path == "/healthz":
+            return self._healthz(web)
+        if path == "/readyz":
+            return self._readyz(web)
+        return self._metrics(web)
+
+    def _healthz(self, web: Any) -> Any:
+        assert self._lag is not None
+        lag = self._lag.lag()
+        if lag > self.health_timeout:
+            return web.Response(status=503, text=f"event loop lagging: {lag:.3f} s\n")
+        return web.Response(text="ok\n")
+
+    def _readyz(self, web: Any) -> Any:
+        state = self.state
+        body = {
+            "ready": state.ready,
+            "phase": state.phase,
+            "draining": state.draining,
+            "services": [{"service": path, "state": what} for path, what in service_states(self.root, state)],
+        }
+        return web.Response(
+            status=200 if state.ready else 503, text=json.dumps(body) + "\n", content_type="application/json"
+        )
+
+    def _metrics(self, web: Any) -> Any:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        from tapster.metrics import registry
+
+        response = web.Response(body=generate_latest(registry()))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
