@@ -66,9 +66,9 @@ def service_states(root: Service, state: ServerState) -> list[tuple[str, str]]:
 
     A service's state is read from what the tree already keeps (``running``, the stops in progress), so services
     need no change: ``running`` when it runs; while the process starts, ``starting`` until its ``start()`` has
-    returned; while it stops, ``stopping`` until its ``stop()`` has returned, then ``stopped``; ``failed`` for
-    the service a failed start named; ``stopped`` for a service not running in a running tree (stopped by the
-    application, or never started).
+    returned (for a parent: until all its children run); while it stops, ``stopping`` until its ``stop()`` has
+    returned, then ``stopped``; ``failed`` for the service a failed start named; ``stopped`` for a service not
+    running in a running tree (stopped by the application, or never started).
     """
     pending = {id(s) for s in still_stopping(root)} if state.phase == "stopping" else set()
     found: list[tuple[str, str]] = []
@@ -76,7 +76,7 @@ def service_states(root: Service, state: ServerState) -> list[tuple[str, str]]:
         path = service_path(service)
         if path == state.failed_service:
             what = "failed"
-        elif service.running:
+        elif service.running and not (state.phase == "starting" and _child_not_running(service)):
             what = "running"
         elif state.phase == "starting":
             what = "starting"
@@ -86,6 +86,13 @@ def service_states(root: Service, state: ServerState) -> list[tuple[str, str]]:
             what = "stopped"
         found.append((path, what))
     return found
+
+
+def _child_not_running(service: Service) -> bool:
+    """A parent marks itself running before it starts its children: it has started once they all have."""
+    if not isinstance(service, MultiService):
+        return False
+    return any(not child.running or _child_not_running(child) for child in service)
 
 
 def _stopping_parent(service: Service, pending: set[int]) -> bool:
