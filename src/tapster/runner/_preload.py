@@ -36,5 +36,7 @@ def preload(config: RunConfig) -> None:
         names += ["pdb"]
     if config.reactor == "uvloop":
         names += ["uvloop"]
+    if config.status is not None:  # started after the chroot: its HTTP server and metrics are imported then
+        names += ["aiohttp.web", "prometheus_client", "tapster.runner._status_metrics", "tapster.metrics"]
     for name in names:
         importlib.import_module(name)

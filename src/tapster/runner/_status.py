@@ -18,6 +18,7 @@ import json
 import logging
 from typing import Any
 
+from tapster.errors import StartupError, TapsterError
 from tapster.runner._state import ServerState, service_states
 from tapster.service import Service
 
@@ -78,8 +79,11 @@ class StatusServer:
             max_headers=MAX_HEADERS,
         )
         listener = StreamServer(self.endpoint, self._protocol, name="status", drain_timeout=1.0)
-        await listener.privileged_start()
-        await listener.start()
+        try:
+            await listener.privileged_start()
+            await listener.start()
+        except TapsterError as exc:  # a port in use: say which option's
+            raise StartupError(f"--status: {exc}") from exc
         self._listener = listener
         self._lag.start()
         self._register()
