@@ -125,10 +125,10 @@ def latency(args: argparse.Namespace, directory: Path) -> list[list[str]]:
     rows = []
     clients: list[socket.socket] = []
     try:
-        connection = UnixHTTPConnection(path)
         for opened in (0, args.open):
             while len(clients) < opened:
                 clients.append(socket.create_connection(("127.0.0.1", server.port)))
+            connection = UnixHTTPConnection(path)  # opening thousands may outlast an idle keep-alive
             scrape(connection)  # the first scrape after the connections may still see some arriving
             deadline = time.monotonic() + 60
             while True:
@@ -143,7 +143,7 @@ def latency(args: argparse.Namespace, directory: Path) -> list[list[str]]:
             goal = f"{_verdict(ms < 20)}: < 20 ms" if opened else ""
             rows.append([f"{opened:,}", f"{ms:.2f}", f"{max(times) * 1000:.2f}", goal])
             print(f"  {opened} open: /metrics median {ms:.2f} ms", file=sys.stderr)
-        connection.close()
+            connection.close()
     finally:
         for client in clients:
             client.close()
