@@ -32,15 +32,18 @@ def test_stopping_begins_a_drain() -> None:
     assert state.draining and not state.ready
 
 
+def _child(service: Service, name: str, parent: MultiService) -> Service:
+    service.set_name(name)
+    service.set_parent(parent)
+    return service
+
+
 def test_service_states_follow_the_tree() -> None:
     """A parent is starting until its children run; a service not running in a running tree is 'stopped'."""
     app = Application("app")
     group = MultiService()
-    group.set_name("group")
-    group.set_parent(app)
-    child = Service()
-    child.set_name("child")
-    child.set_parent(group)
+    _child(group, "group", app)
+    child = _child(Service(), "child", group)
     state = ServerState()
     app.running = group.running = True  # what MultiService.start does before it starts the children
     assert service_states(app, state) == [
