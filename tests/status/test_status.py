@@ -75,9 +75,10 @@ def value(samples: list, **labels: str) -> float:
     return found[0]
 
 
-def test_endpoints_answer_and_metrics_parse(tapster: type[TapsterProcess]) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_endpoints_answer_and_metrics_parse(tapster: type[TapsterProcess], loop: str) -> None:
     """/healthz and /readyz answer 200 on a started tree; prometheus_client's parser reads /metrics."""
-    process, port = start_ready(tapster)
+    process, port = start_ready(tapster, "--reactor", loop)
     echo = process.port("echo")
     assert get(port, "/healthz")[:2] == (200, b"ok\n")
     code, body, headers = get(port, "/readyz")
