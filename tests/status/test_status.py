@@ -270,3 +270,18 @@ def test_huge_and_slow_requests_are_bounded(tapster: type[TapsterProcess]) -> No
     assert get(port, "/healthz")[0] == 200
     process.signal(signal.SIGTERM)
     assert process.finish()[0] == 0
+
+
+@pytest.mark.parametrize("module", ["prometheus_client", "aiohttp"])
+def test_missing_extra_is_one_line_naming_it(tmp_path: Path, module: str) -> None:
+    """--status without the metrics extra installed: one line naming the extra to install, exit 1."""
+    from test_missing_extras import hidden, one_line
+
+    done = run_tapster(
+        ["-n", "-o", "--pidfile=", "--status", "tcp:0", "-y", str(APP)],
+        cwd=tmp_path,
+        env=hidden(tmp_path, module),
+    )
+    line = one_line(done, 1)
+    assert "--status needs" in line
+    assert line.endswith("(pip install 'tapster[metrics]')")

@@ -39,6 +39,24 @@ MAX_HEADERS = 32
 _PATHS = ("/healthz", "/readyz", "/metrics")
 
 
+def _import_extras() -> Any:
+    """aiohttp.web, with prometheus_client imported too; either missing names the ``metrics`` extra (which has both)."""
+    import importlib
+
+    from tapster._extras import MissingExtraError, extra_for
+
+    try:
+        web = importlib.import_module("aiohttp.web")
+        importlib.import_module("prometheus_client")
+    except ImportError as exc:
+        if extra_for(exc) is None:
+            raise
+        raise MissingExtraError(
+            f"--status needs {exc.name}: {exc} (pip install 'tapster[metrics]')", name=exc.name
+        ) from exc
+    return web
+
+
 class StatusServer:
     """The status listener of one serving process; built before the loop logs anything, so logs are counted."""
 
@@ -60,10 +78,7 @@ class StatusServer:
 
     async def start(self) -> None:
         """Listen (before the tree starts); raises ListenError (one line) if the endpoint cannot be bound."""
-        from tapster._extras import import_extra
-
-        web = import_extra("aiohttp.web", "--status")
-        import_extra("prometheus_client", "--status")
+        web = _import_extras()
         from tapster.runner._status_metrics import LoopLag
         from tapster.services._stream_server import StreamServer
         from tapster.services._web_access import ServerLog
