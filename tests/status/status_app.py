@@ -5,6 +5,7 @@ for ``stop``, so a test sees the process starting and stopping for as long as it
 """
 
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -29,6 +30,7 @@ class Blocker(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data):
+        logging.getLogger("statusapp").info("blocking the loop for %s s", float(data))
         time.sleep(float(data))
         self.transport.write(b"done\n")
 
