@@ -1,8 +1,9 @@
-"""Built-in services: listeners, clients, a reconnecting client, UDP, a timer, a web server, a port forwarder;
-and the drain's helpers. None of them imports an extra (aiohttp) before it starts."""
+"""Built-in services: listeners, clients, a reconnecting client, UDP, a timer, a web server, an FTP server, a port
+forwarder; and the drain's helpers. None of them imports an extra (aiohttp, aioftp) before it starts."""
 
 from tapster.services._clients import ClientService, StreamClient
 from tapster.services._drain import LINGER, lingering_close, server_stopping, unless_stopping
+from tapster.services._ftp import FTPServer
 from tapster.services._portforward import PortForward
 from tapster.services._stream_server import StreamServer
 from tapster.services._timer import TimerService
@@ -12,6 +13,7 @@ from tapster.services._web import WebServer
 __all__ = [
     "LINGER",
     "ClientService",
+    "FTPServer",
     "PortForward",
     "StreamClient",
     "StreamServer",
