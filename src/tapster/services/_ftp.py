@@ -122,13 +122,9 @@ class FTPServer(MultiService):
             listener.set_parent(self)
 
     @property
-    def listeners(self) -> list[StreamServer]:
-        return [child for child in self if isinstance(child, StreamServer)]
-
-    @property
     def port(self) -> int:
         """The TCP port of the first listener (for tests that listen on port 0)."""
-        return self.listeners[0].port
+        return next(child for child in self if isinstance(child, StreamServer)).port
 
     def _build(self) -> None:
         from tapster._extras import import_extra
