@@ -27,6 +27,7 @@ FTPServer(
     failure_delay=0.02,
     throttle=ThrottleLimits(**{throttle!r}),
     drain_timeout={drain_timeout!r},
+    idle_timeout={idle_timeout!r},
 ).set_parent(application)
 """
 
@@ -40,6 +41,7 @@ def start_ftp_tac(
     passive_ports: tuple[int, int] | None = None,
     throttle: dict[str, float] | None = None,
     drain_timeout: float | None = None,
+    idle_timeout: float | None = 300.0,
     loop: str = "asyncio",
     listen: str = LOOPBACK,
 ) -> tuple[TapsterProcess, int]:
@@ -53,6 +55,7 @@ def start_ftp_tac(
             passive_ports=passive_ports,
             throttle=throttle or {},
             drain_timeout=drain_timeout,
+            idle_timeout=idle_timeout,
         )
     )
     process = tapster(["-n", "-o", "--pidfile=", "--reactor", loop, "-y", str(tac)], cwd=directory)

@@ -120,6 +120,7 @@ class TapsterFTP(aioftp.Server):
         self.server_host = None
         self.server_port = 0
         self.commands_mapping["nlst"] = self.nlst
+        self.commands_mapping["noop"] = self.noop
         for name in _PATH_COMMANDS:
             self.commands_mapping[name] = self._confined(self.commands_mapping[name])
         self.commands_mapping["cdup"] = self._confined(self.commands_mapping["cdup"], "..")
@@ -208,6 +209,11 @@ class TapsterFTP(aioftp.Server):
             connection.response("421", "too many failed logins")
             return False
         connection.response("530", "login incorrect")
+        return True
+
+    async def noop(self, connection: aioftp.Connection, rest: str) -> bool:
+        """NOOP, which aioftp lacks: clients send it to keep an idle session open."""
+        connection.response("200", "ok")
         return True
 
     # -- NLST, which aioftp lacks (ftplib's nlst(), a command-line client's mget) ------------------------------

@@ -1,0 +1,81 @@
+"""Clients that misbehave: leaving without QUIT, sending bytes that are not UTF-8 or a line longer than the
+reader's limit, going quiet. Each gets a reply or a quiet close, never a traceback in the log; a quiet control
+connection whose transfer is still running is not cut by the idle timeout."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from pathlib import Path
+
+from ftp_support import login, start_ftp_tac
+
+from conftest import TapsterProcess
+
+
+def reply(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def served(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "big.bin").write_bytes(b"x" * (16 * 1024 * 1024))
+    return root
+
+
+def test_bad_bytes_and_long_lines_get_replies_not_tracebacks(
+    tapster: type[TapsterProcess], tmp_path: Path
+) -> None:
+    """Invalid UTF-8: 501 and the session goes on (NOOP: 200). A 100 KiB line: 500 and the connection closes.
+    A client that just disconnects: a quiet close. No traceback anywhere in the log."""
+    process, port = start_ftp_tac(tapster, tmp_path, served(tmp_path), ["anonymous"])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert reply(sock).startswith(b"220")
+        sock.sendall(b"USER \xff\xfe\r\n")
+        assert reply(sock).startswith(b"501")
+        sock.sendall(b"NOOP\r\n")
+        assert reply(sock).startswith(b"200")
+        sock.sendall(b"A" * 100 * 1024 + b"\r\n")
+        assert reply(sock).startswith(b"500")
+        assert sock.recv(1) == b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert reply(sock).startswith(b"220")
+        sock.sendall(b"USER anonymous\r\n")
+        assert reply(sock).startswith(b"331")
+    login(port, "anonymous", "x").quit()  # the server is still serving
+    process.signal(signal.SIGTERM)
+    status, out, err = process.finish()
+    assert status == 0
+    assert "Traceback" not in out + err and "dispatcher caught exception" not in out, out
+
+
+def test_idle_timeout_closes_quiet_sessions_but_not_transfers(
+    tapster: type[TapsterProcess], tmp_path: Path
+) -> None:
+    """idle_timeout=0.5: a session that says nothing is told 421 and closed; a session whose download is held
+    by its client for longer than that keeps its control connection and gets the whole file."""
+    _, port = start_ftp_tac(tapster, tmp_path, served(tmp_path), ["anonymous"], idle_timeout=0.5)
+    quiet = login(port, "anonymous", "x")
+    busy = login(port, "anonymous", "x")
+    busy.voidcmd("TYPE I")
+    data = busy.transfercmd("RETR big.bin")
+    data.settimeout(10)
+    started = time.monotonic()
+    assert quiet.getline().startswith("421")
+    assert time.monotonic() - started < 5
+    time.sleep(1.0)  # the download is held (nothing read) for twice the idle timeout
+    size = 0
+    while chunk := data.recv(1 << 20):
+        size += len(chunk)
+    data.close()
+    assert size == 16 * 1024 * 1024
+    assert busy.getline().startswith("226")
+    assert busy.voidcmd("NOOP").startswith("200")
