@@ -151,12 +151,14 @@ class TapsterFTP(aioftp.Server):
         aioftp's own version logs a traceback for each client that leaves without QUIT; and its idle timeout
         would also end a connection whose transfer is still running.
         """
+        transferred = False  # a transfer ran during the last idle period: the quiet time starts after it
         while True:
             try:
                 async with asyncio.timeout(self.command_idle_timeout):
                     line = await stream.readline()
             except TimeoutError:
-                if self._transferring(stream):
+                if transferred or self._transferring(stream):
+                    transferred = self._transferring(stream)
                     continue
                 await self.write_response(stream, "421", "idle too long: closing the control connection")
                 return False
