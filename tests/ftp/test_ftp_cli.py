@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from ftp_support import LOOPBACK, fetch
+from ftp_support import LOOPBACK, fetch, login
 
 from conftest import TapsterProcess, run_tapster
 from support import one_line, taken_port
@@ -88,3 +88,21 @@ def test_missing_aioftp_names_the_ftp_extra(tmp_path: Path) -> None:
     line = one_line(run_tapster(args, cwd=tmp_path, env=env), 1)
     assert "needs aioftp" in line and line.endswith("(pip install 'tapster[ftp]')")
     assert run_tapster(["ftp", "--help"], cwd=tmp_path, env=env).returncode == 0
+
+
+def test_saved_state_runs_again(tapster: type[TapsterProcess], tmp_path: Path) -> None:
+    """`tapster --save ftp ...` writes ftp-shutdown.tap at stop; `tapster -f ftp-shutdown.tap` serves the same
+    root with the same logins (through the strict state loader: FTPServer's live parts are not saved)."""
+    (tmp_path / "served").mkdir()
+    (tmp_path / "served" / "kept.txt").write_bytes(b"kept\n")
+    args = ["--root", "served", "--auth", "memory:alice:secret", "--listen", LOOPBACK]
+    first = tapster(["-n", "--pidfile=", "--save", "ftp", *args])
+    first.port("FTPServer")
+    first.signal(signal.SIGTERM)
+    assert first.finish()[0] == 0 and (tmp_path / "ftp-shutdown.tap").exists()
+    again = tapster(["-n", "--pidfile=", "-o", "-f", "ftp-shutdown.tap"])
+    client = login(again.port("FTPServer"))
+    assert fetch(client, "kept.txt") == b"kept\n"
+    client.quit()
+    again.signal(signal.SIGTERM)
+    assert again.finish()[0] == 0
