@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -79,3 +80,24 @@ def test_idle_timeout_closes_quiet_sessions_but_not_transfers(
     assert size == 16 * 1024 * 1024
     assert busy.getline().startswith("226")
     assert busy.voidcmd("NOOP").startswith("200")
+
+
+def test_clients_that_reset_mid_conversation_leave_no_traceback(
+    tapster: type[TapsterProcess], tmp_path: Path
+) -> None:
+    """200 clients send a burst of commands and reset the connection at once (SO_LINGER 0), while the server is
+    still answering: every session ends quietly, the server goes on serving."""
+    process, port = start_ftp_tac(tapster, tmp_path, served(tmp_path), ["anonymous"])
+    burst = b"USER anonymous\r\nPASS x\r\n" + b"PWD\r\nSYST\r\nNOOP\r\n" * 50
+    for _ in range(200):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.sendall(burst)
+    login(port, "anonymous", "x").quit()
+    process.wait_for("closing connection from 127.0.0.1")
+    process.signal(signal.SIGTERM)
+    status, out, err = process.finish()
+    assert status == 0
+    assert "Traceback" not in out + err and "dispatcher caught exception" not in out, out
+    assert out.count("closing connection from") == 201, "a session did not end"
+    assert "draining" not in out  # none was left open for the stop

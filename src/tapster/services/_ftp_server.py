@@ -9,7 +9,6 @@ endpoint and tapster's per-connection log context and drain apply.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable
@@ -141,7 +140,14 @@ class TapsterFTP(aioftp.Server):
         session = self.sessions.get(connection._dispatcher) if connection is not None else None
         if session is not None:
             session.queue = response_queue
-        await super().response_writer(stream, response_queue)
+        try:
+            await super().response_writer(stream, response_queue)
+        except ConnectionError:
+            # The client is gone (aioftp would log a traceback). Later answers are dropped rather than left
+            # queued, so the dispatcher's wait for them ends and the session closes when the reader sees the end.
+            while True:
+                await response_queue.get()
+                response_queue.task_done()
 
     async def parse_command(  # type: ignore[override]
         self, stream: aioftp.StreamIO, censor_commands: tuple[str] = ("pass",)
@@ -322,5 +328,4 @@ class TapsterFTP(aioftp.Server):
                 finally:
                     written.cancel()
         dispatcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await dispatcher
+        await asyncio.wait({dispatcher})
