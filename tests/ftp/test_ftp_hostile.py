@@ -101,3 +101,31 @@ def test_clients_that_reset_mid_conversation_leave_no_traceback(
     assert "Traceback" not in out + err and "dispatcher caught exception" not in out, out
     assert out.count("closing connection from") == 201, "a session did not end"
     assert "draining" not in out  # none was left open for the stop
+
+
+def test_a_reset_data_connection_is_426_and_the_session_goes_on(
+    tapster: type[TapsterProcess], tmp_path: Path
+) -> None:
+    """A download and an upload whose data connection the client resets mid-way: each is answered 426, the
+    session goes on (NOOP, a full download), and the log has a line for each, not a traceback."""
+    process, port = start_ftp_tac(tapster, tmp_path, served(tmp_path), ["memory:alice:secret"])
+    client = login(port)
+    client.voidcmd("TYPE I")
+    for command, move in (
+        ("RETR big.bin", lambda s: s.recv(1000)),
+        ("STOR up.bin", lambda s: s.sendall(b"x" * 10**5)),
+    ):
+        data = client.transfercmd(command)
+        move(data)
+        data.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        data.close()  # a reset, not an end
+        assert client.getline().startswith("426")
+        assert client.voidcmd("NOOP").startswith("200")
+    size = [0]
+    client.retrbinary("RETR big.bin", lambda chunk: size.__setitem__(0, size[0] + len(chunk)))
+    assert size[0] == 16 * 1024 * 1024
+    client.quit()
+    process.signal(signal.SIGTERM)
+    status, out, err = process.finish()
+    assert status == 0 and out.count("data connection lost mid-transfer") == 2
+    assert "Traceback" not in out + err, out

@@ -30,6 +30,8 @@ ANONYMOUS_NAMES = frozenset({"anonymous", "ftp"})
 MAX_FAILED_LOGINS = 3
 """Failed passwords on one connection before it is closed (the throttle counts per address as well)."""
 
+_TRANSFER_COMMANDS = ("retr", "stor", "appe", "list", "mlsd", "nlst")
+
 _PATH_COMMANDS = (
     "cwd", "mkd", "rmd", "mlsd", "list", "nlst", "mlst", "rnfr", "rnto", "dele", "stor", "appe", "retr"
 )  # fmt: skip
@@ -120,6 +122,8 @@ class TapsterFTP(aioftp.Server):
         self.server_port = 0
         self.commands_mapping["nlst"] = self.nlst
         self.commands_mapping["noop"] = self.noop
+        for name in _TRANSFER_COMMANDS:
+            self.commands_mapping[name] = self._data_loss_answered(self.commands_mapping[name])
         for name in _PATH_COMMANDS:
             self.commands_mapping[name] = self._confined(self.commands_mapping[name])
         self.commands_mapping["cdup"] = self._confined(self.commands_mapping["cdup"], "..")
@@ -259,6 +263,37 @@ class TapsterFTP(aioftp.Server):
         connection.extra_workers.add(asyncio.create_task(sending))
         connection.response("150", "name list follows")
         return True
+
+    # -- a data connection lost mid-transfer ---------------------------------------------------------------------
+
+    def _data_loss_answered(self, command: Command) -> Command:
+        """``command`` whose transfer, if its data connection breaks, is answered ``426`` and the session goes on.
+
+        aioftp's dispatcher expects only file system errors from a transfer: a reset data connection ended the
+        whole session, with a traceback. The transfer task the command starts is swapped, before the dispatcher
+        sees it, for one that turns the lost connection into the reply.
+        """
+
+        async def answered(connection: Any, rest: Any) -> bool:
+            before = set(connection.extra_workers)
+            result = await command(connection, rest)
+            for transfer in connection.extra_workers - before:
+                connection.extra_workers.discard(transfer)
+                connection.extra_workers.add(
+                    asyncio.ensure_future(self._answer_data_loss(connection, transfer))
+                )
+            return result
+
+        return answered
+
+    @staticmethod
+    async def _answer_data_loss(connection: Any, transfer: asyncio.Future[Any]) -> Any:
+        try:
+            return await transfer
+        except ConnectionError as exc:
+            logger.info("data connection lost mid-transfer: %s", exc)
+            connection.response("426", "data connection lost; transfer aborted")
+            return True
 
     # -- the root -----------------------------------------------------------------------------------------------
 
