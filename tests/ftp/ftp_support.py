@@ -44,6 +44,7 @@ def start_ftp_tac(
     idle_timeout: float | None = 300.0,
     loop: str = "asyncio",
     listen: str = LOOPBACK,
+    global_options: tuple[str, ...] = (),
 ) -> tuple[TapsterProcess, int]:
     """An FTPServer built in ``directory/ftp.tac``, run with ``tapster -n -y``; the process and its port."""
     tac = directory / "ftp.tac"
@@ -58,7 +59,9 @@ def start_ftp_tac(
             idle_timeout=idle_timeout,
         )
     )
-    process = tapster(["-n", "-o", "--pidfile=", "--reactor", loop, "-y", str(tac)], cwd=directory)
+    process = tapster(
+        ["-n", "-o", "--pidfile=", *global_options, "--reactor", loop, "-y", str(tac)], cwd=directory
+    )
     return process, process.port("FTPServer")
 
 

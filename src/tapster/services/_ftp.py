@@ -8,7 +8,9 @@ passive connections, stop) and _ftp_paths (confinement to the root).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
@@ -20,6 +22,8 @@ from tapster.services._stream_server import StreamServer
 from tapster.services._web import _Listener
 
 __all__ = ["DEFAULT_FTP_LISTEN", "FTPServer", "check_ftp_endpoint"]
+
+logger = logging.getLogger("tapster.ftp")
 
 DEFAULT_FTP_LISTEN = "tcp:2121:interface=127.0.0.1"
 """twistd's ftp port, 2121, but on loopback only: serving the network is a decision (``--listen tcp:2121``)."""
@@ -160,8 +164,27 @@ class FTPServer(MultiService):
         await super().start()
 
     async def stop(self) -> None:
-        await super().stop()  # the listeners close and drain their connections (see _serve)
-        self._ftp = None
+        ftp, started = self._ftp, time.monotonic()
+        try:
+            await super().stop()  # the listeners close and drain their connections (see _serve)
+        except asyncio.CancelledError:  # the runner's deadline: transfers are cut, their data connections too
+            if ftp is not None:
+                ftp.abort_data()
+            raise
+        finally:
+            self._ftp = None
+        if ftp is not None:
+            left = (
+                None
+                if self.drain_timeout is None
+                else max(0.0, self.drain_timeout - (time.monotonic() - started))
+            )
+            try:
+                await ftp.data_sent(left)  # the end of the last transfers, still in buffers
+            except TimeoutError:
+                logger.warning(
+                    "%s: data connections still sending after %s s: cut", self.name, self.drain_timeout
+                )
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One control connection: aioftp's dispatcher, ended gracefully when the server stops."""

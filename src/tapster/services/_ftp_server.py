@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,8 @@ class TapsterFTP(aioftp.Server):
         self.anonymous = anonymous
         self.command_idle_timeout = idle_timeout
         self.sessions: dict[asyncio.Task[Any], _Session] = {}
+        # Data connections, so a stop can wait until what a finished transfer left in a buffer has been sent.
+        self.data_writers: weakref.WeakSet[asyncio.StreamWriter] = weakref.WeakSet()
         # What aioftp.Server.start() would set: its dispatcher and passive listeners read them.
         self.connections = {}
         self._start_server_extra_arguments = {}
@@ -336,6 +339,7 @@ class TapsterFTP(aioftp.Server):
                 )
                 writer.close()
                 return
+            self.data_writers.add(writer)
             await handler_callback(reader, writer)
 
         try:
@@ -345,6 +349,27 @@ class TapsterFTP(aioftp.Server):
             raise aioftp.errors.NoAvailablePort from exc
 
     # -- stopping -----------------------------------------------------------------------------------------------
+
+    async def data_sent(self, timeout: float | None) -> None:
+        """Wait until every data connection has sent what it holds and closed; abort the rest after ``timeout``.
+
+        A transfer ends (and is answered ``226``) once its last block is in the transport's buffer: without this
+        wait, a process exiting right after a stop would drop the end of the file.
+        """
+        writers = list(self.data_writers)
+        if not writers:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*(writer.wait_closed() for writer in writers), return_exceptions=True)
+        except (TimeoutError, asyncio.CancelledError):
+            self.abort_data()
+            raise
+
+    def abort_data(self) -> None:
+        """Cut every data connection now (the stop's deadline has passed)."""
+        for writer in list(self.data_writers):
+            writer.transport.abort()
 
     async def close_when_idle(self, dispatcher: asyncio.Task[None]) -> None:
         """End one control connection for a stop: transfers in flight finish, then ``421`` and the close."""
