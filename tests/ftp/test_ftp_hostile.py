@@ -94,12 +94,13 @@ def test_clients_that_reset_mid_conversation_leave_no_traceback(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.sendall(burst)
     login(port, "anonymous", "x").quit()
-    process.wait_for("closing connection from 127.0.0.1")
+    for number in range(1, 202):  # every session ended before the stop (log contexts number the connections)
+        ended = r"(closing connection from|reset before it was served)"
+        process.wait_for(rf"\[FTPServer,{number},[^\]]*\] {ended}", timeout=30)
     process.signal(signal.SIGTERM)
     status, out, err = process.finish()
     assert status == 0
     assert "Traceback" not in out + err and "dispatcher caught exception" not in out, out
-    assert out.count("closing connection from") == 201, "a session did not end"
     assert "draining" not in out  # none was left open for the stop
 
 

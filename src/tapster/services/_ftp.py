@@ -189,6 +189,9 @@ class FTPServer(MultiService):
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One control connection: aioftp's dispatcher, ended gracefully when the server stops."""
         ftp = self._ftp
+        if writer.get_extra_info("peername") is None:  # aioftp's dispatcher would fail on it
+            logger.info("connection reset before it was served")
+            return
         dispatcher = asyncio.ensure_future(ftp.dispatcher(reader, writer))
         stopping = asyncio.ensure_future(server_stopping().wait())
         try:
