@@ -9,6 +9,7 @@ endpoint and tapster's per-connection log context and drain apply.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import weakref
@@ -173,11 +174,9 @@ class TapsterFTP(aioftp.Server):
                 if transferred or self._transferring(stream):
                     transferred = self._transferring(stream)
                     continue
-                await self.write_response(stream, "421", "idle too long: closing the control connection")
-                return False
+                return await self._last_words(stream, "421", "idle too long: closing the control connection")
             except ValueError:  # longer than the reader's limit
-                await self.write_response(stream, "500", "command line too long")
-                return False
+                return await self._last_words(stream, "500", "command line too long")
             except ConnectionError:
                 return False
             if not line:
@@ -185,10 +184,19 @@ class TapsterFTP(aioftp.Server):
             try:
                 text = line.decode(self.encoding)
             except UnicodeDecodeError:
-                await self.write_response(stream, "501", f"command is not valid {self.encoding}")
+                try:
+                    await self.write_response(stream, "501", f"command is not valid {self.encoding}")
+                except ConnectionError:
+                    return False
                 continue
             command, _, rest = text.rstrip("\r\n").partition(" ")
             return command.lower(), rest
+
+    async def _last_words(self, stream: aioftp.StreamIO, code: str, text: str) -> bool:
+        """Answer once more, if the client is still there, and end the session (False)."""
+        with contextlib.suppress(ConnectionError):
+            await self.write_response(stream, code, text)
+        return False
 
     def _transferring(self, stream: aioftp.StreamIO) -> bool:
         connection = self.connections.get(stream)
