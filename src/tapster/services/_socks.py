@@ -28,6 +28,7 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import os
 import socket
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -109,7 +110,7 @@ class _Client(_Half):
         self.paused = False
         self.task: asyncio.Task[None] | None = None
         self.client = "-"
-        self.stopping = False
+        self.settled = False  # the connection's one log line is written (and, if refused, its end begun)
 
     # -- the connection
 
@@ -138,13 +139,21 @@ class _Client(_Half):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.task is not None:
             self.task.cancel()
+        if not self.settled:
+            self.settled = True
+            logger.warning("SOCKS client %s: the connection was lost during the handshake", self.client)
         super().connection_lost(exc)
 
     def stop_requested(self) -> None:
-        """The server is stopping: a relayed connection runs on; one still in its handshake is closed."""
-        if self.peer is None and self.task is not None:
-            self.stopping = True
+        """The server is stopping: a relayed connection runs on; one still in its handshake is closed.
+
+        Done here, not in the handshake's task: that task may not have run its first step yet."""
+        if self.task is not None:
             self.task.cancel()
+        if not self.settled:
+            self.settled = True
+            logger.info("SOCKS client %s: closed in its handshake, the server is stopping", self.client)
+            self._end(None)
 
     def _wake(self) -> None:
         waiter, self.waiter = self.waiter, None
@@ -195,11 +204,13 @@ class _Client(_Half):
                 raise HandshakeFailed(f"no complete request within {server.handshake_timeout:g} s") from None
             outbound, where = await self._connect(request)
         except HandshakeFailed as failed:
+            self.settled = True
             logger.warning("SOCKS client %s: %s; closing", self.client, failed.reason)
             self._end(failed.reply)
             return
         except _Refused as refused:
             assert request is not None
+            self.settled = True
             logger.warning(
                 "SOCKS%s %s -> %s: %s",
                 request.version,
@@ -210,14 +221,10 @@ class _Client(_Half):
             self._end(request.reply(refused.code))
             return
         except asyncio.CancelledError:
-            if self.stopping:
-                logger.info("SOCKS client %s: closed in its handshake, the server is stopping", self.client)
-                self._end(None)
-            elif self.lost:
-                logger.warning("SOCKS client %s: the connection was lost during the handshake", self.client)
-            return
+            return  # the connection was lost, or the server is stopping: stop_requested or connection_lost says so
         finally:
             self.task = None
+        self.settled = True
         logger.info("SOCKS%s %s -> %s%s: connected", request.version, self.client, request.destination, where)
         self._pair(request, outbound)
 
@@ -255,7 +262,7 @@ class _Client(_Half):
                         error = exc
                 assert error is not None
                 raise _Refused(
-                    f"failed: {error.strerror or error}",
+                    f"failed: {os.strerror(error.errno) if error.errno else error}",
                     _ERRNO_REPLIES.get(error.errno or 0, Reply.GENERAL_FAILURE),
                 )
         except TimeoutError:
