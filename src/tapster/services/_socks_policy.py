@@ -41,7 +41,7 @@ def parse_network(text: str) -> Network | str:
 
 def _kind(address: Address) -> str | None:
     """Why ``address`` is not public, or None when it is."""
-    for kind in ("unspecified", "loopback", "link_local", "multicast", "private", "reserved"):
+    for kind in ("unspecified", "loopback", "link_local", "multicast", "reserved", "private"):
         if getattr(address, f"is_{kind}"):
             return kind.replace("_", "-")
     return None if address.is_global else "non-global"
