@@ -164,7 +164,7 @@ class _Client(_Half):
 
     async def _more(self) -> None:
         if self.ended:
-            raise HandshakeFailed(f"the client ended its side after {len(self.buffer)} byte(s) of a step")
+            raise HandshakeFailed("the client ended its side in the middle of the handshake")
         if self.paused and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
