@@ -222,10 +222,10 @@ BAD_HANDSHAKES = [
     (v4_request("127.0.0.1", 80, command=2), False, b"\x00\x5b" + b"\0" * 6, "SOCKS4 command BIND is not"),
     (b"\x05\x01\x00\x05\x01\x00\x09", False, b"\x05\x00\x05\x08\x00\x01" + b"\0" * 6, "address type 0x09"),
     (
-        b"\x05\x01\x00" + v5_request("127.0.0.1", 9, command=3),
+        b"\x05\x01\x00" + v5_request("127.0.0.1", 9, command=4),
         False,
         b"\x05\x00\x05\x07\x00\x01" + b"\0" * 6,
-        "command UDP ASSOCIATE is not supported",
+        "command 0x04 is not supported",
     ),
     (
         b"\x05\x01\x00" + v5_request("127.0.0.1", 9, command=2),

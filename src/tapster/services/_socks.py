@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from tapster.services._drain import LINGER, start_lingering_close
 from tapster.services._portforward import _Half
 from tapster.services._socks_policy import DestinationPolicy, Network
+from tapster.services._socks_udp import UDPAssociation
 from tapster.services._socks_wire import HandshakeFailed, PasswordCheck, Reply, Request, negotiate
 from tapster.services._stream_server import StreamServer
 
@@ -111,6 +112,7 @@ class _Client(_Half):
         self.task: asyncio.Task[None] | None = None
         self.client = "-"
         self.settled = False  # the connection's one log line is written (and, if refused, its end begun)
+        self.association: UDPAssociation | None = None  # after a UDP ASSOCIATE: this connection only keeps it
 
     # -- the connection
 
@@ -123,6 +125,8 @@ class _Client(_Half):
         if self.peer is not None:
             super().data_received(data)
             return
+        if self.association is not None:
+            return  # the control connection of a UDP association carries nothing more: discarded
         self.buffer += data
         if len(self.buffer) >= _BUFFER_LIMIT and not self.paused and self.transport is not None:
             self.paused = True
@@ -130,6 +134,9 @@ class _Client(_Half):
         self._wake()
 
     def eof_received(self) -> bool:
+        if self.association is not None:
+            self._end_association("the client closed its connection")
+            return False
         if self.peer is None:
             self.ended = True  # the handshake sees it; after the request, it is passed on once connected
             self._wake()
@@ -139,6 +146,8 @@ class _Client(_Half):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.task is not None:
             self.task.cancel()
+        if self.association is not None:
+            self._end_association("the connection was lost" if exc is not None else "the connection closed")
         if not self.settled:
             self.settled = True
             logger.warning("SOCKS client %s: the connection was lost during the handshake", self.client)
@@ -150,10 +159,19 @@ class _Client(_Half):
         Done here, not in the handshake's task: that task may not have run its first step yet."""
         if self.task is not None:
             self.task.cancel()
-        if not self.settled:
+        if self.association is not None:
+            self._end_association("the server is stopping")
+            self._end(None)
+        elif not self.settled:
             self.settled = True
             logger.info("SOCKS client %s: closed in its handshake, the server is stopping", self.client)
             self._end(None)
+
+    def _end_association(self, why: str) -> None:
+        association, self.association = self.association, None
+        if association is not None:
+            association.close()
+            logger.info("SOCKS5 UDP %s: association ended: %s", self.client, why)
 
     def _wake(self) -> None:
         waiter, self.waiter = self.waiter, None
@@ -202,6 +220,9 @@ class _Client(_Half):
                     request = await negotiate(self, server._check_password(self.transport))
             except TimeoutError:
                 raise HandshakeFailed(f"no complete request within {server.handshake_timeout:g} s") from None
+            if request.udp:
+                await self._associate(request)
+                return
             outbound, where = await self._connect(request)
         except HandshakeFailed as failed:
             self.settled = True
@@ -227,6 +248,41 @@ class _Client(_Half):
         self.settled = True
         logger.info("SOCKS%s %s -> %s%s: connected", request.version, self.client, request.destination, where)
         self._pair(request, outbound)
+
+    async def _associate(self, request: Request) -> None:
+        """UDP ASSOCIATE: open the relay's sockets, tell the client where to send, keep the connection."""
+        transport = self.transport
+        assert transport is not None
+        local, peer = transport.get_extra_info("sockname"), transport.get_extra_info("peername")
+        if not (isinstance(local, tuple) and isinstance(peer, tuple)):
+            raise _Refused("refused: UDP ASSOCIATE needs a TCP listener", Reply.COMMAND_NOT_SUPPORTED)
+        association = UDPAssociation(
+            self.server.policy, (str(peer[0]), request.port), self.client, self.server.connect_timeout
+        )
+        self.association = association
+        try:
+            bound = await association.open(str(local[0]))
+        except OSError as exc:
+            self.association = None
+            association.close()
+            raise _Refused(f"failed: cannot open a UDP relay: {exc}", Reply.GENERAL_FAILURE) from None
+        except BaseException:
+            self.association = None
+            association.close()
+            raise
+        self.buffer.clear()
+        transport.write(request.reply(Reply.SUCCEEDED, bound))
+        self.settled = True
+        host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        logger.info(
+            "SOCKS5 %s -> UDP ASSOCIATE: relaying datagrams through %s:%d", self.client, host, bound[1]
+        )
+        if self.ended:
+            self._end_association("the client closed its connection")
+            transport.close()
+        elif self.paused:
+            self.paused = False
+            transport.resume_reading()
 
     def _end(self, reply: bytes | None) -> None:
         """Answer (if there is an answer) and close without resetting the client (a lingering close)."""

@@ -12,7 +12,8 @@ that never ends or lies about its length; so every read here has a limit:
 - the caller bounds the time (a handshake timeout) and the buffer (reading pauses past a few KiB);
 - nothing is answered before the part of the request it answers has been read whole.
 
-UDP ASSOCIATE and BIND are answered "command not supported" (SOCKS5 0x07, SOCKS4 0x5B).
+BIND is answered "command not supported" (SOCKS5 0x07, SOCKS4 0x5B). A UDP ASSOCIATE datagram's header
+(RFC 1928 section 7) is read by :func:`parse_datagram`, which checks every length against the datagram's size.
 """
 
 from __future__ import annotations
@@ -30,14 +31,16 @@ __all__ = [
     "PasswordCheck",
     "Reply",
     "Request",
+    "datagram_header",
     "negotiate",
+    "parse_datagram",
 ]
 
 MAX_FIELD = 255
 """The longest SOCKS4 user id or SOCKS4a hostname accepted (SOCKS5 fields cannot be longer: one length byte)."""
 
 _CONNECT, _BIND, _UDP_ASSOCIATE = 1, 2, 3
-_COMMANDS = {_BIND: "BIND", _UDP_ASSOCIATE: "UDP ASSOCIATE"}
+_COMMANDS = {_BIND: "BIND", _UDP_ASSOCIATE: "UDP ASSOCIATE"}  # the names of those not carried out
 _NO_AUTH, _PASSWORD, _NO_ACCEPTABLE = 0x00, 0x02, 0xFF
 _IPV4, _NAME, _IPV6 = 1, 3, 4
 _V4_GRANTED, _V4_REJECTED = 0x5A, 0x5B
@@ -80,15 +83,17 @@ PasswordCheck = Callable[[str, str], Awaitable[bool]]
 
 
 class Request:
-    """A CONNECT request read whole: the version spoken, the destination, and how to answer it."""
+    """A request read whole: the version spoken, the destination (for UDP ASSOCIATE: where the client says it
+    will send datagrams from), and how to answer it."""
 
-    __slots__ = ("host", "is_name", "port", "version")
+    __slots__ = ("host", "is_name", "port", "udp", "version")
 
-    def __init__(self, version: str, host: str, port: int, is_name: bool) -> None:
+    def __init__(self, version: str, host: str, port: int, is_name: bool, udp: bool = False) -> None:
         self.version = version  # "4", "4a" or "5"
         self.host = host  # an IP address, or a hostname to resolve (4a and 5)
         self.port = port
         self.is_name = is_name
+        self.udp = udp  # SOCKS5 UDP ASSOCIATE rather than CONNECT
 
     @property
     def destination(self) -> str:
@@ -111,9 +116,18 @@ def _reply4(code: int, bound: tuple[str, int] | None) -> bytes:
 
 def _reply5(code: int, bound: tuple[str, int] | None) -> bytes:
     host, port = bound if bound is not None else ("0.0.0.0", 0)
-    address = ipaddress.ip_address(host.partition("%")[0])
+    address = _plain(host)
     kind = _IPV4 if address.version == 4 else _IPV6
     return struct.pack("!BBBB", 5, code, 0, kind) + address.packed + struct.pack("!H", port)
+
+
+def _plain(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as a client should see it: no scope, and an IPv4-mapped IPv6 address (a dual-stack socket's
+    view of an IPv4 peer) as the IPv4 address."""
+    address = ipaddress.ip_address(host.partition("%")[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 async def negotiate(stream: HandshakeStream, check_password: PasswordCheck | None) -> Request:
@@ -189,12 +203,12 @@ async def _socks5(stream: HandshakeStream, check_password: PasswordCheck | None)
             _reply5(Reply.ADDRESS_TYPE_NOT_SUPPORTED, None),
         )
     (port,) = struct.unpack("!H", await stream.read_exactly(2))
-    if command != _CONNECT:
+    if command not in (_CONNECT, _UDP_ASSOCIATE):
         name = _COMMANDS.get(command, f"0x{command:02x}")
         raise HandshakeFailed(
             f"SOCKS5 command {name} is not supported", _reply5(Reply.COMMAND_NOT_SUPPORTED, None)
         )
-    return Request("5", host, port, kind == _NAME)
+    return Request("5", host, port, kind == _NAME, udp=command == _UDP_ASSOCIATE)
 
 
 async def _login(stream: HandshakeStream, check_password: PasswordCheck) -> None:
@@ -222,3 +236,41 @@ def _hostname(raw: bytes, refused: bytes) -> str:
     if not name.isprintable() or " " in name:
         raise HandshakeFailed(f"hostname {name[:64]!r} has spaces or control characters", refused)
     return name
+
+
+def parse_datagram(data: bytes) -> tuple[str, int, bool, bytes] | None:
+    """A client's UDP datagram: (host, port, host is a name, payload); None if malformed or a fragment.
+
+    RSV(2) FRAG(1) ATYP(1) DST.ADDR DST.PORT(2) DATA. Fragments (FRAG != 0) are dropped, as RFC 1928 allows a
+    server that does not reassemble to do.
+    """
+    if len(data) < 4 or data[2] != 0:
+        return None
+    kind = data[3]
+    if kind == _IPV4:
+        end = 8
+        host = socket.inet_ntop(socket.AF_INET, data[4:8]) if len(data) >= end else ""
+    elif kind == _IPV6:
+        end = 20
+        host = socket.inet_ntop(socket.AF_INET6, data[4:20]) if len(data) >= end else ""
+    elif kind == _NAME and len(data) >= 5 and data[4]:
+        end = 5 + data[4]
+        try:
+            host = data[5:end].decode("ascii") if len(data) >= end else ""
+        except UnicodeDecodeError:
+            return None
+        if not host.isprintable() or " " in host:
+            return None
+    else:
+        return None
+    if not host or len(data) < end + 2:
+        return None
+    (port,) = struct.unpack_from("!H", data, end)
+    return host, port, kind == _NAME, data[end + 2 :]
+
+
+def datagram_header(host: str, port: int) -> bytes:
+    """The header the proxy puts before a datagram it passes back to the client: where it came from."""
+    address = _plain(host)
+    kind = _IPV4 if address.version == 4 else _IPV6
+    return struct.pack("!HBB", 0, 0, kind) + address.packed + struct.pack("!H", port)
