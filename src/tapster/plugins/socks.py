@@ -1,4 +1,5 @@
-"""The built-in ``socks`` plugin: a SOCKS 4, 4a and 5 proxy (CONNECT) with a destination allow-list and logins.
+"""The built-in ``socks`` plugin: a SOCKS 4, 4a and 5 proxy (CONNECT, UDP ASSOCIATE) with a destination
+allow-list and logins.
 
 tapster -n socks                                     # 127.0.0.1:1080, public destinations only
 tapster -n socks --listen tcp:1080 --auth memory:alice:secret --allow public --allow 10.0.0.0/8
@@ -28,7 +29,7 @@ def _timeout(text: str) -> float:
 class SOCKSOptions(AuthOptions):
     """``tapster socks`` options."""
 
-    description = "A SOCKS 4, 4a and 5 proxy (CONNECT), refusing private destinations unless --allow'ed."
+    description = "A SOCKS 4, 4a and 5 proxy (CONNECT, UDP), refusing private destinations unless --allow'ed."
     parameters = [
         (
             "listen",
@@ -57,7 +58,7 @@ class SOCKSOptions(AuthOptions):
         "unspecified or reserved ones); hostnames are checked after they are resolved. --allow replaces that\n"
         "list: --allow public --allow 10.0.0.0/8 adds a network to it, --allow 10.0.0.0/8 alone allows only it.\n"
         "--auth (password checkers, --help-auth): SOCKS5 clients log in (RFC 1929); SOCKS4 is then refused.\n"
-        "UDP ASSOCIATE and BIND are not supported.\n"
+        "SOCKS5 UDP ASSOCIATE is relayed under the same --allow rules; BIND is not supported.\n"
         "Example: tapster -n socks --auth memory:alice:secret, then curl -x socks5h://alice:secret@127.0.0.1:1080"
     )
 

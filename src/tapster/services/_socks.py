@@ -1,4 +1,5 @@
-"""SOCKSServer: a SOCKS 4, 4a and 5 proxy (CONNECT), with a destination policy and RFC 1929 logins.
+"""SOCKSServer: a SOCKS 4, 4a and 5 proxy (CONNECT; SOCKS5 UDP ASSOCIATE), with a destination policy and
+RFC 1929 logins.
 
 Each accepted connection goes through three steps:
 
@@ -18,8 +19,11 @@ One log line per connection says who asked for what and what came of it. A hands
 truncated, too long, too slow, refused) is answered with the protocol's refusal where it has one and closed
 lingering (:mod:`tapster.services._drain`), so the client reads the answer rather than a reset.
 
+A UDP ASSOCIATE keeps its connection open and relays datagrams instead
+(:mod:`tapster.services._socks_udp`) until that connection ends.
+
 Stopping drains like :class:`~tapster.services.PortForward`: connections still in their handshake are closed,
-relayed ones run on until they end or the drain timeout.
+and so are UDP associations; relayed ones run on until they end or the drain timeout.
 """
 
 from __future__ import annotations
@@ -403,7 +407,7 @@ def _shown(request: Request, sockaddr: tuple[Any, ...]) -> str:
 
 
 class SOCKSServer(StreamServer):
-    """A SOCKS 4, 4a and 5 proxy (CONNECT only) on ``listen`` (see the module docstring).
+    """A SOCKS 4, 4a and 5 proxy (CONNECT; SOCKS5 UDP ASSOCIATE) on ``listen`` (see the module docstring).
 
     Args:
         listen: a server endpoint string or a port number; by default port 1080 on 127.0.0.1 only.

@@ -40,7 +40,7 @@ MAX_FIELD = 255
 """The longest SOCKS4 user id or SOCKS4a hostname accepted (SOCKS5 fields cannot be longer: one length byte)."""
 
 _CONNECT, _BIND, _UDP_ASSOCIATE = 1, 2, 3
-_COMMANDS = {_BIND: "BIND", _UDP_ASSOCIATE: "UDP ASSOCIATE"}  # the names of those not carried out
+_COMMANDS = {_BIND: "BIND"}  # the names of the commands not carried out
 _NO_AUTH, _PASSWORD, _NO_ACCEPTABLE = 0x00, 0x02, 0xFF
 _IPV4, _NAME, _IPV6 = 1, 3, 4
 _V4_GRANTED, _V4_REJECTED = 0x5A, 0x5B
@@ -161,7 +161,7 @@ async def _socks4(stream: HandshakeStream, needs_login: bool) -> Request:
         host = socket.inet_ntoa(address)
     refused = _reply4(Reply.NOT_ALLOWED, None)
     if command != _CONNECT:
-        name = _COMMANDS.get(command, f"0x{command:02x}")
+        name = "BIND" if command == _BIND else f"0x{command:02x}"  # SOCKS4 has no UDP
         raise HandshakeFailed(f"SOCKS{version} command {name} is not supported", refused)
     if needs_login:
         raise HandshakeFailed(f"SOCKS{version} refused: it has no password and --auth is set", refused)
