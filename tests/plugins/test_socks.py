@@ -372,3 +372,34 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, args: list[str], ex
     """Malformed networks, endpoints, timeouts, a checker without passwords: one line, exit 2."""
     result = run_tapster(["-n", "-o", "--pidfile=", "socks", *args], cwd=tmp_path)
     assert expected in one_line(result, 2)
+
+
+def test_ipv6_listener_and_destination(tapster: type[TapsterProcess]) -> None:
+    """A tcp6 listener on ::1 and an IPv6 destination allowed by --allow ::1/128: relayed, and the reply's bound
+    address is IPv6 (address type 4)."""
+    with socket.socket(socket.AF_INET6) as listener:
+        try:
+            listener.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback on this machine")
+        listener.listen()
+        listener.settimeout(15)
+        dest_port = listener.getsockname()[1]
+        process = tapster(
+            ["-n", "-o", "--pidfile=", "socks", "--listen", r"tcp6:0:interface=\:\:1", "--allow", "::1"]
+        )
+        port = process.port("SOCKSServer")
+        with socket.create_connection(("::1", port), timeout=15) as sock:
+            sock.sendall(b"\x05\x01\x00" + v5_request("::1", dest_port) + b"six")
+            sock.shutdown(socket.SHUT_WR)
+            server, _ = listener.accept()
+            with server:
+                server.settimeout(15)
+                assert read_all(server) == b"six"
+                server.sendall(b"ok")
+            answer = read_all(sock)
+        assert answer[:6] == b"\x05\x00\x05\x00\x00\x04" and answer[6:22] == socket.inet_pton(
+            socket.AF_INET6, "::1"
+        )
+        assert answer[24:] == b"ok"
+    process.wait_for(rf"SOCKS5 \[::1\]:\d+ -> \[::1\]:{dest_port}: connected")

@@ -175,7 +175,8 @@ class _Client(_Half):
         association, self.association = self.association, None
         if association is not None:
             association.close()
-            logger.info("SOCKS5 UDP %s: association ended: %s", self.client, why)
+            if self.settled:  # announced; one that ends while its sockets are made is the handshake's line
+                logger.info("SOCKS5 UDP %s: association ended: %s", self.client, why)
 
     def _wake(self) -> None:
         waiter, self.waiter = self.waiter, None
