@@ -298,6 +298,22 @@ def test_back_pressure_through_the_proxy(tapster: type[TapsterProcess]) -> None:
                 drain_and_check(server, thread)
 
 
+def pipelined(
+    sock: socket.socket, listener: socket.socket, request: bytes, early: bytes, greeting: bytes
+) -> bytes:
+    """Send the greeting, ``request`` and ``early`` data in one write and end our side; the destination greets
+    first, reads ``early`` then EOF, and ends its side. Return all the client read."""
+    sock.sendall(b"\x05\x01\x00" + request + early)
+    sock.shutdown(socket.SHUT_WR)
+    server, _ = listener.accept()
+    with server:
+        server.settimeout(15)
+        server.sendall(greeting)
+        assert read_all(server) == early
+        server.shutdown(socket.SHUT_WR)
+    return read_all(sock)
+
+
 @pytest.mark.parametrize("loop", LOOPS)
 def test_pipelined_data_and_a_destination_that_speaks_first(
     tapster: type[TapsterProcess], loop: list[str]
@@ -312,15 +328,9 @@ def test_pipelined_data_and_a_destination_that_speaks_first(
         dest_port = listener.getsockname()[1]
         process, port = start_socks(tapster, *ALLOW_LOOPBACK, before=loop)
         with raw(port) as sock:
-            sock.sendall(b"\x05\x01\x00" + v5_request("127.0.0.1", dest_port) + b"early data")
-            sock.shutdown(socket.SHUT_WR)
-            server, _ = listener.accept()
-            with server:
-                server.settimeout(15)
-                server.sendall(b"220 hello\r\n")
-                assert read_all(server) == b"early data"
-                server.shutdown(socket.SHUT_WR)
-            answer = read_all(sock)
+            answer = pipelined(
+                sock, listener, v5_request("127.0.0.1", dest_port), b"early data", b"220 hello\r\n"
+            )
         assert answer[:4] == b"\x05\x00\x05\x00" and answer[12:] == b"220 hello\r\n"
         assert answer[4:8] == b"\x00\x01\x7f\x00"  # the bound address: IPv4 127.0.0.x
     process.wait_for(r"SOCKS5 .* connected")
@@ -390,14 +400,7 @@ def test_ipv6_listener_and_destination(tapster: type[TapsterProcess]) -> None:
         )
         port = process.port("SOCKSServer")
         with socket.create_connection(("::1", port), timeout=15) as sock:
-            sock.sendall(b"\x05\x01\x00" + v5_request("::1", dest_port) + b"six")
-            sock.shutdown(socket.SHUT_WR)
-            server, _ = listener.accept()
-            with server:
-                server.settimeout(15)
-                assert read_all(server) == b"six"
-                server.sendall(b"ok")
-            answer = read_all(sock)
+            answer = pipelined(sock, listener, v5_request("::1", dest_port), b"six", b"ok")
         assert answer[:6] == b"\x05\x00\x05\x00\x00\x04" and answer[6:22] == socket.inet_pton(
             socket.AF_INET6, "::1"
         )
