@@ -9,13 +9,14 @@ import signal
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from python_socks import ProxyError, ProxyType
 from python_socks.sync import Proxy
-from test_portforward import drain_and_check, push_until_stalled
+from test_portforward import drain_and_check, push_until_stalled, rss_kib
 
 from conftest import TapsterProcess, read_all, run_tapster
 from support import one_line
@@ -296,6 +297,44 @@ def test_back_pressure_through_the_proxy(tapster: type[TapsterProcess]) -> None:
                 assert sent < 64 * 1024 * 1024, f"{sent} bytes went into a peer that reads nothing"
                 assert growth < 16 * 1024, f"proxy RSS grew by {growth} KiB"
                 drain_and_check(server, thread)
+
+
+def test_a_flood_during_the_handshake_is_not_buffered(tapster: type[TapsterProcess]) -> None:
+    """While the proxy is still connecting (to a listener whose accept queue is full, so its SYN goes
+    unanswered), the client pours data after its request: the proxy stops reading past a few KiB, so the client
+    stalls after the kernel buffers (a few MB) and the proxy's RSS stays flat."""
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        fillers = [socket.socket() for _ in range(3)]
+        for (
+            filler
+        ) in fillers:  # on loopback the handshake completes inside connect(): the queue is full after
+            filler.setblocking(False)
+            filler.connect_ex(full.getsockname())
+        process, port = start_socks(tapster, *ALLOW_LOOPBACK, "--connect-timeout", "60")
+        pid = process.proc.pid
+        before = rss_kib(pid)
+        with raw(port) as sock:
+            sock.sendall(b"\x05\x01\x00" + v5_request("127.0.0.1", full.getsockname()[1]))
+            sock.setblocking(False)
+            sent, chunk, still_since = 0, b"f" * 65536, time.monotonic()
+            while time.monotonic() - still_since < 1.0 and sent < 256 * 1024 * 1024:
+                try:
+                    sent += sock.send(chunk)
+                    still_since = time.monotonic()
+                except BlockingIOError:
+                    time.sleep(0.01)  # polling the condition "nothing moved for a second"
+            growth = rss_kib(pid) - before
+            try:
+                early = sock.recv(100)
+            except BlockingIOError:
+                early = b""
+            assert early == b"\x05\x00", f"{early!r}: the proxy was not still connecting"
+        for filler in fillers:
+            filler.close()
+    assert sent < 64 * 1024 * 1024, f"{sent} bytes went into a proxy that should have stopped reading"
+    assert growth < 16 * 1024, f"proxy RSS grew by {growth} KiB"
 
 
 def pipelined(
