@@ -11,16 +11,27 @@ same name. The name is stable for a given folder, so the module's classes can be
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import stat
 import sys
 import types
+import zlib
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
-from tapster._plugin_cache import ENTRY_POINTS, MODULES, FolderCache, PluginRecord
+from tapster._plugin_bytecode import HashCheckedLoader
+from tapster._plugin_cache import (
+    ENTRY_POINTS,
+    MODULES,
+    FolderCache,
+    Header,
+    PluginRecord,
+    header_token,
+    read_header,
+)
 from tapster._plugin_entry_points import EntryPointSpec, find_entry_points, load_entry_point
 from tapster.errors import PluginError
 
@@ -187,8 +198,6 @@ def searched_note(path: Sequence[str], *, entry_points: bool) -> str:
 
 def module_name(folder: str, stem: str) -> str:
     """The private, stable module name a plugin file is loaded under."""
-    import zlib
-
     return f"{_MODULE_PREFIX}{zlib.crc32(os.path.realpath(folder).encode()):08x}_{stem}"
 
 
@@ -223,9 +232,7 @@ def import_plugin_file(path: str) -> Any:
     module = sys.modules.get(name)
     if module is not None:
         return module
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=HashCheckedLoader(name, path))
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
@@ -272,35 +279,78 @@ def import_plugin_module(name: str, path: Sequence[str] | None = None) -> Any:
     raise ImportError(f"{name} is not a plugin module name", name=name)
 
 
-def scan_folder(folder: str, *, use_cache: bool = True) -> list[Candidate]:
-    """The plugins of every module in ``folder``, importing only modules the cache cannot vouch for."""
+def module_files(folder: str) -> list[tuple[str, int, int]] | None:
+    """``(file, size, mtime_ns)`` of each plugin module file in ``folder``, by name; None if it cannot be listed.
+
+    One ``stat()`` per file is what noticing an edit costs (the folder's own mtime changes only when files are
+    added, removed or renamed); ``tapster --help`` runs this loop once per plugin file, so it is kept lean.
+    """
     try:
-        files = sorted(os.listdir(folder))
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
+        return None
+    try:  # stat relative to the open folder: no path to build and walk per file (~0.4 us each)
+        names = sorted(os.listdir(fd))
+        found = []
+        for file in names:
+            if not file.endswith(".py") or not file[:-3].isidentifier():
+                continue
+            try:
+                info = os.stat(file, dir_fd=fd)
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                found.append((file, info.st_size, info.st_mtime_ns))
+        return found
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def snapshot_of(files: list[tuple[str, int, int]]) -> str:
+    """The folder's files and stamps as one string (the cache header's ``snapshot``): compared in one step."""
+    return "/".join([f"{file}:{size}:{mtime}" for file, size, mtime in files])
+
+
+Sources = list[Any]  # what a listing was built from: [[folder or "entry points", token or detail], ...]
+
+
+def _source_token(cache_token: str | None, snapshot: str) -> str:
+    """How a listing names what it read from a folder: its cache's token, or, for a folder with no cache (one
+    that cannot be written, such as tapster's own in a system-wide install), the snapshot itself. The snapshot
+    alone determines what importing the modules gives, so a listing built from the same one is the same."""
+    return cache_token if cache_token is not None else f"={snapshot}"
+
+
+def scan_folder(folder: str, *, use_cache: bool = True, sources: Sources | None = None) -> list[Candidate]:
+    """The plugins of every module in ``folder``, importing only modules the cache cannot vouch for.
+
+    With ``sources``, appends ``[folder, token]`` (see :func:`_source_token`; ``""`` for a folder without
+    modules; None if a module failed, which keeps the listing uncached).
+    """
+    files = module_files(folder)
+    if files is None:
+        if sources is not None:
+            sources.append([folder, None])
         return []
     cache = FolderCache(folder, enabled=use_cache)
     found: list[Candidate] = []
     present: set[str] = set()
+    complete = True
     prefix = os.path.join(folder, "")
-    for file in files:  # --help runs this loop once per plugin file: kept lean
-        stem = file[:-3]
-        if not file.endswith(".py") or not stem.isidentifier():
-            continue
+    for file, size, mtime in files:
         path = prefix + file
-        try:
-            info = os.stat(path)
-        except OSError:
-            continue
-        if not stat.S_ISREG(info.st_mode):
-            continue
         present.add(file)
-        stamp = [info.st_size, info.st_mtime_ns]  # what stamp_of(info) gives, without the call
+        stamp = [size, mtime]
         records = cache.lookup(MODULES, file, stamp)
         if records is None:
             try:
                 records = _records(makers_in(vars(import_plugin_file(path))))
             except (Exception, SystemExit) as exc:
                 cache.forget(MODULES, file)
+                complete = False
+                stem = file[:-3]
                 alias = stem.removesuffix("_plugin")
                 found.append(
                     Candidate(
@@ -313,7 +363,12 @@ def scan_folder(folder: str, *, use_cache: bool = True) -> list[Candidate]:
             load = partial(_load_from_file, path, attr, tapname, use_cache)
             found.append(Candidate(tapname, description, path, load))
     cache.keep_only(MODULES, present)
+    snapshot = snapshot_of(files)
+    cache.set_snapshot(snapshot if complete else "")
     cache.save()
+    if sources is not None:
+        token = (_source_token(cache.token, snapshot) if files else "") if complete else None
+        sources.append([folder, token])
     return found
 
 
@@ -344,12 +399,20 @@ def _pick(namespace: dict[str, Any], attr: str, tapname: str, origin: str) -> An
 # -- entry points ----------------------------------------------------------------------------------------------
 
 
-def scan_entry_points(path: Sequence[str], *, use_cache: bool = True) -> list[Candidate]:
-    """The plugins of the ``tapster.plugins`` entry points, each cached by distribution name and version."""
+def scan_entry_points(
+    path: Sequence[str], *, use_cache: bool = True, sources: Sources | None = None
+) -> list[Candidate]:
+    """The plugins of the ``tapster.plugins`` entry points, each cached by distribution name and version.
+
+    With ``sources``, appends what :func:`listing_sources` gives for them, or None where a cache does not hold
+    them all.
+    """
     found: list[Candidate] = []
     caches: dict[str, FolderCache] = {}
     present: dict[str, set[str]] = {}
-    for spec in find_entry_points(GROUP, list(path)):
+    specs = find_entry_points(GROUP, list(path))
+    complete = True
+    for spec in specs:
         cache = caches.get(spec.location)
         if cache is None:
             cache = caches[spec.location] = FolderCache(spec.location, enabled=use_cache)
@@ -362,16 +425,81 @@ def scan_entry_points(path: Sequence[str], *, use_cache: bool = True) -> list[Ca
                 records = _records(_entry_point_makers(spec))
             except (Exception, SystemExit) as exc:
                 cache.forget(ENTRY_POINTS, key)
+                complete = False
                 found.append(Candidate(spec.name, "", spec.origin, error=describe_error(exc)))
                 continue
+            if spec.stamp == [0, 0]:
+                complete = False
             cache.store(ENTRY_POINTS, key, spec.stamp, records)
         for attr, tapname, description in records:
             load = partial(_load_from_entry_point, spec, attr, tapname, use_cache)
             found.append(Candidate(tapname, description, spec.origin, load))
+    tokens: dict[str, str | None] = {}
     for location, cache in caches.items():
+        snapshot = _entry_points_snapshot(specs, location)
         cache.keep_only(ENTRY_POINTS, present[location])
+        cache.set_snapshot(snapshot if complete else "")
         cache.save()
+        tokens[location] = _source_token(cache.token, snapshot) if complete else None
+    if sources is not None:
+        sources.append(_entry_points_source(specs, tokens))
     return found
+
+
+def _entry_points_snapshot(specs: list[EntryPointSpec], location: str) -> str:
+    """A location's entry points with their stamps, as a folder's snapshot lists its files."""
+    return "/".join(
+        f"{_entry_point_key(spec)}:{spec.stamp[0]}:{spec.stamp[1]}"
+        for spec in specs
+        if spec.location == location
+    )
+
+
+def _entry_points_source(specs: list[EntryPointSpec], tokens: dict[str, str | None]) -> list[Any] | None:
+    """``["entry points", [[name, value, distribution, version], ...], [[location, token], ...]]``, or None."""
+    if any(token is None for token in tokens.values()):
+        return None
+    declared = [[spec.name, spec.value, spec.dist_name, spec.dist_version] for spec in specs]
+    return ["entry points", declared, sorted([location, token] for location, token in tokens.items())]
+
+
+def listing_sources(
+    path: Sequence[str], *, entry_points: bool = True
+) -> tuple[Sources, Header | None] | None:
+    """What discovery would read the listing from, if the caches hold all of it; None if anything changed.
+
+    It lists each folder and stats each module file, as discovery does, but parses only the cache headers: a
+    folder still matching its snapshot is known cached in one comparison. The sources equal those discovery
+    appends when it reads the same caches, so they key a stored listing; the first folder's header (which holds
+    that listing) comes with them.
+    """
+    sources: Sources = []
+    first: Header | None = None
+    for folder in plugin_folders(path):
+        header = read_header(folder)
+        if not sources:
+            if header is None:
+                return None  # no listing stored there (an unwritable first folder costs only this open)
+            first = header
+        files = module_files(folder)
+        if files is None:
+            return None
+        snapshot = snapshot_of(files)
+        sources.append([folder, _source_token(header_token(header, snapshot), snapshot) if files else ""])
+    if entry_points:
+        specs = find_entry_points(GROUP, list(path))
+        tokens: dict[str, str | None] = {}
+        for spec in specs:
+            if spec.location not in tokens:
+                snapshot = _entry_points_snapshot(specs, spec.location)
+                tokens[spec.location] = _source_token(
+                    header_token(read_header(spec.location), snapshot), snapshot
+                )
+        source = _entry_points_source(specs, tokens)
+        if source is None:
+            return None
+        sources.append(source)
+    return sources, first
 
 
 def _entry_point_key(spec: EntryPointSpec) -> str:
@@ -408,11 +536,16 @@ def _load_from_entry_point(spec: EntryPointSpec, attr: str, tapname: str, use_ca
     return _pick(vars(obj), attr, tapname, spec.origin)
 
 
-def discover(path: Sequence[str], *, entry_points: bool = True, use_cache: bool = True) -> list[Candidate]:
-    """Every candidate in discovery order: plugin folders in ``path`` order, the built-in folder, entry points."""
+def discover(
+    path: Sequence[str], *, entry_points: bool = True, use_cache: bool = True, sources: Sources | None = None
+) -> list[Candidate]:
+    """Every candidate in discovery order: plugin folders in ``path`` order, the built-in folder, entry points.
+
+    With ``sources``, appends what each folder and the entry points were read from (see :func:`scan_folder`).
+    """
     found: list[Candidate] = []
     for folder in plugin_folders(path):
-        found += scan_folder(folder, use_cache=use_cache)
+        found += scan_folder(folder, use_cache=use_cache, sources=sources)
     if entry_points:
-        found += scan_entry_points(path, use_cache=use_cache)
+        found += scan_entry_points(path, use_cache=use_cache, sources=sources)
     return found

@@ -50,9 +50,17 @@ def _one_line(message: str) -> str:
 def _dispatch(argv: list[str], parsed: dict[str, bool]) -> int:
     if argv[:1] == ["ctl"]:
         return _ctl(argv[1:])
+    if argv[:1] == ["mktap"]:
+        return _mktap(argv[1:])
     options = runner.ServerOptions("tapster")
     try:
         options.parse_options(argv)
+    except UsageError as exc:
+        if not argv and str(exc).startswith("nothing to run"):
+            # a bare ``tapster`` is someone finding out what it does: the help and the plugins, then the error
+            print(options.format_help(), file=sys.stderr)
+            raise UsageError(str(exc), prog=exc.prog) from None  # the help said it all: no usage line again
+        raise
     finally:  # a plugin that fails to load while parsing: --traceback before its name counts
         parsed["traceback"] = bool(options["traceback"])
     config = options.run_config()
@@ -69,3 +77,10 @@ def _ctl(argv: list[str]) -> int:
     answer = options.subcommand == "status" or status == ExitStatus.OK  # a status is an answer, not an error
     print(message, file=sys.stdout if answer else sys.stderr)
     return status
+
+
+def _mktap(argv: list[str]) -> int:
+    options = runner.MktapOptions("tapster mktap")
+    options.parse_options(argv)
+    print(runner.run_mktap(options))
+    return ExitStatus.OK

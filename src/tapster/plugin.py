@@ -19,13 +19,28 @@ changed since it was written, or that failed last time; see :mod:`tapster._plugi
 
 from __future__ import annotations
 
+import gc
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from tapster._plugin_discovery import GROUP, Candidate, discover, import_plugin_module, is_service_maker
-from tapster.errors import PluginError
+from tapster import _plugin_discovery, _plugin_entry_points
+from tapster._plugin_cache import FolderCache, stored_listing
+from tapster._plugin_discovery import (
+    GROUP,
+    Candidate,
+    discover,
+    ignored_folders_note,
+    import_plugin_module,
+    is_service_maker,
+    listing_sources,
+    plugin_folders,
+    searched_note,
+)
+from tapster._version import __version__
+from tapster.errors import PluginError, TapsterError
 
 if TYPE_CHECKING:
     from tapster.options import Options
@@ -189,8 +204,6 @@ class Plugins:
         ``tapster/plugins/`` folder is named, and so is any folder skipped for holding an ``__init__.py``. The
         folders are worked out again here, so listing plugins pays nothing for this.
         """
-        from tapster._plugin_discovery import ignored_folders_note, searched_note
-
         hint = self.suggest(name)
         names = self.names()
         text = f"Did you mean {hint}? " if hint else ""
@@ -234,16 +247,25 @@ def discover_plugins(
 
     Never raises for a broken plugin: a module that fails to import becomes a listing row with its error.
     """
-    import gc
-
     searched = list(sys.path if path is None else path)
+    return _discover(searched, entry_points=entry_points, use_cache=use_cache, reserved=reserved)
+
+
+def _discover(
+    searched: list[str],
+    *,
+    entry_points: bool,
+    use_cache: bool,
+    reserved: Mapping[str, str] | None,
+    sources: list[Any] | None = None,
+) -> Plugins:
     # Discovery builds a few objects per plugin and keeps nearly all of them: with 1,000 plugins the collector
     # would run a dozen times over them for nothing (~1 ms of a 30 ms `tapster --help`).
     collecting = gc.isenabled()
     gc.disable()
     try:
         return Plugins(
-            discover(searched, entry_points=entry_points, use_cache=use_cache),
+            discover(searched, entry_points=entry_points, use_cache=use_cache, sources=sources),
             reserved,
             searched=searched,
             entry_points=entry_points,
@@ -251,6 +273,53 @@ def discover_plugins(
     finally:
         if collecting:
             gc.enable()
+
+
+def cached_listing(render: Callable[[Plugins], str], *, reserved: Mapping[str, str] | None = None) -> str:
+    """``render(discover_plugins(reserved=reserved))``, from the cache when nothing it was built from changed.
+
+    ``tapster --help`` prints every plugin. When every plugin folder still matches its cache's snapshot and the
+    entry points their cache (:func:`~tapster._plugin_discovery.listing_sources`: one ``stat()`` per module file,
+    as discovery does), the text rendered last time is printed again: no entry is parsed and no row is built. It
+    is stored in the first plugin folder's cache, keyed by the tokens of every cache it was read from, the
+    reserved names, and the version and files of the code that rendered it, so an edit to any of them renders it
+    anew. A listing with a failed module is never stored: the module is tried again on every run.
+    """
+    searched = list(sys.path)
+    code = _code_stamps(render)
+    found = listing_sources(searched)
+    if code is not None and found is not None:
+        text = stored_listing(found[1], [code, dict(reserved or {}), found[0]])
+        if text is not None:
+            return text
+    folders = plugin_folders(searched)
+    sources: list[Any] = []
+    text = render(_discover(searched, entry_points=True, use_cache=True, reserved=reserved, sources=sources))
+    if folders and code is not None and None not in sources:
+        cache = FolderCache(folders[0])
+        cache.set_listing([code, dict(reserved or {}), sources], text)
+        cache.save()
+    return text
+
+
+def _code_stamps(render: Callable[[Plugins], str]) -> list[Any] | None:
+    """The version and the files of the code a stored listing depends on: rendering, shadowing, discovery, entry
+    points (the cache's own layout has its format number)."""
+    stamps: list[Any] = [__version__]
+    for file in (
+        getattr(sys.modules.get(render.__module__), "__file__", None),
+        __file__,
+        _plugin_discovery.__file__,
+        _plugin_entry_points.__file__,
+    ):
+        try:
+            info = os.stat(file) if file else None
+        except OSError:
+            info = None
+        if info is None:
+            return None
+        stamps += [file, info.st_size, info.st_mtime_ns]
+    return stamps
 
 
 def build_application(maker: ServiceMaker, options: Options) -> Application:
@@ -261,7 +330,6 @@ def build_application(maker: ServiceMaker, options: Options) -> Application:
             that is not a Service.
     """
     from tapster._extras import install_hint
-    from tapster.errors import TapsterError
     from tapster.service import Application, Service
 
     try:

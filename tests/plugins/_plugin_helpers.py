@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import textwrap
 from pathlib import Path
+from typing import Any
 
 PLUGIN = """\
 import os
@@ -77,5 +80,22 @@ def plugin_rows(help_text: str) -> list[str]:
     lines = help_text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("Plugins"))
     builtins = builtin_names()
-    rows = [" ".join(line.split()) for line in lines[start + 1 :] if line.strip()]
+    group_headings = re.compile(r"^ \S")  # " Built in:", " From plugin folders ...": not rows
+    rows = [
+        " ".join(line.split())
+        for line in lines[start + 1 :]
+        if line.strip() and not group_headings.match(line)
+    ]
     return [row for row in rows if row.split()[0] not in builtins]
+
+
+def cache_entries(path: Path) -> dict[str, Any]:
+    """The entries of a plugin cache file (its second line; the first is the header)."""
+    entries: dict[str, Any] = json.loads(path.read_text().split("\n")[1])
+    return entries
+
+
+def cache_header(path: Path) -> dict[str, Any]:
+    """The header of a plugin cache file (its first line)."""
+    header: dict[str, Any] = json.loads(path.read_text().split("\n")[0])
+    return header

@@ -47,6 +47,45 @@ def test_help_lists_plugins_sorted_after_the_global_options(examples: Path) -> N
     assert raw[0].index("A fast") == raw[1].index("Seed 003") > len("  fastpoetry")  # one aligned column
 
 
+def test_help_groups_built_in_plugins_apart_from_the_projects(examples: Path) -> None:
+    """The listing has two groups: tapster's own plugins, then those of plugin folders and packages."""
+    out = run_tapster(["--help"], cwd=examples).stdout
+    listing = out[out.index("Plugins (tapster") :].splitlines()
+    built_in = listing.index(" Built in:")
+    project = listing.index(" From plugin folders and installed packages:")
+    names = [line.split()[0] for line in listing if line.startswith("  ") and line[2] != " "]
+    assert {"manhole", "web", "portforward"} <= set(names)
+    assert all(
+        built_in < listing.index(f"  {row}") < project for row in _rows_named(listing, "manhole", "web")
+    )
+    assert all(listing.index(f"  {row}") > project for row in _rows_named(listing, "fastpoetry", "myproject"))
+
+
+def _rows_named(listing: list[str], *names: str) -> list[str]:
+    return [line[2:] for line in listing if line.startswith("  ") and line.split()[0] in names]
+
+
+def test_bare_tapster_shows_the_help_and_plugins_then_what_is_missing(tmp_path: Path) -> None:
+    """Seed 001 runs the command with no arguments to see the plugins: the help, then one line, exit 2."""
+    result = run_tapster([], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.rstrip("\n").splitlines()
+    assert lines[0].startswith("Usage: tapster [options]") and "--nodaemon" in result.stderr
+    assert " Built in:" in lines and any(line.startswith("  manhole ") for line in lines)
+    assert " No project plugins found (a NAME_plugin.py beside you: see docs/plugins.md)." in lines
+    assert lines[-1].startswith("tapster: error: nothing to run: give -y FILE, -f FILE or a plugin name")
+    assert "Traceback" not in result.stderr
+
+
+def test_bare_tapster_with_a_saved_state_here_runs_it_instead(tmp_path: Path) -> None:
+    """As twistd loads twistd.tap: with tapster.tap in the directory, no arguments means run it (no help)."""
+    (tmp_path / "tapster.tap").write_bytes(b"not a state file")
+    result = run_tapster([], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Built in:" not in result.stderr and "tapster.tap" in result.stderr
+
+
 def test_plugin_help_shows_its_options_defaults_and_description(examples: Path) -> None:
     """tapster fastpoetry --help: its usage, the plugin description and every option with its default."""
     result = run_tapster(["fastpoetry", "--help"], cwd=examples)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import signal
 import subprocess
@@ -12,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from _plugin_helpers import plugin_rows, python_path
+from _plugin_helpers import cache_entries, plugin_rows, python_path
 
 from conftest import EXAMPLES, TapsterProcess, connect, read_all, run_tapster
 from tapster._plugin_cache import CACHE_NAME, ENTRY_POINTS
@@ -61,7 +60,7 @@ def test_installed_plugin_is_listed_from_its_entry_point(site: Path, tmp_path: P
     result = run_tapster(["--help"], cwd=tmp_path, env=python_path(site))
     assert result.returncode == 0, result.stderr
     assert "hello Greet each client, then hang up." in plugin_rows(result.stdout)
-    cache = json.loads((site / CACHE_NAME).read_text())
+    cache = cache_entries(site / CACHE_NAME)
     assert list(cache[ENTRY_POINTS]) == ["tapster-hello 0.1.0 hello"]
 
 
@@ -88,7 +87,7 @@ def test_warm_listing_does_not_import_the_installed_plugin(site: Path, tmp_path:
     assert run.stderr.startswith(
         "tapster: plugin hello failed to load: RuntimeError: imported! (entry point hello"
     )
-    assert json.loads((site / CACHE_NAME).read_text()).get(ENTRY_POINTS, {}) == {}  # retried next time
+    assert cache_entries(site / CACHE_NAME).get(ENTRY_POINTS, {}) == {}  # retried next time
     result = run_tapster(["--help"], cwd=tmp_path, env=env)
     assert "hello (failed to load: RuntimeError: imported!)" in plugin_rows(result.stdout)
 
@@ -104,4 +103,4 @@ def test_a_new_version_is_read_again(site: Path, tmp_path: Path) -> None:
     plugin.write_text(plugin.read_text().replace("Greet each client, then hang up.", "Greets, version 2."))
     result = run_tapster(["--help"], cwd=tmp_path, env=env)
     assert "hello Greets, version 2." in plugin_rows(result.stdout)
-    assert list(json.loads((site / CACHE_NAME).read_text())[ENTRY_POINTS]) == ["tapster-hello 0.2.0 hello"]
+    assert list(cache_entries(site / CACHE_NAME)[ENTRY_POINTS]) == ["tapster-hello 0.2.0 hello"]

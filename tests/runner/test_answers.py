@@ -16,12 +16,26 @@ def test_answers_replace_each_other_and_carry_sequence_pid_and_reason(tmp_path: 
     answers.open()
     answers.answer("rotate", "failed", "[Errno 13] Permission denied: '/var/log/app/.x.new'")
     first = read_answer(answers.path)
-    assert first is not None and (first.sequence, first.pid, first.outcome) == (1, os.getpid(), "failed")
+    assert first is not None and (first.pid, first.outcome) == (os.getpid(), "failed")
     assert first.reason == "[Errno 13] Permission denied: '/var/log/app/.x.new'"
     answers.answer("reopen", "ok")
-    assert (tmp_path / "x.pid.answer").read_text() == f"2 {os.getpid()} reopen ok\n"
+    assert (tmp_path / "x.pid.answer").read_text() == f"{first.sequence + 1} {os.getpid()} reopen ok\n"
     answers.remove(None)
     assert not (tmp_path / "x.pid.answer").exists()
+
+
+def test_a_process_that_re_executed_itself_answers_with_a_new_sequence(tmp_path: Path) -> None:
+    """Same pid, a new image (ctl upgrade): its first answer is not taken for the old image's last one."""
+    old = AnswerFile(str(tmp_path / "x.pid.answer"))
+    old.open()
+    old.answer("upgrade", "ok")
+    before = read_answer(old.path)
+    old.close()
+    new = AnswerFile(str(tmp_path / "x.pid.answer"))
+    new.open()
+    new.answer("upgrade", "ok")
+    assert wait_for_answer(new.path, os.getpid(), before, 1) is not None
+    new.remove(None)
 
 
 def test_wait_returns_only_a_newer_answer_and_gives_up_at_the_timeout(tmp_path: Path) -> None:
@@ -33,7 +47,8 @@ def test_wait_returns_only_a_newer_answer_and_gives_up_at_the_timeout(tmp_path: 
     assert wait_for_answer(answers.path, os.getpid(), before, 0.05) is None
     answers.answer("rotate", "skipped", "the log is not a file")
     newer = wait_for_answer(answers.path, os.getpid(), before, 1)
-    assert newer is not None and newer.sequence == 2 and newer.outcome == "skipped"
+    assert before is not None and newer is not None
+    assert newer.sequence == before.sequence + 1 and newer.outcome == "skipped"
     answers.remove(None)
 
 

@@ -14,18 +14,30 @@ if TYPE_CHECKING:
     from tapster.runner._appload import load_root
     from tapster.runner._config import RunConfig
     from tapster.runner._ctl import CtlOptions, run_ctl
+    from tapster.runner._mktap import MktapOptions, run_mktap
     from tapster.runner._options import ServerOptions
     from tapster.runner._run import run
 
-__all__ = ["CtlOptions", "RunConfig", "ServerOptions", "load_root", "run", "run_ctl"]
+__all__ = [
+    "CtlOptions",
+    "MktapOptions",
+    "RunConfig",
+    "ServerOptions",
+    "load_root",
+    "run",
+    "run_ctl",
+    "run_mktap",
+]
 
 _LAZY = {
     "CtlOptions": "tapster.runner._ctl",
+    "MktapOptions": "tapster.runner._mktap",
     "RunConfig": "tapster.runner._config",
     "ServerOptions": "tapster.runner._options",
     "load_root": "tapster.runner._appload",
     "run": "tapster.runner._run",
     "run_ctl": "tapster.runner._ctl",
+    "run_mktap": "tapster.runner._mktap",
 }
 
 

@@ -22,10 +22,10 @@ import time
 
 from tapster._safefile import open_regular
 
-__all__ = ["Answer", "AnswerFile", "answer_path", "read_answer", "wait_for_answer"]
+__all__ = ["Answer", "AnswerFile", "HeldFile", "answer_path", "read_answer", "read_held", "wait_for_answer"]
 
 SUFFIX = ".answer"
-_LINE = re.compile(r"(\d+) (\d+) (rotate|reopen) (ok|skipped|failed) ?(.*)")
+_LINE = re.compile(r"(\d+) (\d+) (rotate|reopen|reload|upgrade) (ok|skipped|failed) ?(.*)")
 _MAX_BYTES = 4096
 
 
@@ -45,14 +45,17 @@ class Answer:
         self.reason = reason
 
 
-class AnswerFile:
-    """The server's side: created with the pid file, written after each control signal, removed at stop."""
+class HeldFile:
+    """A small file beside the pid file that the server keeps open and rewrites whole (answers, the workers).
 
-    def __init__(self, path: str) -> None:
+    Opened once, as root, before any privilege drop; each rewrite is one ``pwrite`` and a cut to its length.
+    """
+
+    def __init__(self, path: str, *, max_bytes: int = _MAX_BYTES) -> None:
         self.path = path
         self.name = os.path.basename(path)
+        self.max_bytes = max_bytes
         self._fd: int | None = None
-        self._sequence = 0
 
     def open(self) -> None:
         """Create or take over the file and empty it; an error leaves the server without answers, not failed."""
@@ -68,13 +71,11 @@ class AnswerFile:
             os.ftruncate(fd, 0)
         self._fd = fd
 
-    def answer(self, command: str, outcome: str, reason: str = "") -> None:
-        """Replace the file's line with this answer (one ``pwrite``, then cut to its length)."""
+    def rewrite(self, text: str) -> None:
+        """Replace the file's content with ``text`` (cut to ``max_bytes``); never raises."""
         if self._fd is None:
             return
-        self._sequence += 1
-        line = f"{self._sequence} {os.getpid()} {command} {outcome} {reason}".rstrip()
-        data = (line.replace("\n", " ")[: _MAX_BYTES - 1] + "\n").encode("utf-8", "replace")
+        data = text.encode("utf-8", "replace")[: self.max_bytes]
         with contextlib.suppress(OSError):
             os.pwrite(self._fd, data, 0)
             os.ftruncate(self._fd, len(data))
@@ -102,24 +103,50 @@ class AnswerFile:
             os.close(fd)
 
 
-def read_answer(path: str, owner: int | None = None) -> Answer | None:
-    """The answer in the file at ``path``, or ``None`` (no file, empty, unreadable, or not an answer line).
+class AnswerFile(HeldFile):
+    """The server's side: created with the pid file, written after each control signal, removed at stop."""
 
-    With ``owner`` (the pid file's owner), a file someone else owns is ignored: it was not written by the server.
-    """
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        # Not 0: a master that re-executed itself (ctl upgrade) keeps its pid, and ctl tells a new answer from
+        # the last one by pid and sequence; microseconds since the epoch never repeat the previous image's.
+        self._sequence = time.time_ns() // 1000
+
+    def answer(self, command: str, outcome: str, reason: str = "") -> None:
+        """Replace the file's line with this answer (one ``pwrite``, then cut to its length)."""
+        if self._fd is None:
+            return
+        self._sequence += 1
+        line = f"{self._sequence} {os.getpid()} {command} {outcome} {reason}".rstrip()
+        self.rewrite(line.replace("\n", " ")[: _MAX_BYTES - 1] + "\n")
+
+
+def read_held(path: str, owner: int | None = None, max_bytes: int = _MAX_BYTES) -> str | None:
+    """The text of a :class:`HeldFile` at ``path``, or ``None`` (no file, unreadable, or not ``owner``'s)."""
     try:
-        fd = open_regular(path, os.O_RDONLY, what="answer file")
+        fd = open_regular(path, os.O_RDONLY, what="state file")
     except OSError:
         return None
     try:
         if owner is not None and os.fstat(fd).st_uid != owner:
             return None
-        data = os.pread(fd, _MAX_BYTES, 0)
+        data = os.pread(fd, max_bytes, 0)
     except OSError:
         return None
     finally:
         os.close(fd)
-    first, newline, _ = data.decode("utf-8", "replace").partition("\n")
+    return data.decode("utf-8", "replace")
+
+
+def read_answer(path: str, owner: int | None = None) -> Answer | None:
+    """The answer in the file at ``path``, or ``None`` (no file, empty, unreadable, or not an answer line).
+
+    With ``owner`` (the pid file's owner), a file someone else owns is ignored: it was not written by the server.
+    """
+    text = read_held(path, owner)
+    if text is None:
+        return None
+    first, newline, _ = text.partition("\n")
     match = _LINE.fullmatch(first) if newline else None
     if match is None:
         return None

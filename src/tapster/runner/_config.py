@@ -19,10 +19,12 @@ class RunConfig(Record):
     """
 
     __slots__ = (
+        "argv",
         "chroot",
         "debug",
         "euid",
         "gid",
+        "launch_dir",
         "log",
         "no_save",
         "nodaemon",
@@ -39,6 +41,9 @@ class RunConfig(Record):
         "traceback",
         "uid",
         "umask",
+        "worker_boot_timeout",
+        "worker_heartbeat_timeout",
+        "workers",
     )
 
     nodaemon: Final[bool]
@@ -61,6 +66,11 @@ class RunConfig(Record):
     savestats: Final[bool]
     spew: Final[bool]
     originalname: Final[bool]
+    workers: Final[int | None]
+    worker_boot_timeout: Final[float]
+    worker_heartbeat_timeout: Final[float]
+    argv: Final[tuple[str, ...]]
+    launch_dir: Final[str | None]
 
     def __init__(
         self,
@@ -85,6 +95,11 @@ class RunConfig(Record):
         savestats: bool = False,
         spew: bool = False,
         originalname: bool = False,
+        workers: int | None = None,
+        worker_boot_timeout: float = 60.0,
+        worker_heartbeat_timeout: float = 10.0,
+        argv: tuple[str, ...] = (),
+        launch_dir: str | None = None,
     ) -> None:
         self.nodaemon = nodaemon
         self.no_save = no_save
@@ -110,3 +125,8 @@ class RunConfig(Record):
         self.savestats = savestats
         self.spew = spew
         self.originalname = originalname
+        self.workers = workers  # None: one process serves; N: a master and N workers (runner/_master.py)
+        self.worker_boot_timeout = worker_boot_timeout
+        self.worker_heartbeat_timeout = worker_heartbeat_timeout
+        self.argv = argv  # the command line as given: a master starts each worker with it
+        self.launch_dir = launch_dir  # where it was given, which its relative paths mean

@@ -16,6 +16,7 @@ from tapster.options import Options
 from tapster.runner._answers import answer_path, read_answer, wait_for_answer
 from tapster.runner._options import seconds
 from tapster.runner._pidfile import read_pid_status
+from tapster.runner._workers_table import read_workers
 
 
 class _CtlCommand(Options):
@@ -55,21 +56,46 @@ class _ReopenOptions(_AnsweringCommand):
     )
 
 
+class _ReloadOptions(_CtlCommand):
+    description = (
+        "Replace the workers of a --workers server one by one with new ones that load the application again "
+        "(SIGUSR2), and say whether all were replaced."
+    )
+    parameters = (
+        *_CtlCommand.parameters,
+        ("timeout", None, 300.0, "Seconds to wait for the reload to finish (0 to 86400).", seconds),
+    )
+
+
+class _UpgradeOptions(_ReloadOptions):
+    description = (
+        "Re-execute the master of a --workers server with the code installed now (same pid, same listeners, "
+        "SIGURG), then replace its workers one by one; say whether it did."
+    )
+
+
 class CtlOptions(Options):
     """``tapster ctl COMMAND [--pidfile FILE]``."""
 
-    synopsis = "Usage: tapster ctl (status | stop | rotate | reopen) [--pidfile FILE]"
+    synopsis = "Usage: tapster ctl (status | stop | rotate | reopen | reload | upgrade) [--pidfile FILE]"
     description = "Control a running tapster server through its pid file."
     subcommands = (
         ("status", None, _StatusOptions, "Is the server running? (LSB exit codes 0 / 3 / 1)"),
         ("stop", None, _StopOptions, "Stop the server and wait until it has exited."),
         ("rotate", None, _RotateOptions, "Rotate the log file now (SIGUSR1); waits for the answer."),
         ("reopen", None, _ReopenOptions, "Reopen the log file (SIGHUP); waits for the answer."),
+        (
+            "reload",
+            None,
+            _ReloadOptions,
+            "Roll the workers onto a fresh load (SIGUSR2); waits for the answer.",
+        ),
+        ("upgrade", None, _UpgradeOptions, "Re-execute the master in place, then roll the workers (SIGURG)."),
     )
 
     def post_options(self) -> None:
         if self.subcommand is None:
-            raise UsageError("give a command: status, stop, rotate or reopen")
+            raise UsageError("give a command: status, stop, rotate, reopen, reload or upgrade")
 
 
 def run_ctl(options: CtlOptions) -> tuple[int, str]:
@@ -83,7 +109,7 @@ def run_ctl(options: CtlOptions) -> tuple[int, str]:
     command = options.subcommand
     if command == "status":
         if state == "running":
-            return ExitStatus.OK, f"running (pid {pid})" if pid is not None else "running"
+            return ExitStatus.OK, (f"running (pid {pid})" if pid is not None else "running") + _workers(path)
         if state == "stale" and pid is None and _is_empty(path):
             # What a server leaves when it stopped cleanly but could not remove its file (its directory is
             # not writable after --uid): it names no process, so nothing is stale.
@@ -96,14 +122,19 @@ def run_ctl(options: CtlOptions) -> tuple[int, str]:
         if command == "stop":
             return ExitStatus.OK, f"not running ({where})"
         return ExitStatus.FAILURE, f"not running ({where})"
-    if command in ("rotate", "reopen"):
+    if command in ("rotate", "reopen", "reload", "upgrade"):
         return _log_command(command, pid, path, shown, sub["timeout"])
     return _stop(pid, sub["timeout"], shown)
 
 
 def _log_command(command: str, pid: int, path: str, shown: str, timeout: float) -> tuple[int, str]:
-    """Send SIGUSR1/SIGHUP and report what the server answered in its answer file (runner/_answers.py)."""
-    signum = signal.SIGUSR1 if command == "rotate" else signal.SIGHUP
+    """Send SIGUSR1/SIGHUP/SIGUSR2 and report what the server answered in its answer file (runner/_answers.py)."""
+    signum = _SIGNALS[command]
+    if command in _DONE and read_workers(path) is None:
+        return ExitStatus.FAILURE, (
+            f"pid {pid} runs no workers: only a server started with --workers N can {command} "
+            "(see docs/workers.md)"
+        )
     answers = answer_path(path)
     try:
         owner: int | None = os.stat(path).st_uid  # the server's file; an answer file must be the same user's
@@ -120,6 +151,10 @@ def _log_command(command: str, pid: int, path: str, shown: str, timeout: float) 
     if not has_answers:  # a server without an answer file (an older tapster): all we know is that it was sent
         return ExitStatus.OK, f"sent {signum.name} to pid {pid} (it gives no answer: see its log)"
     answer = wait_for_answer(answers, pid, before, timeout, owner)
+    if answer is not None and command in _DONE:
+        if answer.outcome == "ok":
+            return ExitStatus.OK, f"{_DONE[command]} (pid {pid}): {answer.reason}"
+        return ExitStatus.FAILURE, f"pid {pid} did not {command}: {answer.reason}"
     done = "rotated" if command == "rotate" else "reopened"
     if answer is None:
         return ExitStatus.FAILURE, (
@@ -130,6 +165,15 @@ def _log_command(command: str, pid: int, path: str, shown: str, timeout: float) 
     if answer.outcome == "skipped":
         return ExitStatus.OK, f"nothing {done} (pid {pid}): {answer.reason}"
     return ExitStatus.FAILURE, f"pid {pid} could not {command} its log: {answer.reason}"
+
+
+_SIGNALS = {
+    "rotate": signal.SIGUSR1,
+    "reopen": signal.SIGHUP,
+    "reload": signal.SIGUSR2,
+    "upgrade": signal.SIGURG,
+}
+_DONE = {"reload": "reloaded", "upgrade": "upgraded"}  # the commands of a --workers master
 
 
 def _stop(pid: int, timeout: float, shown: str) -> tuple[int, str]:
@@ -156,6 +200,30 @@ def _stop(pid: int, timeout: float, shown: str) -> tuple[int, str]:
         f"passes, its log names the services still stopping; run 'tapster ctl stop' again to force it, "
         f"or kill -KILL {pid}"
     )
+
+
+def _workers(path: str) -> str:
+    """The workers of a --workers server, one line each, from PIDFILE.workers; empty for a single process."""
+    table = read_workers(path)
+    if table is None:
+        return ""
+    now = time.time()
+    lines = [f", {len(table)} worker(s):"]
+    for row in table:
+        up = f"up {_duration(now - row.since)}" if row.since is not None else "being replaced"
+        lines.append(
+            f"  worker {row.number}: pid {row.pid or '-'}, {row.state}, {up}, restarts {row.restarts}"
+        )
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 def _is_empty(path: str) -> bool:

@@ -6,6 +6,7 @@ import functools
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,10 @@ if TYPE_CHECKING:
     from tapster.log._setup import LogConfig
     from tapster.plugin import Plugins, ServiceMaker
 
-_RESERVED = {"ctl": "the 'tapster ctl' command"}  # words the CLI handles before looking for a plugin
+_RESERVED = {
+    "ctl": "the 'tapster ctl' command",
+    "mktap": "the 'tapster mktap' command",
+}  # words the CLI handles before looking for a plugin
 
 
 MAX_SECONDS = 86400.0
@@ -38,6 +42,29 @@ def seconds(text: str) -> float:
         raise ValueError(f"expected a number of seconds, got {text!r}") from None
     if not 0 <= value <= MAX_SECONDS:  # also false for nan
         raise ValueError(f"expected a number of seconds from 0 to {MAX_SECONDS:g}, got {text!r}")
+    return value
+
+
+MAX_WORKERS = 256
+"""The most worker processes --workers accepts: far past any machine's cores, short of a typo's thousands."""
+
+
+def _workers(text: str) -> int:
+    """--workers N: a whole number from 1 to MAX_WORKERS (0 would serve nothing; a fork bomb helps no one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a number of worker processes, got {text!r}") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"expected a number of worker processes from 1 to {MAX_WORKERS}, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """A timeout that must pass at some point after 0: the worker boot and heartbeat timeouts."""
+    value = seconds(text)
+    if value <= 0:
+        raise ValueError(f"expected more than 0 seconds, got {text!r}")
     return value
 
 
@@ -65,9 +92,10 @@ def _umask(text: str) -> int:
         raise StartupError(str(exc)) from None
 
 
-def _plugin_table(rows: list[tuple[str, str]], width: int = 100) -> list[str]:
+def _plugin_table(rows: list[tuple[str, str]], width: int = 100, *, column: int | None = None) -> list[str]:
     """Two columns, name and text; only long texts are wrapped, and never inside a word or a path."""
-    column = min(max(len(name) for name, _ in rows), 30)
+    if column is None:
+        column = min(max(len(name) for name, _ in rows), 30)
     indent = " " * (column + 4)
     lines: list[str] = []
     for name, text in rows:
@@ -81,11 +109,37 @@ def _plugin_table(rows: list[tuple[str, str]], width: int = 100) -> list[str]:
     return lines
 
 
+def _render_listing(plugins: Plugins) -> str:
+    """Every plugin with its description, sorted, shadowed and failed ones marked: the rows of ``--help``.
+
+    Built-in plugins and the project's (plugin folders, installed packages) are listed apart, so a user sees at a
+    glance which plugins come with tapster and which from the code around them.
+    """
+    from tapster._plugin_discovery import BUILTIN_FOLDER
+
+    groups: dict[bool, list[tuple[str, str]]] = {True: [], False: []}
+    for info in plugins:
+        note = info.description if info.error is None else f"(failed to load: {info.error})"
+        if info.shadowed_by is not None:
+            note = f"(shadowed by {info.shadowed_by}) {note} [{info.origin}]"
+        groups[os.path.dirname(info.origin) == BUILTIN_FOLDER].append((info.name, note))
+    if not groups[True] and not groups[False]:
+        return "  none found (see docs/plugins.md)"
+    column = min(max(len(name) for name, _ in groups[True] + groups[False]), 30)
+    lines = [" Built in:", *_plugin_table(groups[True], column=column)] if groups[True] else []
+    if groups[False]:
+        lines += [
+            " From plugin folders and installed packages:",
+            *_plugin_table(groups[False], column=column),
+        ]
+    else:
+        lines.append(" No project plugins found (a NAME_plugin.py beside you: see docs/plugins.md).")
+    return "\n".join(lines)
+
+
 def _wrap(text: str, width: int) -> list[str]:
     if len(text) <= width:
         return [text] if text else []
-    import textwrap
-
     return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
 
 
@@ -156,6 +210,29 @@ class ServerOptions(Options):
             "process is gone 2 s after that at the latest.",
             seconds,
         ),
+        (
+            "workers",
+            None,
+            None,
+            f"Serve with this many worker processes (1 to {MAX_WORKERS}) under a master that holds the listeners, "
+            "replaces dead or hung workers and reloads them one by one (docs/workers.md).",
+            _workers,
+        ),
+        (
+            "worker-boot-timeout",
+            None,
+            60.0,
+            "With --workers: seconds a worker may take to start its services before it counts as failed.",
+            _positive_seconds,
+        ),
+        (
+            "worker-heartbeat-timeout",
+            None,
+            10.0,
+            "With --workers: seconds without a heartbeat from a started worker's event loop before it is killed "
+            "and replaced.",
+            _positive_seconds,
+        ),
         ("profile", "p", None, "Profile the whole run and write the profile to this file at shutdown."),
         ("profiler", None, "cprofile", "The profiler for --profile: cprofile or profile.", _profiler),
     )
@@ -199,6 +276,7 @@ class ServerOptions(Options):
         self.service_maker: ServiceMaker | None = None  # the plugin chosen on the command line, once parsed
         self._plugins: Plugins | None = None
         self._listing = False
+        self.argv: tuple[str, ...] = ()
 
     # -- plugins: discovered only when a positional argument or --help needs them, never for -y or -f --------
 
@@ -244,21 +322,25 @@ class ServerOptions(Options):
             text = super().format_help()
         finally:
             self._listing = False
-        rows: list[tuple[str, str]] = []
-        for info in self.plugins():
-            note = info.description if info.error is None else f"(failed to load: {info.error})"
-            if info.shadowed_by is not None:
-                note = f"(shadowed by {info.shadowed_by}) {note} [{info.origin}]"
-            rows.append((info.name, note))
         heading = (
             "Plugins (tapster [options] PLUGIN [plugin options]; tapster PLUGIN --help for its options):"
         )
-        listing = _plugin_table(rows) if rows else ["  none found (see docs/plugins.md)"]
+        listing = [self._plugin_listing()]
         if note := _ignored_folders_note():
             listing.append(" " + note)
         return "\n".join([text.rstrip("\n"), "", heading, *listing]) + "\n"
 
-    def parse_options(self, argv: Sequence[str]) -> None:
+    def _plugin_listing(self) -> str:
+        """The plugin rows of the help; printed again from the cache when no plugin changed (1,000 plugins)."""
+        if self._plugins is not None:
+            return _render_listing(self._plugins)
+        from tapster.plugin import cached_listing
+        from tapster.runner._appload import use_launch_directory
+
+        use_launch_directory()  # the one sys.path rule (runner/_appload.py), as in plugins()
+        return cached_listing(_render_listing, reserved=_RESERVED)
+
+    def _parse_options(self, argv: Sequence[str]) -> None:
         """Parse as Options does; a global option given after the plugin name gets a hint where it belongs."""
         try:
             super().parse_options(argv)
@@ -304,6 +386,28 @@ class ServerOptions(Options):
             raise UsageError("give only one of --save and -o/--no_save")
         if self["debug"]:
             self["nodaemon"] = True
+        if self["workers"] is not None:
+            self._check_workers()
+
+    def _check_workers(self) -> None:
+        """Refuse what --workers cannot do (yet): each would run in the master, which serves nothing."""
+        refused = [
+            option
+            for option, given in (
+                ("--chroot", self["chroot"]),
+                ("--debug", self["debug"]),
+                ("--profile", self["profile"]),
+                ("--spew", self["spew"]),
+                ("--save", self["save"]),
+            )
+            if given
+        ]
+        if refused:
+            raise UsageError(f"{refused[0]} cannot be combined with --workers (see docs/workers.md)")
+
+    def parse_options(self, argv: Sequence[str]) -> None:
+        self.argv = tuple(argv)  # a master starts its workers with the same command line
+        self._parse_options(argv)
 
     def _log_config(self, base: str) -> LogConfig:
         """The log settings as the log package takes them; the file's path is made absolute here, once."""
@@ -364,4 +468,9 @@ class ServerOptions(Options):
             savestats=self["savestats"],
             spew=self["spew"],
             originalname=self["originalname"],
+            workers=self["workers"],
+            worker_boot_timeout=self["worker-boot-timeout"],
+            worker_heartbeat_timeout=self["worker-heartbeat-timeout"],
+            argv=self.argv,
+            launch_dir=base,
         )

@@ -91,6 +91,12 @@ def run(config: RunConfig, root: Service) -> int:
             return 0
         capture_stdio()
     logger.info("Log opened.")  # in the daemon: a syslog line carries the pid of the process that logs
+    if config.workers is not None:  # a master and N worker processes (docs/workers.md)
+        from tapster.runner._master_run import run_master
+
+        return run_master(
+            config, root, process=(destination, pidfile, stale), launcher=pipe, notifier=notifier
+        )
     return _serve(config, root, destination, pidfile, stale, pipe, identity, notifier)
 
 

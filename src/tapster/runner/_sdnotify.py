@@ -45,12 +45,25 @@ class SystemdNotifier:
     def enabled(self) -> bool:
         return self._address is not None
 
+    @property
+    def address(self) -> str | None:
+        """``NOTIFY_SOCKET`` as systemd wrote it (an abstract socket with its ``@``), for a process that re-executes
+        itself and must hand the address on."""
+        if self._address is not None and self._address.startswith("\0"):
+            return "@" + self._address[1:]
+        return self._address
+
     def notify(self, *fields: str) -> bool:
-        """Send ``KEY=value`` lines; False if there is no socket or it cannot be reached (never raises)."""
+        """Send ``KEY=value`` lines; False if there is no socket or it cannot be reached (never raises).
+
+        Non-blocking: a receiver that stops reading must not stop the server (the datagram is dropped instead).
+        """
         if self._address is None:
             return False
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            with socket.socket(
+                socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+            ) as sock:
                 sock.sendto("\n".join(fields).encode(), self._address)
         except OSError:
             return False

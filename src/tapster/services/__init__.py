@@ -1,9 +1,11 @@
 """Built-in services: listeners, clients, a reconnecting client, UDP, a timer, a web server, a port forwarder,
-a SOCKS proxy; and the drain's helpers. None of them imports an extra (aiohttp) before it starts."""
+a process monitor, a SOCKS proxy; and the drain's helpers. None of them imports an extra (aiohttp) before it
+starts."""
 
 from tapster.services._clients import ClientService, StreamClient
 from tapster.services._drain import LINGER, lingering_close, server_stopping, unless_stopping
 from tapster.services._portforward import PortForward
+from tapster.services._procmon import ProcessMonitor
 from tapster.services._socks import SOCKSServer
 from tapster.services._stream_server import StreamServer
 from tapster.services._timer import TimerService
@@ -14,6 +16,7 @@ __all__ = [
     "LINGER",
     "ClientService",
     "PortForward",
+    "ProcessMonitor",
     "SOCKSServer",
     "StreamClient",
     "StreamServer",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -169,6 +170,7 @@ class StreamServer(Service):
             return
         where = self._where()
         self._server = None
+        await _stop_accepting(server)
         server.close()  # the listener first: nothing new arrives while the open connections drain
         try:
             if tracker.open_count:
@@ -178,3 +180,22 @@ class StreamServer(Service):
         finally:
             logger.info("(%s on %s closed)", self.label, where)
         await server.wait_closed()
+
+
+async def _stop_accepting(server: asyncio.AbstractServer) -> None:
+    """Stop accepting, then give what was accepted a loop turn to become a connection, before the close.
+
+    asyncio's selector loop accepts a batch of connections and makes each one's transport in a task of its own;
+    a server closed before that task runs drops the accepted socket (``Server._attach`` fails, silently), and
+    the kernel answers the request in it with a reset. Rare for one process at its stop, but a reload stops a
+    worker under load. Removing the listener's reader (public loop API; what the close does first anyway)
+    ends the accepting; one turn lets the queued tasks attach their transports, which the drain then sees.
+    uvloop makes the transport at the accept: there is no reader to remove, and nothing to wait for.
+    """
+    loop = asyncio.get_running_loop()
+    removed = False
+    for sock in getattr(server, "sockets", None) or ():
+        with contextlib.suppress(OSError, ValueError, NotImplementedError, RuntimeError):
+            removed = loop.remove_reader(sock.fileno()) or removed
+    if removed:
+        await asyncio.sleep(0)

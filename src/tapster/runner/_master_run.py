@@ -1,0 +1,168 @@
+"""The run of a ``--workers N`` master, from the pid file to "Server Shut Down."; runner/_run.py branches here.
+
+Everything before (the log, the pid file, daemonizing) is the single-process run's; then the master, unlike a
+single process, binds the tree's listeners itself, as root, and never drops privileges: it starts each new
+worker as root so that the worker's own privileged start (host keys, ports through ``systemd:``) and privilege
+drop happen as in a single process. It runs no application code after building the tree once.
+
+The table of workers for ``tapster ctl status`` is kept in ``PIDFILE.workers`` beside the pid file (a
+:class:`~tapster.runner._answers.HeldFile`, like the answer file), and removed at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from tapster.errors import StartupError, TapsterError
+from tapster.log import LogDestination
+from tapster.runner._answers import HeldFile
+from tapster.runner._config import RunConfig
+from tapster.runner._daemon import StartupPipe
+from tapster.runner._listeners import BoundListener, bind_listeners, handed_over
+from tapster.runner._master import Master, MasterHooks, WorkersFailed
+from tapster.runner._pidfile import NoPidFile, PidFile
+from tapster.runner._proctitle import set_process_title
+from tapster.runner._sdnotify import SystemdNotifier
+from tapster.runner._workers_table import MAX_BYTES, workers_path
+from tapster.service import Service
+
+__all__ = ["run_master"]
+
+logger = logging.getLogger("tapster")
+
+
+def run_master(
+    config: RunConfig,
+    root: Service,
+    *,
+    process: tuple[LogDestination, PidFile | NoPidFile, int | None],
+    launcher: StartupPipe | None,
+    notifier: SystemdNotifier,
+    handoff: dict[str, Any] | None = None,
+) -> int:
+    """Serve ``root`` with ``config.workers`` worker processes; the exit status of the master.
+
+    ``handoff``: after an in-place upgrade (runner/_upgraded.py), the listeners and workers of the old image.
+
+    Raises:
+        TapsterError: a failure before all workers were ready, in the foreground (a daemon tells its launcher).
+    """
+    assert config.workers is not None
+    destination, pidfile, stale = process
+    pipe = launcher
+    name = root.name or "tapster"
+    table = HeldFile(workers_path(config.pidfile), max_bytes=MAX_BYTES) if config.pidfile else None
+    listeners: list[BoundListener] = []
+    ready = handoff is not None  # an upgraded master has been serving all along
+    loop = asyncio.new_event_loop()
+
+    def on_ready() -> None:
+        nonlocal ready
+        if not ready and pipe is not None:
+            pipe.ready()
+        ready = True
+        notifier.notify("READY=1", f"STATUS={config.workers} workers ready", f"MAINPID={os.getpid()}")
+
+    def reloading() -> None:
+        notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}", "STATUS=reloading")
+
+    def close_listeners() -> None:
+        for listener in listeners:
+            listener.close()
+
+    hooks = MasterHooks(
+        ready=on_ready,
+        status=lambda text: notifier.notify(f"STATUS={text}"),
+        reloading=reloading,
+        stopping=lambda: notifier.notify("STOPPING=1", "STATUS=shutting down"),
+        answer=pidfile.answer,
+        rotate=destination.rotate,
+        reopen=destination.reopen,
+        workers_changed=table.rewrite if table is not None else lambda _text: None,
+        prepare_exec=lambda: {**_prepare_exec(destination, pidfile, notifier), "watchdog_interval": watchdog},
+        watchdog=(lambda: notifier.notify("WATCHDOG=1")) if notifier.enabled else None,
+        extend_start=(
+            (lambda seconds: notifier.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}"))
+            if notifier.enabled
+            else None
+        ),
+    )
+    # systemd's watchdog settings were read (and removed from the environment) by SystemdNotifier.from_environment;
+    # half the interval, as sd_watchdog_enabled(3) advises; None: no watchdog for this process
+    usec = notifier.watchdog_usec
+    watchdog = (usec / 2_000_000 if usec else None) if handoff is None else handoff.get("watchdog_interval")
+    try:
+        if stale is not None:
+            logger.info("Removing stale pid file left by PID %d (%s).", stale, config.pidfile_display)
+        pidfile.write(os.getpid())
+        if table is not None:
+            table.open()
+        if not config.originalname:
+            set_process_title(f"tapster: {name} master")
+        try:
+            os.chdir(config.rundir)
+        except OSError as exc:
+            raise StartupError(f"cannot change to run directory {config.rundir}: {exc.strerror}") from exc
+        if not config.no_save:
+            logger.info("With --workers the application state is not saved at shutdown (docs/workers.md).")
+        if handoff is None:
+            listeners.extend(loop.run_until_complete(bind_listeners(root)))
+        else:
+            listeners.extend(handed_over(handoff["listeners"]))
+        for listener in listeners:
+            logger.info("master listening on %s for %d worker(s)", listener.description, config.workers)
+        master = Master(
+            count=config.workers,
+            listeners=[(listener.name, listener.sock) for listener in listeners],
+            close_listeners=close_listeners,
+            argv=config.argv,
+            launch_dir=config.launch_dir or os.getcwd(),
+            boot_timeout=config.worker_boot_timeout,
+            heartbeat_timeout=config.worker_heartbeat_timeout,
+            shutdown_timeout=config.shutdown_timeout,
+            hooks=hooks,
+            watchdog_interval=watchdog,
+        )
+        try:
+            status = loop.run_until_complete(master.run(None if handoff is None else handoff["workers"]))
+        except WorkersFailed as exc:
+            if not ready:
+                raise StartupError(str(exc)) from None
+            logger.error("%s", exc)
+            return 1
+        ready = True  # stopped during start-up is a clean stop too
+        return status
+    except BaseException as exc:
+        if not ready:
+            reason = str(exc) if isinstance(exc, TapsterError) else f"{type(exc).__name__}: {exc}"
+            logger.error(
+                "Failed to start: %s", reason, exc_info=None if isinstance(exc, TapsterError) else exc
+            )
+            if pipe is not None:
+                pipe.failed(reason)
+                return 1
+        raise
+    finally:
+        close_listeners()
+        loop.close()
+        if table is not None:
+            table.remove(None)
+        try:
+            pidfile.release()
+        except TapsterError as exc:
+            logger.warning("%s", exc)
+        if ready:
+            logger.info("Server Shut Down.")
+        destination.close()
+
+
+def _prepare_exec(
+    destination: LogDestination, pidfile: PidFile | NoPidFile, notifier: SystemdNotifier
+) -> dict[str, Any]:
+    """Before an upgrade's exec: what the new image needs besides the sockets; the log flushed."""
+    destination.handler.flush()
+    return {"notify_socket": notifier.address, "pidfile_fd": pidfile.fd}
