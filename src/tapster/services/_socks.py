@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from tapster.services._drain import LINGER, start_lingering_close
-from tapster.services._portforward import _Half
+from tapster.services._portforward import _Early, _Half
 from tapster.services._socks_policy import DestinationPolicy, Network
 from tapster.services._socks_udp import UDPAssociation
 from tapster.services._socks_wire import HandshakeFailed, PasswordCheck, Reply, Request, negotiate
@@ -82,26 +82,9 @@ def _peer(transport: asyncio.BaseTransport) -> str:
     return "unix" if isinstance(peer, str | bytes) else "-"
 
 
-class _Outbound(_Half):
-    """The destination side: what it sends before it is paired with the client is kept (reading paused)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.early: list[bytes] = []
-
-    def data_received(self, data: bytes) -> None:
-        if self.peer is None:
-            self.early.append(data)
-            if self.transport is not None:
-                self.transport.pause_reading()
-            return
-        super().data_received(data)
-
-    def eof_received(self) -> bool:
-        if self.peer is None:
-            self.ended = True  # passed on once paired
-            return True
-        return super().eof_received()
+class _Outbound(_Early):
+    """The destination side: what it sends before it is paired with the client (before the reply has been
+    written) is kept, reading paused, and passed on after the reply."""
 
 
 class _Client(_Half):
