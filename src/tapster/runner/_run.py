@@ -19,6 +19,7 @@ from tapster.log import LogDestination, capture_stdio, install
 from tapster.runner._config import RunConfig
 from tapster.runner._daemon import StartupPipe, daemonize
 from tapster.runner._debug import break_now, post_mortem, start_spewing
+from tapster.runner._drain import Draining
 from tapster.runner._guard import ShutdownGuard
 from tapster.runner._pidfile import NoPidFile, PidFile, PidFileLocked
 from tapster.runner._preload import preload
@@ -117,7 +118,13 @@ def _serve(
         _release(pidfile)
         logger.error("Server Shut Down (forced, exit status 1).")
 
-    guard = ShutdownGuard(config.shutdown_timeout, root, forced_cleanup, destination.handler.flush)
+    guard = ShutdownGuard(
+        config.shutdown_timeout, root, forced_cleanup, destination.handler.flush, config.drain_delay
+    )
+    draining = Draining(
+        config.drain_delay
+    )  # readiness ends at the stop signal: --status's /readyz subscribes
+    draining.subscribe(systemd.draining)
 
     def on_ready() -> None:
         nonlocal ready
@@ -142,6 +149,7 @@ def _serve(
             rotate=destination.rotate,
             reopen=systemd.reloading(destination.reopen, "reopening the log"),
             drop_privileges=functools.partial(_switch_user, identity, config.euid),
+            draining=draining.begin,
             stopping=systemd.stopping,
             answer=pidfile.answer,
             guard=guard,
