@@ -21,6 +21,7 @@ from tapster.runner._daemon import StartupPipe, daemonize
 from tapster.runner._debug import break_now, post_mortem, start_spewing
 from tapster.runner._drain import Draining
 from tapster.runner._guard import ShutdownGuard
+from tapster.runner._pid1 import announce as announce_init
 from tapster.runner._pidfile import NoPidFile, PidFile, PidFileLocked
 from tapster.runner._preload import preload
 from tapster.runner._privileges import (
@@ -92,6 +93,7 @@ def run(config: RunConfig, root: Service) -> int:
             return 0
         capture_stdio()
     logger.info("Log opened.")  # in the daemon: a syslog line carries the pid of the process that logs
+    announce_init(logger)  # as a container's PID 1: -n was implied (runner/_pid1.py)
     if config.workers is not None:  # a master and N worker processes (docs/workers.md)
         from tapster.runner._master_run import run_master
 
