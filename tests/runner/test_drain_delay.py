@@ -1,7 +1,7 @@
 """--drain-delay with real processes: after SIGTERM the listeners keep serving for the delay, then the usual stop.
 
 A second SIGTERM during the delay skips the rest of it; the shutdown guard's bound includes the delay; systemd
-hears ``STATUS=draining`` at once; ``--workers`` refuses the option.
+hears ``STATUS=draining`` at once. With ``--workers``: tests/workers/test_workers_drain.py.
 """
 
 from __future__ import annotations
@@ -151,11 +151,3 @@ def test_a_bad_delay_is_one_usage_line(tmp_path: Path, value: str) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("tapster: error: --drain-delay: expected a number of seconds")
     assert "Traceback" not in result.stderr
-
-
-def test_workers_refuse_a_drain_delay(tmp_path: Path) -> None:
-    result = run_tapster(["-n", "--workers", "2", "--drain-delay", "5", "-y", ECHO], cwd=tmp_path, env=ENV)
-    assert result.returncode == 2
-    assert result.stderr.splitlines()[0] == (
-        "tapster: error: --drain-delay cannot be combined with --workers (see docs/workers.md)"
-    )

@@ -407,7 +407,6 @@ class ServerOptions(Options):
                 ("--profile", self["profile"]),
                 ("--spew", self["spew"]),
                 ("--save", self["save"]),
-                ("--drain-delay", self["drain-delay"]),
             )
             if given
         ]
