@@ -131,6 +131,16 @@ def test_the_dockerfile_runs_as_a_non_root_user_with_json_logs_and_a_healthcheck
     parses(cmd)
 
 
+def test_the_manifest_runs_as_the_images_user() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    uid = int(re.search(r"useradd [^\n]*--uid (\d+)", text).group(1))  # type: ignore[union-attr]
+    gid = int(re.search(r"groupadd [^\n]*--gid (\d+)", text).group(1))  # type: ignore[union-attr]
+    pod, app = container()
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": gid}
+    assert app["args"][-1] == "/srv/app/app.tac" and "/srv/app/app.tac" in text
+    assert uid != 0
+
+
 def _json_instruction(text: str, keyword: str) -> list[str]:
     match = re.search(rf"^{keyword} (\[.*?\])$", text, re.M | re.S)
     assert match, keyword

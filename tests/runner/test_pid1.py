@@ -121,3 +121,20 @@ def test_the_init_exits_with_the_servers_status(tapster, tmp_path: Path) -> None
     status, _, err = proc.finish(timeout=15)
     assert status == 1
     assert "no good" in err and "Traceback" not in err
+
+
+def test_a_sigterm_while_the_application_loads_is_not_lost(tapster, tmp_path: Path) -> None:
+    """PID 1 drops a signal it has no handler for; the init's handler passes it on even this early.
+
+    The server has no handler of its own yet either (it is still importing the application), so the default
+    action ends it, and the init exits with 128 + SIGTERM, as any process killed while loading would.
+    """
+    (tmp_path / "slow.tac").write_text(
+        "import time\nprint('loading', flush=True)\ntime.sleep(600)\napplication = None\n"
+    )
+    proc = tapster(["--pidfile=", "-y", "slow.tac"], prefix=UNSHARE)
+    proc.wait_for("loading")
+    init = init_pid(proc)
+    os.kill(init, signal.SIGTERM)
+    status, _, _ = proc.finish(timeout=10)
+    assert status == 128 + signal.SIGTERM
