@@ -151,3 +151,31 @@ def test_a_bad_delay_is_one_usage_line(tmp_path: Path, value: str) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("tapster: error: --drain-delay: expected a number of seconds")
     assert "Traceback" not in result.stderr
+
+
+def test_a_stop_during_start_up_has_no_delay_in_its_bound(tapster, tmp_path: Path) -> None:
+    """Nothing routed traffic to a process that never became ready: the bound is timeout + 2 s, not + delay."""
+    (tmp_path / "stuck.tac").write_text(
+        textwrap.dedent(
+            """
+            import time
+            from tapster import Application, Service
+
+            class Stuck(Service):
+                async def start(self):
+                    print("start blocks", flush=True)
+                    time.sleep(600)
+
+            application = Application("stuck")
+            Stuck().set_parent(application)
+            """
+        )
+    )
+    proc = tapster(["-n", "--pidfile=", "-y", "stuck.tac", "--drain-delay", "600", "--shutdown-timeout", "1"])
+    proc.wait_for("start blocks")
+    signalled = time.monotonic()
+    proc.signal(signal.SIGTERM)
+    status, out, _ = proc.finish(timeout=1 + 2 + 10)
+    assert status == 1
+    assert time.monotonic() - signalled < 1 + 2 + SLACK
+    assert "within --shutdown-timeout (1 s) + 2 s" in out  # no drain delay in the bound

@@ -15,9 +15,9 @@ The guard therefore lives outside the loop:
   begin the orderly stop (``call_soon_threadsafe``); a second signal, or the deadline, forces the exit: the
   thread logs which services were still stopping (and where the loop is blocked, read from the main thread's
   stack), removes the pid file through the runner's callback, flushes the log and calls ``os._exit(1)``.
-* With ``--drain-delay`` the bound starts at timeout + delay + grace. A second signal during the delay does not
-  force the exit: it is passed on to the loop (which ends the delay and starts the stop) and the deadline shrinks
-  to timeout + grace from then; a signal after that forces the exit as usual.
+* With ``--drain-delay``, once the tree has started, the bound starts at timeout + delay + grace. A second
+  signal during the delay does not force the exit: it is passed on to the loop (which ends the delay and starts
+  the stop) and the deadline shrinks to timeout + grace from then; a signal after that forces the exit as usual.
 * As a last resort against code that holds the GIL and never lets the thread run, the first signal also sets an
   interval timer (``SIGALRM``, default action: terminate) :data:`BACKSTOP` seconds past the deadline. When that
   fires the pid file stays behind, but it is unlocked, so the next start takes it over.
@@ -88,7 +88,9 @@ class ShutdownGuard:
     ) -> None:
         self.timeout = timeout
         self.drain_delay = drain_delay
+        self._serving = False  # the tree has started: only then does a stop signal drain first
         self._draining = False  # between the first signal and the end of the drain delay
+        self._drain_bound = 0.0  # the drain delay the deadline includes (0: signalled before serving)
         self._root = root
         self._cleanup = cleanup
         self._flush = flush
@@ -124,6 +126,10 @@ class ShutdownGuard:
             first = self._first
         if listener is not None and first is not None:
             listener(first)
+
+    def serving(self) -> None:
+        """The tree has started (called by the loop): a stop signal from now on runs the drain delay first."""
+        self._serving = True
 
     def end_drain(self) -> None:
         """The loop has ended the drain delay (or had none to run): the next signal forces the exit."""
@@ -200,8 +206,9 @@ class ShutdownGuard:
                 if signum == _DISARM or self._disarmed:
                     return
                 if deadline is None:
-                    self._draining = self.drain_delay > 0
-                    deadline = self._arm(self.timeout + self.drain_delay)
+                    self._draining = self.drain_delay > 0 and self._serving
+                    self._drain_bound = self.drain_delay if self._draining else 0.0
+                    deadline = self._arm(self.timeout + self._drain_bound)
                     self._first_signal(signum)
                 elif self._draining:  # skip the rest of the delay: the stop begins now, bounded from now
                     self._draining = False
@@ -241,7 +248,7 @@ class ShutdownGuard:
                 reason = f"Received {signal_name(signum)} again: forcing shutdown."
             else:
                 first = signal_name(self._first) if self._first is not None else "the stop signal"
-                drain = f" + --drain-delay ({self.drain_delay:g} s)" if self.drain_delay else ""
+                drain = f" + --drain-delay ({self._drain_bound:g} s)" if self._drain_bound else ""
                 reason = (
                     f"Shutdown did not finish within --shutdown-timeout ({self.timeout:g} s){drain} + "
                     f"{GRACE:g} s of {first}: forcing shutdown."

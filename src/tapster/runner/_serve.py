@@ -149,6 +149,8 @@ class _Server:
             if not await self._start():
                 return Outcome.CLEAN
             self.phase = _Phase.RUNNING
+            if self.hooks.guard is not None:
+                self.hooks.guard.serving()
             self.hooks.ready()
             await self.stop_requested.wait()
             await self._drain()
