@@ -56,6 +56,7 @@ class Outcome(enum.IntEnum):
 class _Phase(enum.Enum):
     STARTING = "starting"
     RUNNING = "running"
+    DRAINING = "draining"  # --drain-delay: stop signalled, listeners still serving
     STOPPING = "stopping"
     FORCED = "forced"
 
@@ -75,6 +76,7 @@ class Hooks:
         rotate: Callable[[], bool] = _false,
         reopen: Callable[[], bool] = _false,
         drop_privileges: Callable[[], None] = _nothing,
+        draining: Callable[[], object] = _nothing,
         stopping: Callable[[], object] = _nothing,
         answer: Callable[[str, str, str], None] = _no_answer,
         guard: ShutdownGuard | None = None,
@@ -85,7 +87,8 @@ class Hooks:
         self.rotate = rotate  # SIGUSR1; True if a log file was rotated
         self.reopen = reopen  # SIGHUP; True if a log file was reopened
         self.drop_privileges = drop_privileges  # between privileged_start and start
-        self.stopping = stopping  # a stop signal was received
+        self.draining = draining  # a stop signal was received: no longer ready (runner/_drain.py)
+        self.stopping = stopping  # the tree stops now (after the drain delay, if any)
         self.answer = answer  # how a SIGUSR1/SIGHUP went, for `tapster ctl` (command, ok|skipped|failed, why)
         # SIGTERM/SIGINT come through the guard (a handler outside the loop) when there is one; else the loop's
         self.guard = guard
@@ -124,6 +127,7 @@ class _Server:
         self.loop = loop
         self.phase = _Phase.STARTING
         self.stop_requested = asyncio.Event()
+        self.drain_skipped = asyncio.Event()
         self.stop_task: asyncio.Task[None] | None = None
 
     async def serve(self) -> Outcome:
@@ -145,8 +149,11 @@ class _Server:
             if not await self._start():
                 return Outcome.CLEAN
             self.phase = _Phase.RUNNING
+            if self.hooks.guard is not None:
+                self.hooks.guard.serving()
             self.hooks.ready()
             await self.stop_requested.wait()
+            await self._drain()
             return await self._stop()
         finally:
             if guard is not None:
@@ -200,6 +207,24 @@ class _Server:
             what = f"sys.exit({exc.code!r}) called" if isinstance(exc, SystemExit) else "KeyboardInterrupt"
             raise StartFailed(f"{prefix}{what} while starting") from exc
 
+    async def _drain(self) -> None:
+        """--drain-delay: the listeners keep accepting and serving until the delay ends or a second signal."""
+        if self.phase is _Phase.DRAINING:
+            delay = self.config.drain_delay
+            logger.info(
+                "Draining for %g s (--drain-delay): still accepting connections; a second signal stops at once.",
+                delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.drain_skipped.wait(), delay)
+        self._drain_over()
+
+    def _drain_over(self) -> None:
+        if self.hooks.guard is not None:
+            self.hooks.guard.end_drain()
+        if self.phase is _Phase.DRAINING:
+            self.hooks.stopping()
+
     async def _stop(self) -> Outcome:
         """Stop the tree within the shutdown timeout; 0 means no drain: each stop is cancelled at its first wait."""
         self.phase = _Phase.STOPPING
@@ -252,7 +277,15 @@ class _Server:
         if self.phase in (_Phase.STARTING, _Phase.RUNNING) and not self.stop_requested.is_set():
             logger.info("Received %s, shutting down.", name)
             self.stop_requested.set()
-            self.hooks.stopping()
+            self.hooks.draining()
+            if self.phase is _Phase.RUNNING and self.config.drain_delay > 0:
+                self.phase = _Phase.DRAINING
+            else:
+                self._drain_over()
+                self.hooks.stopping()
+        elif self.phase is _Phase.DRAINING and not self.drain_skipped.is_set():
+            logger.info("Received %s again: skipping the rest of the drain delay.", name)
+            self.drain_skipped.set()
         elif self.phase is _Phase.STOPPING and self.stop_task is not None:
             logger.warning("Received %s again: forcing shutdown.", name)
             self.phase = _Phase.FORCED
