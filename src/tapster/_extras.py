@@ -1,9 +1,9 @@
 """Which tapster extra installs a third-party module, so an import that fails for want of one says how to fix it.
 
-tapster's core needs only the standard library; SSH, the manhole's prompt, password hashes, uvloop and the web
-example need packages installed by an extra (``pip install 'tapster[ssh]'``). A bare ``No module named
-'asyncssh'`` leaves a new user to guess which; every place where such an ImportError reaches the user adds the
-extra to its one line through :func:`install_hint`, or raises :class:`MissingExtraError` through
+tapster's core needs only the standard library; SSH, the manhole's prompt, password hashes, uvloop, the web
+server and the FTP server need packages installed by an extra (``pip install 'tapster[ssh]'``). A bare ``No
+module named 'asyncssh'`` leaves a new user to guess which; every place where such an ImportError reaches the
+user adds the extra to its one line through :func:`install_hint`, or raises :class:`MissingExtraError` through
 :func:`import_extra`.
 """
 
@@ -26,6 +26,7 @@ EXTRAS: dict[str, str] = {
     "aiohttp": "web",
     "a2wsgi": "web",
     "prometheus_client": "metrics",
+    "aioftp": "ftp",
     "uvloop": "uvloop",
     "setproctitle": "all",
 }

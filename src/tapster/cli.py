@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -52,6 +53,11 @@ def _dispatch(argv: list[str], parsed: dict[str, bool]) -> int:
         return _ctl(argv[1:])
     if argv[:1] == ["mktap"]:
         return _mktap(argv[1:])
+    as_init = os.getpid() == 1  # a container without --init (docs/deploy.md)
+    if as_init:
+        status = runner.serve_as_init()  # forks: the parent stays PID 1, an init, until the server exits
+        if status is not None:
+            return status
     options = runner.ServerOptions("tapster")
     try:
         options.parse_options(argv)
@@ -63,6 +69,8 @@ def _dispatch(argv: list[str], parsed: dict[str, bool]) -> int:
         raise
     finally:  # a plugin that fails to load while parsing: --traceback before its name counts
         parsed["traceback"] = bool(options["traceback"])
+    if as_init:
+        options["nodaemon"] = True  # a container's log is its standard output; said in the log
     config = options.run_config()
     from tapster.endpoints import claim_systemd_sockets
 

@@ -285,3 +285,21 @@ def test_missing_extra_is_one_line_naming_it(tmp_path: Path, module: str) -> Non
     line = one_line(done, 1)
     assert "--status needs" in line
     assert line.endswith("(pip install 'tapster[metrics]')")
+
+
+def test_readyz_fails_during_the_drain_delay_while_listeners_serve(tapster: type[TapsterProcess]) -> None:
+    """--drain-delay: from SIGTERM /readyz answers 503 (draining) while the echo listener still serves."""
+    process, port = start_ready(tapster, "--drain-delay", "30")
+    echo = process.port("echo")
+    process.signal(signal.SIGTERM)
+    process.wait_for("Draining for 30 s")
+    code, body, _ = get(port, "/readyz")
+    assert code == 503
+    answer = json.loads(body)
+    assert (answer["phase"], answer["draining"]) == ("running", True)
+    with connect(echo) as client:  # still accepting and serving
+        client.sendall(b"x")
+        assert client.recv(1) == b"x"
+    assert metrics(port)["tapster_drain_started_timestamp_seconds"][0].value > 0
+    process.signal(signal.SIGTERM)  # a second signal skips the rest of the delay
+    assert process.finish()[0] == 0

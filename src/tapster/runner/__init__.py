@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from tapster.runner._ctl import CtlOptions, run_ctl
     from tapster.runner._mktap import MktapOptions, run_mktap
     from tapster.runner._options import ServerOptions
+    from tapster.runner._pid1 import serve_as_init
     from tapster.runner._run import run
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "run",
     "run_ctl",
     "run_mktap",
+    "serve_as_init",
 ]
 
 _LAZY = {
@@ -38,6 +40,7 @@ _LAZY = {
     "run": "tapster.runner._run",
     "run_ctl": "tapster.runner._ctl",
     "run_mktap": "tapster.runner._mktap",
+    "serve_as_init": "tapster.runner._pid1",
 }
 
 

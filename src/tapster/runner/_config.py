@@ -22,6 +22,7 @@ class RunConfig(Record):
         "argv",
         "chroot",
         "debug",
+        "drain_delay",
         "euid",
         "gid",
         "health_timeout",
@@ -61,6 +62,7 @@ class RunConfig(Record):
     umask: Final[int | None]
     reactor: Final[str]
     shutdown_timeout: Final[float]
+    drain_delay: Final[float]
     traceback: Final[bool]
     debug: Final[bool]
     profile: Final[str | None]
@@ -92,6 +94,7 @@ class RunConfig(Record):
         umask: int | None = None,
         reactor: str = "asyncio",
         shutdown_timeout: float = 10.0,
+        drain_delay: float = 0.0,
         traceback: bool = False,
         debug: bool = False,
         profile: str | None = None,
@@ -124,6 +127,7 @@ class RunConfig(Record):
         self.umask = umask
         self.reactor = reactor
         self.shutdown_timeout = shutdown_timeout
+        self.drain_delay = drain_delay  # SIGTERM: keep serving this long before the stop (docs/deploy.md)
         self.traceback = traceback
         self.debug = debug
         self.profile = profile

@@ -15,6 +15,9 @@ The guard therefore lives outside the loop:
   begin the orderly stop (``call_soon_threadsafe``); a second signal, or the deadline, forces the exit: the
   thread logs which services were still stopping (and where the loop is blocked, read from the main thread's
   stack), removes the pid file through the runner's callback, flushes the log and calls ``os._exit(1)``.
+* With ``--drain-delay``, once the tree has started, the bound starts at timeout + delay + grace. A second
+  signal during the delay does not force the exit: it is passed on to the loop (which ends the delay and starts
+  the stop) and the deadline shrinks to timeout + grace from then; a signal after that forces the exit as usual.
 * As a last resort against code that holds the GIL and never lets the thread run, the first signal also sets an
   interval timer (``SIGALRM``, default action: terminate) :data:`BACKSTOP` seconds past the deadline. When that
   fires the pid file stays behind, but it is unlocked, so the next start takes it over.
@@ -72,6 +75,7 @@ class ShutdownGuard:
         cleanup: called (from the guard's thread, after the log line naming the stuck services) to remove the
             pid file and write the last log line; whatever it raises is logged and the exit goes on.
         flush: flushes the log destination; called after ``cleanup`` and just before ``os._exit``.
+        drain_delay: ``--drain-delay``: added to the bound; a second signal within it skips the rest of it.
     """
 
     def __init__(
@@ -80,8 +84,13 @@ class ShutdownGuard:
         root: Service,
         cleanup: Callable[[], None],
         flush: Callable[[], None],
+        drain_delay: float = 0.0,
     ) -> None:
         self.timeout = timeout
+        self.drain_delay = drain_delay
+        self._serving = False  # the tree has started: only then does a stop signal drain first
+        self._draining = False  # between the first signal and the end of the drain delay
+        self._drain_bound = 0.0  # the drain delay the deadline includes (0: signalled before serving)
         self._root = root
         self._cleanup = cleanup
         self._flush = flush
@@ -117,6 +126,14 @@ class ShutdownGuard:
             first = self._first
         if listener is not None and first is not None:
             listener(first)
+
+    def serving(self) -> None:
+        """The tree has started (called by the loop): a stop signal from now on runs the drain delay first."""
+        self._serving = True
+
+    def end_drain(self) -> None:
+        """The loop has ended the drain delay (or had none to run): the next signal forces the exit."""
+        self._draining = False
 
     @property
     def stop_signal(self) -> int | None:
@@ -189,18 +206,32 @@ class ShutdownGuard:
                 if signum == _DISARM or self._disarmed:
                     return
                 if deadline is None:
-                    deadline = time.monotonic() + self.timeout + GRACE - EXIT_MARGIN
+                    self._draining = self.drain_delay > 0 and self._serving
+                    self._drain_bound = self.drain_delay if self._draining else 0.0
+                    deadline = self._arm(self.timeout + self._drain_bound)
                     self._first_signal(signum)
+                elif self._draining:  # skip the rest of the delay: the stop begins now, bounded from now
+                    self._draining = False
+                    deadline = min(deadline, self._arm(self.timeout))
+                    self._pass_on(signum)
                 else:
                     self._force(signum)
                     return
 
-    def _first_signal(self, signum: int) -> None:
+    def _arm(self, seconds: float) -> float:
+        """The deadline ``seconds`` + grace from now; the backstop timer set a little past it."""
         with contextlib.suppress(OSError, ValueError):
-            signal.setitimer(signal.ITIMER_REAL, self.timeout + GRACE + BACKSTOP - EXIT_MARGIN)
+            signal.setitimer(signal.ITIMER_REAL, seconds + GRACE + BACKSTOP - EXIT_MARGIN)
             self._alarm_set = True
+        return time.monotonic() + seconds + GRACE - EXIT_MARGIN
+
+    def _first_signal(self, signum: int) -> None:
         with self._lock:
             self._first = signum
+        self._pass_on(signum)
+
+    def _pass_on(self, signum: int) -> None:
+        with self._lock:
             listener = self._listener
         if listener is not None:
             with contextlib.suppress(Exception):  # the loop is closed already: the runner finishes on its own
@@ -217,9 +248,10 @@ class ShutdownGuard:
                 reason = f"Received {signal_name(signum)} again: forcing shutdown."
             else:
                 first = signal_name(self._first) if self._first is not None else "the stop signal"
+                drain = f" + --drain-delay ({self._drain_bound:g} s)" if self._drain_bound else ""
                 reason = (
-                    f"Shutdown did not finish within --shutdown-timeout ({self.timeout:g} s) + {GRACE:g} s "
-                    f"of {first}: forcing shutdown."
+                    f"Shutdown did not finish within --shutdown-timeout ({self.timeout:g} s){drain} + "
+                    f"{GRACE:g} s of {first}: forcing shutdown."
                 )
             logger.error("%s %s", reason, describe_stuck(self._root))
             try:

@@ -11,8 +11,10 @@ records, relayed by runner/_worker_log.py). The rules (docs/workers.md):
   :data:`CRASH_LIMIT` of those the master gives up, stops the others and exits 1.
 * reload (SIGUSR2): for each worker in turn, start a new one, wait until it is ready, stop the old one
   gracefully. A new worker that fails ends the reload; the old workers keep serving.
-* stop (SIGTERM/SIGINT): close the master's own copies of the listeners, SIGTERM every worker, SIGKILL those
-  still running :data:`KILL_AFTER` seconds past ``--shutdown-timeout``.
+* stop (SIGTERM/SIGINT): with ``--drain-delay``, first keep everything serving for the delay (a second signal
+  ends it early); then close the master's own copies of the listeners, SIGTERM every worker, SIGKILL those
+  still running :data:`KILL_AFTER` seconds past ``--shutdown-timeout``. The workers themselves run with no
+  delay of their own: the master's is the one the load balancer sees.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class MasterHooks:
         status: Callable[[str], object],
         reloading: Callable[[], object],
         stopping: Callable[[], object],
+        draining: Callable[[float], object],
         answer: Callable[[str, str, str], None],
         rotate: Callable[[], bool],
         reopen: Callable[[], bool],
@@ -79,7 +82,8 @@ class MasterHooks:
         self.ready = ready  # all N workers are ready, the first time
         self.status = status  # a one-line status for systemd (STATUS=)
         self.reloading = reloading  # a reload begins (RELOADING=1)
-        self.stopping = stopping  # a stop signal came (STOPPING=1)
+        self.stopping = stopping  # the workers are being stopped (STOPPING=1)
+        self.draining = draining  # a stop signal came, --drain-delay S keeps serving first (STATUS=draining)
         self.answer = answer  # how a ctl command went (command, ok|skipped|failed, reason)
         self.rotate = rotate
         self.reopen = reopen
@@ -105,6 +109,7 @@ class Master:
         shutdown_timeout: float,
         hooks: MasterHooks,
         watchdog_interval: float | None = None,
+        drain_delay: float = 0.0,
     ) -> None:
         self.slots = [Slot(number) for number in range(1, count + 1)]
         self.listeners = list(listeners)
@@ -116,6 +121,8 @@ class Master:
         self.beat = min(1.0, heartbeat_timeout / 4)
         self.shutdown_timeout = shutdown_timeout
         self.hooks = hooks
+        self.drain_delay = drain_delay
+        self.drain_skipped: asyncio.Event | None = None  # set: in the drain delay; set again: skip its rest
         self.workers: set[Worker] = set()  # every live process: current, new in a reload, retiring
         self.running = False  # all started once, not stopping: a dead worker is replaced
         self.stopping = False  # the stop (or giving up) began: nothing is started any more
@@ -161,6 +168,7 @@ class Master:
                 self.hooks.ready()
             self._changed()
             await self.stop_requested.wait()
+            await self._drain()
             self.running = False
             clean = await self._stop_all()
         finally:
@@ -170,6 +178,22 @@ class Master:
         if self.give_up is not None:
             raise WorkersFailed(self.give_up)
         return 0 if clean else 1
+
+    async def _drain(self) -> None:
+        """--drain-delay: the workers go on serving (and the master replacing them) until it ends."""
+        skipped = self.drain_skipped
+        if skipped is None:
+            return
+        logger.info(
+            "Draining for %g s (--drain-delay): the workers still accept connections; a second signal stops at "
+            "once.",
+            self.drain_delay,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(skipped.wait(), self.drain_delay)
+        self.drain_skipped = None
+        self.stopping = True
+        self.hooks.stopping()
 
     async def _boot(self) -> bool:
         """Start every slot's worker at once; True when all are ready, False if a stop signal came first."""
@@ -313,6 +337,8 @@ class Master:
             )
             logger.error("Giving up: %s.", self.give_up)
             self.stopping = True
+            if self.drain_skipped is not None:  # no point draining with no workers left
+                self.drain_skipped.set()
             self.stop_requested.set()
             return
         delay = min(BACKOFF_FIRST * 2**self.failed_starts, BACKOFF_MAX) * random.uniform(0.5, 1.0)
@@ -433,9 +459,17 @@ class Master:
         name = signal.Signals(signum).name
         if self._stop_signals == 1:
             logger.info("Received %s, shutting down.", name)
-            self.hooks.stopping()
-            self.stopping = True
+            if self.running and self.drain_delay > 0:
+                self.drain_skipped = asyncio.Event()
+                self.hooks.draining(self.drain_delay)
+            else:
+                self.hooks.stopping()
+                self.stopping = True
             self.stop_requested.set()
+            return
+        if self.drain_skipped is not None and not self.drain_skipped.is_set():
+            logger.info("Received %s again: skipping the rest of the drain delay.", name)
+            self.drain_skipped.set()
             return
         logger.warning("Received %s again: killing the workers.", name)
         for worker in list(self.workers):
@@ -455,7 +489,7 @@ class Master:
             self.hooks.answer(command, "skipped", "the log is not a file")
 
     def _on_reload_signal(self) -> None:
-        if not self.running:
+        if not self.running or self.drain_skipped is not None:
             self.hooks.answer("reload", "skipped", "the server is starting or stopping")
             return
         if self.reload_task is not None and not self.reload_task.done():
@@ -467,8 +501,9 @@ class Master:
     def _on_upgrade_signal(self) -> None:
         reloading = self.reload_task is not None and not self.reload_task.done()
         busy = reloading or len(self.workers) != len(self.slots) or self.ready_count() != len(self.slots)
-        if not self.running or busy:
-            why = "the server is starting or stopping" if not self.running else "workers are being replaced"
+        stopping = not self.running or self.drain_skipped is not None
+        if stopping or busy:
+            why = "the server is starting or stopping" if stopping else "workers are being replaced"
             logger.info("Received SIGURG while %s: no upgrade now.", why)
             self.hooks.answer("upgrade", "skipped", f"{why}; try again in a moment")
             return

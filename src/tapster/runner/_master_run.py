@@ -79,6 +79,7 @@ def run_master(
         status=lambda text: notifier.notify(f"STATUS={text}"),
         reloading=reloading,
         stopping=lambda: notifier.notify("STOPPING=1", "STATUS=shutting down"),
+        draining=lambda delay: notifier.notify("STOPPING=1", f"STATUS=draining ({delay:g} s)"),
         answer=pidfile.answer,
         rotate=destination.rotate,
         reopen=destination.reopen,
@@ -126,6 +127,7 @@ def run_master(
             shutdown_timeout=config.shutdown_timeout,
             hooks=hooks,
             watchdog_interval=watchdog,
+            drain_delay=config.drain_delay,
         )
         try:
             status = loop.run_until_complete(master.run(None if handoff is None else handoff["workers"]))

@@ -217,6 +217,14 @@ class ServerOptions(Options):
             seconds,
         ),
         (
+            "drain-delay",
+            None,
+            0.0,
+            "Seconds to keep accepting and serving after SIGTERM/SIGINT before the stop begins, so a load "
+            "balancer can take the process out first (docs/deploy.md); a second signal ends it early.",
+            seconds,
+        ),
+        (
             "workers",
             None,
             None,
@@ -483,6 +491,7 @@ class ServerOptions(Options):
             umask=self["umask"],
             reactor=self["reactor"],
             shutdown_timeout=self["shutdown-timeout"],
+            drain_delay=self["drain-delay"],
             traceback=self["traceback"],
             debug=self["debug"],
             profile=os.path.join(base, self["profile"]) if self["profile"] else None,

@@ -19,7 +19,9 @@ from tapster.log import LogDestination, capture_stdio, install
 from tapster.runner._config import RunConfig
 from tapster.runner._daemon import StartupPipe, daemonize
 from tapster.runner._debug import break_now, post_mortem, start_spewing
+from tapster.runner._drain import Draining
 from tapster.runner._guard import ShutdownGuard
+from tapster.runner._pid1 import announce as announce_init
 from tapster.runner._pidfile import NoPidFile, PidFile, PidFileLocked
 from tapster.runner._preload import preload
 from tapster.runner._privileges import (
@@ -91,6 +93,7 @@ def run(config: RunConfig, root: Service) -> int:
             return 0
         capture_stdio()
     logger.info("Log opened.")  # in the daemon: a syslog line carries the pid of the process that logs
+    announce_init(logger)  # as a container's PID 1: -n was implied (runner/_pid1.py)
     if config.workers is not None:  # a master and N worker processes (docs/workers.md)
         from tapster.runner._master_run import run_master
 
@@ -117,7 +120,13 @@ def _serve(
         _release(pidfile)
         logger.error("Server Shut Down (forced, exit status 1).")
 
-    guard = ShutdownGuard(config.shutdown_timeout, root, forced_cleanup, destination.handler.flush)
+    guard = ShutdownGuard(
+        config.shutdown_timeout, root, forced_cleanup, destination.handler.flush, config.drain_delay
+    )
+    draining = Draining(
+        config.drain_delay
+    )  # readiness ends at the stop signal: --status's /readyz subscribes
+    draining.subscribe(systemd.draining)
 
     def on_ready() -> None:
         nonlocal ready
@@ -142,6 +151,7 @@ def _serve(
             rotate=destination.rotate,
             reopen=systemd.reloading(destination.reopen, "reopening the log"),
             drop_privileges=functools.partial(_switch_user, identity, config.euid),
+            draining=draining.begin,
             stopping=systemd.stopping,
             answer=pidfile.answer,
             guard=guard,

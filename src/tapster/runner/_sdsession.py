@@ -89,6 +89,14 @@ class SystemdSession:
         self._extender.stop()
         self._notifier.notify(status_field(f"failed to start: {reason}"))
 
+    def draining(self, delay: float) -> None:
+        """A stop signal came and ``--drain-delay`` keeps serving first: ``STATUS=draining`` at once."""
+        if delay <= 0:
+            return  # stopping() follows at once
+        self._extender.stop()
+        self._serving = False
+        self._notifier.notify("STOPPING=1", status_field(f"draining {self._name} ({delay:g} s)"))
+
     def stopping(self) -> None:
         """A stop signal came: the tree is stopping."""
         self._extender.stop()

@@ -58,6 +58,7 @@ class Outcome(enum.IntEnum):
 class _Phase(enum.Enum):
     STARTING = "starting"
     RUNNING = "running"
+    DRAINING = "draining"  # --drain-delay: stop signalled, listeners still serving
     STOPPING = "stopping"
     FORCED = "forced"
 
@@ -77,6 +78,7 @@ class Hooks:
         rotate: Callable[[], bool] = _false,
         reopen: Callable[[], bool] = _false,
         drop_privileges: Callable[[], None] = _nothing,
+        draining: Callable[[], object] = _nothing,
         stopping: Callable[[], object] = _nothing,
         answer: Callable[[str, str, str], None] = _no_answer,
         guard: ShutdownGuard | None = None,
@@ -87,7 +89,8 @@ class Hooks:
         self.rotate = rotate  # SIGUSR1; True if a log file was rotated
         self.reopen = reopen  # SIGHUP; True if a log file was reopened
         self.drop_privileges = drop_privileges  # between privileged_start and start
-        self.stopping = stopping  # a stop signal was received
+        self.draining = draining  # a stop signal was received: no longer ready (runner/_drain.py)
+        self.stopping = stopping  # the tree stops now (after the drain delay, if any)
         self.answer = answer  # how a SIGUSR1/SIGHUP went, for `tapster ctl` (command, ok|skipped|failed, why)
         # SIGTERM/SIGINT come through the guard (a handler outside the loop) when there is one; else the loop's
         self.guard = guard
@@ -126,6 +129,7 @@ class _Server:
         self.loop = loop
         self.phase = _Phase.STARTING
         self.stop_requested = asyncio.Event()
+        self.drain_skipped = asyncio.Event()
         self.stop_task: asyncio.Task[None] | None = None
         # what --status reports (docs/status.md); a drain for load balancers calls state.begin_drain()
         self.state = ServerState()
@@ -155,8 +159,11 @@ class _Server:
                 return Outcome.CLEAN
             self.phase = _Phase.RUNNING
             self.state.set_phase("running")
+            if self.hooks.guard is not None:
+                self.hooks.guard.serving()
             self.hooks.ready()
             await self.stop_requested.wait()
+            await self._drain()
             return await self._stop()
         finally:
             if self.status is not None:  # after the tree: /readyz answers 503 through the whole stop
@@ -216,6 +223,24 @@ class _Server:
             what = f"sys.exit({exc.code!r}) called" if isinstance(exc, SystemExit) else "KeyboardInterrupt"
             raise StartFailed(f"{prefix}{what} while starting") from exc
 
+    async def _drain(self) -> None:
+        """--drain-delay: the listeners keep accepting and serving until the delay ends or a second signal."""
+        if self.phase is _Phase.DRAINING:
+            delay = self.config.drain_delay
+            logger.info(
+                "Draining for %g s (--drain-delay): still accepting connections; a second signal stops at once.",
+                delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.drain_skipped.wait(), delay)
+        self._drain_over()
+
+    def _drain_over(self) -> None:
+        if self.hooks.guard is not None:
+            self.hooks.guard.end_drain()
+        if self.phase is _Phase.DRAINING:
+            self.hooks.stopping()
+
     async def _stop(self) -> Outcome:
         """Stop the tree within the shutdown timeout; 0 means no drain: each stop is cancelled at its first wait."""
         self.phase = _Phase.STOPPING
@@ -269,7 +294,16 @@ class _Server:
         if self.phase in (_Phase.STARTING, _Phase.RUNNING) and not self.stop_requested.is_set():
             logger.info("Received %s, shutting down.", name)
             self.stop_requested.set()
-            self.hooks.stopping()
+            self.state.begin_drain()  # /readyz: 503 from now on
+            self.hooks.draining()
+            if self.phase is _Phase.RUNNING and self.config.drain_delay > 0:
+                self.phase = _Phase.DRAINING
+            else:
+                self._drain_over()
+                self.hooks.stopping()
+        elif self.phase is _Phase.DRAINING and not self.drain_skipped.is_set():
+            logger.info("Received %s again: skipping the rest of the drain delay.", name)
+            self.drain_skipped.set()
         elif self.phase is _Phase.STOPPING and self.stop_task is not None:
             logger.warning("Received %s again: forcing shutdown.", name)
             self.phase = _Phase.FORCED

@@ -153,6 +153,7 @@ def _run(env: WorkerEnvironment, control: ControlChannel) -> int:
 
     options = ServerOptions("tapster")
     options.parse_options(sys.argv[1:])
+    options["drain-delay"] = 0.0  # the master drains (runner/_master.py); its SIGTERM means "stop now"
     config = options.run_config()
     root = load_root(options)
     from tapster._endpoint_systemd import _passed

@@ -80,23 +80,13 @@ class _Half(asyncio.Protocol):
                 peer.transport.abort()
 
 
-class _Inbound(_Half):
-    """The accepted side: connects to the destination, and reads only once it is connected.
+class _Early(_Half):
+    """A side that may read before it has a peer: what it reads then is kept (and reading paused), and so is its
+    end-of-file, for whoever pairs it to pass on."""
 
-    Reading is paused until then; what arrives anyway (uvloop starts reading after ``connection_made`` even when
-    it paused reading) is kept, with any end-of-file, and passed on once the destination is connected.
-    """
-
-    def __init__(self, dest: ClientEndpoint) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.dest = dest
-        self.connecting: asyncio.Task[None] | None = None
         self.early: list[bytes] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.transport.pause_reading()  # type: ignore[union-attr]
-        self.connecting = asyncio.ensure_future(self._connect())
 
     def data_received(self, data: bytes) -> None:
         if self.peer is None:
@@ -108,9 +98,27 @@ class _Inbound(_Half):
 
     def eof_received(self) -> bool:
         if self.peer is None:
-            self.ended = True  # passed on once connected
+            self.ended = True  # passed on once paired
             return True
         return super().eof_received()
+
+
+class _Inbound(_Early):
+    """The accepted side: connects to the destination, and reads only once it is connected.
+
+    Reading is paused until then; what arrives anyway (uvloop starts reading after ``connection_made`` even when
+    it paused reading) is kept, with any end-of-file, and passed on once the destination is connected.
+    """
+
+    def __init__(self, dest: ClientEndpoint) -> None:
+        super().__init__()
+        self.dest = dest
+        self.connecting: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.transport.pause_reading()  # type: ignore[union-attr]
+        self.connecting = asyncio.ensure_future(self._connect())
 
     async def _connect(self) -> None:
         try:

@@ -1,0 +1,82 @@
+"""--drain-delay with --workers: the master keeps its workers serving for the delay, then stops them as before.
+
+The workers run with no delay of their own (the master's SIGTERM to them means "stop now"); a second signal to
+the master skips the rest of the delay, a third kills the workers as a second one did without a delay.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from workerapp import ask, free_port, ready_pids, write_app
+
+from support.sdnotify import NotifyReceiver
+
+SLACK = 2.0  # process start-up and exit on a loaded 2-core machine
+
+
+@pytest.fixture
+def receiver() -> Iterator[NotifyReceiver]:
+    notify = NotifyReceiver()
+    yield notify
+    notify.close()
+
+
+def start(tapster, tmp_path: Path, receiver: NotifyReceiver, *extra: str):
+    port = free_port()
+    app = write_app(tmp_path / "app.tac")
+    proc = tapster(
+        ["-n", "--pidfile", "t.pid", "--workers", "2", *extra, "-y", str(app)],
+        env={"PORT": str(port), "NOTIFY_SOCKET": receiver.address},
+    )
+    receiver.wait_field(
+        "READY", "1"
+    )  # the master runs: a stop signal now drains, it does not abandon the start
+    return proc, port
+
+
+def test_workers_serve_new_connections_during_the_delay(tapster, tmp_path: Path, receiver) -> None:
+    proc, port = start(tapster, tmp_path, receiver, "--drain-delay", "3", "--shutdown-timeout", "5")
+    signalled = time.monotonic()
+    proc.signal(signal.SIGTERM)
+    draining = receiver.wait_for(lambda m: m.fields.get("STATUS") == "draining (3 s)", "STATUS=draining")
+    assert draining.fields["STOPPING"] == "1"
+    proc.wait_for(r"Draining for 3 s \(--drain-delay\)")
+    workers = set(ready_pids(proc.lines).values())
+    assert len(workers) == 2
+    assert ask(port)[1] in workers  # a new connection, answered by a worker that has not been told to stop
+    status, out, err = proc.finish(timeout=3 + 5 + 1.5 + SLACK + 5)
+    elapsed = time.monotonic() - signalled
+    assert status == 0, out + err
+    assert 3 <= elapsed < 3 + 5 + 1.5 + SLACK
+    assert out.index("Draining for 3 s") < out.index("Stopping 2 worker(s).")
+    assert "Draining" not in out[out.index("Stopping 2 worker(s).") :]  # the workers stop at once
+
+
+def test_a_second_signal_skips_the_masters_delay(tapster, tmp_path: Path, receiver) -> None:
+    proc, port = start(tapster, tmp_path, receiver, "--drain-delay", "600")
+    proc.signal(signal.SIGTERM)
+    proc.wait_for(r"Draining for 600 s")
+    assert ask(port)[0] == "v1"
+    skipped = time.monotonic()
+    proc.signal(signal.SIGTERM)
+    status, out, err = proc.finish(timeout=10 + 1.5 + SLACK)
+    assert status == 0, out + err  # graceful: the workers were stopped, not killed
+    assert time.monotonic() - skipped < 10 + 1.5 + SLACK
+    assert "Received SIGTERM again: skipping the rest of the drain delay." in out
+    assert "killing the workers" not in out
+
+
+def test_no_reload_during_the_drain(tapster, tmp_path: Path, receiver) -> None:
+    proc, _ = start(tapster, tmp_path, receiver, "--drain-delay", "600")
+    proc.signal(signal.SIGTERM)
+    proc.wait_for(r"Draining for 600 s")
+    proc.signal(signal.SIGUSR2)
+    proc.signal(signal.SIGTERM)
+    status, out, _ = proc.finish(timeout=15)
+    assert status == 0
+    assert "worker 1 started" not in out.split("Draining for 600 s", 1)[1]  # no new worker was started
