@@ -273,6 +273,12 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
 
+def spread(figures: dict[tuple[str, str], list[float]], other: str, column: str) -> str:
+    """tapster / ``other`` round by round (each round's pair ran back to back): how much the ratio moved."""
+    mine, theirs = figures[("tapster", column)], figures[(other, column)]
+    return " ".join(f"{a / b:.2f}" for a, b in zip(mine, theirs, strict=True))
+
+
 def load_average() -> str:
     return " ".join(f"{value:.1f}" for value in os.getloadavg())
 
@@ -380,13 +386,14 @@ def main(argv: Sequence[str]) -> None:
         print(
             f"  web {label}: vs twistd {vs_twistd:.2f}x >= 2x {verdict(vs_twistd >= 2)}; "
             f"vs bare aiohttp {vs_bare:.2f}x >= 0.9x {verdict(vs_bare >= 0.9)}"
+            f"  (rounds: vs twistd {spread(web, 'twistd', label)}; vs bare {spread(web, 'bare aiohttp', label)})"
         )
     for kind in ("stream", "echo"):
         vs_twistd = f[("tapster", kind)] / f[("twistd", kind)]
         direct = f[("tapster", kind)] / f[("direct", kind)]
         print(
             f"  portforward {kind}: vs twistd {vs_twistd:.2f}x >= 2x {verdict(vs_twistd >= 2)}; "
-            f"vs direct {direct:.2f}x (reported)"
+            f"vs direct {direct:.2f}x (reported)  (rounds: vs twistd {spread(forward, 'twistd', kind)})"
         )
     print(f"\n(total {time.perf_counter() - began:.0f} s)")
 
