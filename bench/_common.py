@@ -263,6 +263,34 @@ def start(spec: ServerSpec, env: dict[str, str | None] | None = None, timeout: f
     return Running(spec, proc, port, ready, lines)
 
 
+def start_logged(
+    spec: ServerSpec,
+    log: Path,
+    probe: Callable[[int], None],
+    env: dict[str, str | None] | None = None,
+    timeout: float = 20.0,
+) -> Running:
+    """Spawn ``spec`` with its output going to the file ``log``, read its port there, and wait for ``probe(port)``.
+
+    For servers that log a line per request (an access log): a file takes the lines without a reader thread in
+    this process competing with the server and the load client for the CPUs.
+    """
+    full_env = child_env({"PYTHONUNBUFFERED": "1", **(env or {})})
+    t0 = time.perf_counter()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(spec.argv, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+    deadline = time.monotonic() + timeout
+    while not (match := _PORT_LINE.search(log.read_bytes())):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise SystemExit(f"bench: {spec.name} did not report a port:\n{log.read_text(errors='replace')}")
+        time.sleep(0.01)
+    port = int(match.group(1))
+    probe(port)
+    return Running(spec, proc, port, time.perf_counter() - t0)
+
+
 def raise_fd_limit(wanted: int) -> None:
     """Raise this process's (and so its children's) open-file soft limit to ``wanted`` if the hard limit allows."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -285,6 +313,17 @@ def unpin(pid: int) -> None:
     os.sched_setaffinity(pid, os.sched_getaffinity(0))
 
 
+def run_client(argv: Sequence[str], cpu: int | None, timeout: float, what: str) -> bytes:
+    """Run a client process (pinned to ``cpu`` unless None) to its end; returns its stdout, exits on failure."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if cpu is not None:
+        pin(proc.pid, cpu)
+    out, err = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {what} failed:\n{(out + err).decode(errors='replace')[-2000:]}")
+    return out
+
+
 def run_load(port: int, conns: int, size: int, warmup: float, seconds: float, cpu: int | None) -> float:
     """Run the load client in its own process against ``port``; returns round trips per second."""
     argv = [
@@ -297,17 +336,9 @@ def run_load(port: int, conns: int, size: int, warmup: float, seconds: float, cp
         str(warmup),
         str(seconds),
     ]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if cpu is not None:
-        pin(proc.pid, cpu)
-    out, err = proc.communicate(timeout=warmup + seconds + 60)
-    if proc.returncode != 0:
-        raise SystemExit(f"bench: load client failed:\n{err.decode(errors='replace')}")
-    result = json.loads(out)
+    result = json.loads(run_client(argv, cpu, warmup + seconds + 60, "load client"))
     if not result["round_trips"]:
-        raise SystemExit(
-            f"bench: no echo round trips on port {port}:\n{err.decode(errors='replace')[-2000:]}"
-        )
+        raise SystemExit(f"bench: no echo round trips on port {port}")
     return float(result["round_trips"]) / float(result["seconds"])
 
 
