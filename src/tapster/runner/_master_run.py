@@ -5,6 +5,10 @@ single process, binds the tree's listeners itself, as root, and never drops priv
 worker as root so that the worker's own privileged start (host keys, ports through ``systemd:``) and privilege
 drop happen as in a single process. It runs no application code after building the tree once.
 
+With ``--status`` the master binds the status listener before it starts any worker and serves /healthz,
+/readyz and /metrics about its workers on its own loop (runner/_status_master.py); an upgrade's exec closes it
+and the new image binds it again.
+
 The table of workers for ``tapster ctl status`` is kept in ``PIDFILE.workers`` beside the pid file (a
 :class:`~tapster.runner._answers.HeldFile`, like the answer file), and removed at the end.
 """
@@ -15,7 +19,7 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tapster.errors import StartupError, TapsterError
 from tapster.log import LogDestination
@@ -29,6 +33,10 @@ from tapster.runner._proctitle import set_process_title
 from tapster.runner._sdnotify import SystemdNotifier
 from tapster.runner._workers_table import MAX_BYTES, workers_path
 from tapster.service import Service
+
+if TYPE_CHECKING:
+    from tapster.runner._status import StatusServer
+    from tapster.runner._status_master import MasterView
 
 __all__ = ["run_master"]
 
@@ -59,6 +67,8 @@ def run_master(
     listeners: list[BoundListener] = []
     ready = handoff is not None  # an upgraded master has been serving all along
     loop = asyncio.new_event_loop()
+    status_server: StatusServer | None = None  # --status: /readyz answers 503 through the whole stop
+    view: MasterView | None = None
 
     def on_ready() -> None:
         nonlocal ready
@@ -70,6 +80,11 @@ def run_master(
     def reloading() -> None:
         notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}", "STATUS=reloading")
 
+    def answer(command: str, outcome: str, reason: str) -> None:
+        if view is not None:
+            view.answered(command, outcome)
+        pidfile.answer(command, outcome, reason)
+
     def close_listeners() -> None:
         for listener in listeners:
             listener.close()
@@ -80,7 +95,7 @@ def run_master(
         reloading=reloading,
         stopping=lambda: notifier.notify("STOPPING=1", "STATUS=shutting down"),
         draining=lambda delay: notifier.notify("STOPPING=1", f"STATUS=draining ({delay:g} s)"),
-        answer=pidfile.answer,
+        answer=answer,
         rotate=destination.rotate,
         reopen=destination.reopen,
         workers_changed=table.rewrite if table is not None else lambda _text: None,
@@ -129,6 +144,19 @@ def run_master(
             watchdog_interval=watchdog,
             drain_delay=config.drain_delay,
         )
+        if config.status is not None:  # before any worker: a port in use fails the start with nothing started
+            from tapster.runner._status import StatusServer
+            from tapster.runner._status_master import MasterView
+
+            view = MasterView(master)
+            status_server = StatusServer(config.status, config.health_timeout, view)
+            try:
+                loop.run_until_complete(status_server.start())
+            except TapsterError as exc:
+                status_server = None
+                if handoff is None:
+                    raise
+                logger.error("%s; the upgraded master goes on without it.", exc)  # its workers serve on
         try:
             status = loop.run_until_complete(master.run(None if handoff is None else handoff["workers"]))
         except WorkersFailed as exc:
@@ -150,6 +178,8 @@ def run_master(
         raise
     finally:
         close_listeners()
+        if status_server is not None:
+            loop.run_until_complete(status_server.stop())
         loop.close()
         if table is not None:
             table.remove(None)
