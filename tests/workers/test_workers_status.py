@@ -15,12 +15,17 @@ from conftest import run_tapster
 from status_http import get, metrics, value, wait_status
 
 
-def _start(tapster, tmp_path: Path, *extra: str, status: str = "tcp:0:interface=127.0.0.1"):
+def _launch(tapster, tmp_path: Path, *extra: str, status: str = "tcp:0:interface=127.0.0.1"):
     app = write_app(tmp_path / "app.tac")
-    proc = tapster(
+    return tapster(
         ["-n", "--pidfile", "t.pid", "--workers", "2", "--status", status, *extra, "-y", str(app)],
         env={"PORT": str(free_port())},
     )
+
+
+def _start(tapster, tmp_path: Path, *extra: str):
+    """Two workers, --status on a free loopback port; the process and that port."""
+    proc = _launch(tapster, tmp_path, *extra)
     return proc, proc.port("status")
 
 
@@ -107,10 +112,22 @@ def test_drain_delay_turns_readyz_off(tapster, tmp_path: Path) -> None:
     assert proc.finish()[0] == 0
 
 
-def test_healthz_answers_after_an_upgrade(tapster, tmp_path: Path) -> None:
-    """ctl upgrade re-executes the master: the new image binds the status port again and answers."""
-    port = free_port()
-    proc, _ = _start(tapster, tmp_path, status=f"tcp:{port}:interface=127.0.0.1")
+def _unix_get(path: Path, target: str) -> tuple[int, bytes]:
+    """One HTTP/1.0 request on a unix socket: (status, body)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(f"GET {target} HTTP/1.0\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_status_listener_survives_an_upgrade(tapster, tmp_path: Path) -> None:
+    """ctl upgrade re-executes the master: the new image serves the same status socket (port 0: same port)."""
+    proc, port = _start(tapster, tmp_path)
     wait_status(port, "/readyz", 200)
     pids = _pids(proc)
     result = run_tapster(["ctl", "upgrade", "--pidfile", "t.pid"], cwd=tmp_path, timeout=120)
@@ -118,10 +135,27 @@ def test_healthz_answers_after_an_upgrade(tapster, tmp_path: Path) -> None:
     assert get(port, "/healthz")[:2] == (200, b"ok\n")
     body = json.loads(wait_status(port, "/readyz", 200))
     assert {w["pid"] for w in body["workers"]}.isdisjoint(pids.values())  # the new workers
-    families = metrics(port)
-    assert value(families["tapster_master_commands"], command="upgrade", outcome="ok") == 1
+    assert value(metrics(port)["tapster_master_commands"], command="upgrade", outcome="ok") == 1
+    proc.wait_for("Upgrade done")
+    starts = [line for line in proc.lines if "status starting on" in line]
+    assert len(starts) == 2 and all(line.endswith(f" on {port}") for line in starts), starts  # the same port
     proc.signal(signal.SIGTERM)
     assert proc.finish()[0] == 0
+
+
+def test_unix_status_socket_survives_an_upgrade_and_is_removed_at_the_end(tapster, tmp_path: Path) -> None:
+    """A unix socket file is handed over too (a second bind would find it in use), and removed at the stop."""
+    path = tmp_path / "status.sock"
+    proc = _launch(tapster, tmp_path, status=f"unix:{path}")
+    _pids(proc)
+    assert _unix_get(path, "/readyz")[0] == 200
+    result = run_tapster(["ctl", "upgrade", "--pidfile", "t.pid"], cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _unix_get(path, "/healthz") == (200, b"ok\n")
+    assert "goes on without it" not in "\n".join(proc.lines)
+    proc.signal(signal.SIGTERM)
+    assert proc.finish()[0] == 0
+    assert not path.exists()
 
 
 def test_healthz_fails_while_a_worker_is_hung(tapster, tmp_path: Path) -> None:

@@ -16,8 +16,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 from typing import Any, Protocol
 
+from tapster._endpoint_inherited import InheritedServerEndpoint
+from tapster.endpoints import ServerEndpoint
 from tapster.errors import StartupError, TapsterError
 from tapster.runner._state import ServerState, service_states
 from tapster.service import Service
@@ -92,13 +96,29 @@ class TreeView:
         return TapsterCollector(self.root, self.state, lag, logs)
 
 
+class _HeldEndpoint(InheritedServerEndpoint):
+    """Listens on a copy of a socket the master holds (its owner: closing this never removes a unix file)."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, original: ServerEndpoint, sock: socket.socket) -> None:
+        super().__init__(original, "status")
+        self.sock = sock
+
+    def _socket(self, kind: socket.SocketKind) -> socket.socket:
+        return socket.socket(fileno=os.dup(self.sock.fileno()))
+
+
 class StatusServer:
     """The status listener of one serving process; built before the loop logs anything, so logs are counted."""
 
-    def __init__(self, endpoint: str, health_timeout: float, view: StatusView) -> None:
+    def __init__(
+        self, endpoint: str, health_timeout: float, view: StatusView, sock: socket.socket | None = None
+    ) -> None:
         from tapster.runner._status_metrics import LogCounter
 
         self.endpoint = endpoint
+        self.sock = sock  # bound by a --workers master (and kept across an upgrade); None: bound here
         self.health_timeout = health_timeout
         self.view = view
         self.logs = LogCounter()
@@ -129,6 +149,8 @@ class StatusServer:
             max_headers=MAX_HEADERS,
         )
         listener = StreamServer(self.endpoint, self._protocol, name="status", drain_timeout=1.0)
+        if self.sock is not None:
+            listener.endpoint = _HeldEndpoint(listener.endpoint, self.sock)
         try:
             await listener.privileged_start()
             await listener.start()
