@@ -8,14 +8,12 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import TapsterProcess, connect, run_tapster
+from status_http import get, metrics, value, wait_status
 
 APP = Path(__file__).with_name("status_app.py")
 
@@ -33,46 +31,6 @@ def start_ready(tapster: type[TapsterProcess], *extra: str) -> tuple[TapsterProc
     process, port = start(tapster, *extra)
     wait_status(port, "/readyz", 200)
     return process, port
-
-
-def get(port: int, path: str, method: str = "GET", timeout: float = 10) -> tuple[int, bytes, dict[str, str]]:
-    """One request with urllib; an HTTP error status is returned, not raised."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read(), dict(response.headers)
-    except urllib.error.HTTPError as error:
-        return error.code, error.read(), dict(error.headers)
-
-
-def wait_status(port: int, path: str, status: int, timeout: float = 15) -> bytes:
-    """Poll ``path`` until it answers ``status``; fail with the last answer."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            code, body, _ = get(port, path, timeout=2)
-        except OSError as exc:  # a timeout while the loop is blocked
-            last = exc
-        else:
-            if code == status:
-                return body
-            last = (code, body)
-        time.sleep(0.05)
-    pytest.fail(f"{path} never answered {status}; last: {last!r}")
-
-
-def metrics(port: int) -> dict[str, list]:
-    code, body, headers = get(port, "/metrics")
-    assert code == 200
-    assert headers["Content-Type"].startswith("text/plain")
-    return {family.name: family.samples for family in text_string_to_metric_families(body.decode())}
-
-
-def value(samples: list, **labels: str) -> float:
-    found = [s.value for s in samples if all(s.labels.get(k) == v for k, v in labels.items())]
-    assert len(found) == 1, (labels, samples)
-    return found[0]
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -212,11 +170,10 @@ def test_port_in_use_is_one_line_and_nothing_starts(tapster: type[TapsterProcess
         (["--status", "udp:9999"], "stream endpoint"),
         (["--status", "tcpp:1"], "tcpp"),
         (["--status", "tcp:0", "--health-timeout", "0"], "health-timeout"),
-        (["--status", "tcp:0", "--workers", "2"], "--status cannot be combined with --workers"),
     ],
 )
 def test_bad_options_are_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
-    """A bad --status or --health-timeout value, or --status with --workers: a usage error naming it, exit 2."""
+    """A bad --status or --health-timeout value: a usage error naming it, exit 2."""
     done = run_tapster(["-n", "-o", "--pidfile=", *args, "-y", str(APP)], cwd=tmp_path)
     assert done.returncode == 2, done
     assert (

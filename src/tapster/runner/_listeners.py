@@ -23,6 +23,7 @@ from tapster.service import MultiService, Service
 __all__ = [
     "BoundListener",
     "adopt_listeners",
+    "bind_endpoint",
     "bind_listeners",
     "handed_over",
     "held_listeners",
@@ -136,7 +137,7 @@ async def bind_listeners(root: Service) -> list[BoundListener]:
     bound: list[BoundListener] = []
     try:
         for endpoint, name in zip(endpoints, listener_names(e.description for e in endpoints), strict=True):
-            bound.append(await _bind(endpoint, name))
+            bound.append(await bind_endpoint(endpoint, name))
     except BaseException:
         for listener in bound:
             listener.close()
@@ -144,7 +145,8 @@ async def bind_listeners(root: Service) -> list[BoundListener]:
     return bound
 
 
-async def _bind(endpoint: ServerEndpoint, name: str) -> BoundListener:
+async def bind_endpoint(endpoint: ServerEndpoint, name: str) -> BoundListener:
+    """Bind and listen on one endpoint for the master to hold (a tree's listener, or --status's)."""
     if endpoint.is_datagram:
         transport, _ = await endpoint.listen_datagram(asyncio.DatagramProtocol)
         try:

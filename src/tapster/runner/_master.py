@@ -376,21 +376,24 @@ class Master:
                     )
                     self._kill(worker)
 
-    def _healthy(self, now: float) -> bool:
-        """No worker is late: each started one beat within two of its intervals, none is past its boot time."""
+    def overdue(self, now: float) -> Worker | None:
+        """A late worker (a started one that missed two beats, or one past its boot time), or None.
+
+        The systemd watchdog and --status's /healthz judge by this; the kill waits for the longer timeouts.
+        """
         for worker in self.workers:
             if worker.state is WorkerState.READY and now - worker.last_beat > 2 * self.beat + _TICK:
-                return False
+                return worker
             if worker.state is WorkerState.BOOTING and now - worker.started > self.boot_timeout:
-                return False
-        return True
+                return worker
+        return None
 
     def _tell_systemd(self, now: float) -> None:
         """WATCHDOG=1 at half the watchdog interval while all is well; EXTEND_TIMEOUT_USEC while booting."""
         hooks = self.hooks
         interval = self.watchdog_interval
         due = interval is not None and now - self._last_watchdog >= interval
-        if hooks.watchdog is not None and due and self._healthy(now):
+        if hooks.watchdog is not None and due and self.overdue(now) is None:
             self._last_watchdog = now
             hooks.watchdog()
         if hooks.extend_start is not None and not self.running and now - self._last_extend >= 1.0:

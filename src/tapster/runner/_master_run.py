@@ -5,6 +5,10 @@ single process, binds the tree's listeners itself, as root, and never drops priv
 worker as root so that the worker's own privileged start (host keys, ports through ``systemd:``) and privilege
 drop happen as in a single process. It runs no application code after building the tree once.
 
+With ``--status`` the master binds the status listener before it starts any worker and serves /healthz,
+/readyz and /metrics about its workers on its own loop (runner/_status_master.py); an upgrade hands its socket
+over to the new image with the tree's listeners.
+
 The table of workers for ``tapster ctl status`` is kept in ``PIDFILE.workers`` beside the pid file (a
 :class:`~tapster.runner._answers.HeldFile`, like the answer file), and removed at the end.
 """
@@ -15,20 +19,24 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tapster.errors import StartupError, TapsterError
 from tapster.log import LogDestination
 from tapster.runner._answers import HeldFile
 from tapster.runner._config import RunConfig
 from tapster.runner._daemon import StartupPipe
-from tapster.runner._listeners import BoundListener, bind_listeners, handed_over
+from tapster.runner._listeners import BoundListener, bind_endpoint, bind_listeners, handed_over
 from tapster.runner._master import Master, MasterHooks, WorkersFailed
 from tapster.runner._pidfile import NoPidFile, PidFile
 from tapster.runner._proctitle import set_process_title
 from tapster.runner._sdnotify import SystemdNotifier
 from tapster.runner._workers_table import MAX_BYTES, workers_path
 from tapster.service import Service
+
+if TYPE_CHECKING:
+    from tapster.runner._status import StatusServer
+    from tapster.runner._status_master import MasterView
 
 __all__ = ["run_master"]
 
@@ -59,6 +67,9 @@ def run_master(
     listeners: list[BoundListener] = []
     ready = handoff is not None  # an upgraded master has been serving all along
     loop = asyncio.new_event_loop()
+    status_server: StatusServer | None = None  # --status: /readyz answers 503 through the whole stop
+    status_listener: BoundListener | None = None  # its socket, held like the tree's (and kept by an upgrade)
+    view: MasterView | None = None
 
     def on_ready() -> None:
         nonlocal ready
@@ -70,6 +81,11 @@ def run_master(
     def reloading() -> None:
         notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}", "STATUS=reloading")
 
+    def answer(command: str, outcome: str, reason: str) -> None:
+        if view is not None:
+            view.answered(command, outcome)
+        pidfile.answer(command, outcome, reason)
+
     def close_listeners() -> None:
         for listener in listeners:
             listener.close()
@@ -80,11 +96,15 @@ def run_master(
         reloading=reloading,
         stopping=lambda: notifier.notify("STOPPING=1", "STATUS=shutting down"),
         draining=lambda delay: notifier.notify("STOPPING=1", f"STATUS=draining ({delay:g} s)"),
-        answer=pidfile.answer,
+        answer=answer,
         rotate=destination.rotate,
         reopen=destination.reopen,
         workers_changed=table.rewrite if table is not None else lambda _text: None,
-        prepare_exec=lambda: {**_prepare_exec(destination, pidfile, notifier), "watchdog_interval": watchdog},
+        prepare_exec=lambda: {
+            **_prepare_exec(destination, pidfile, notifier),
+            "watchdog_interval": watchdog,
+            "status_fd": status_listener.sock.fileno() if status_listener is not None else None,
+        },
         watchdog=(lambda: notifier.notify("WATCHDOG=1")) if notifier.enabled else None,
         extend_start=(
             (lambda seconds: notifier.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}"))
@@ -129,6 +149,22 @@ def run_master(
             watchdog_interval=watchdog,
             drain_delay=config.drain_delay,
         )
+        if config.status is not None:  # before any worker: a port in use fails the start with nothing started
+            from tapster.runner._status import StatusServer
+            from tapster.runner._status_master import MasterView
+
+            view = MasterView(master)
+            try:
+                status_listener = loop.run_until_complete(_status_listener(config.status, handoff))
+                status_server = StatusServer(config.status, config.health_timeout, view, status_listener.sock)
+                loop.run_until_complete(status_server.start())
+            except TapsterError as exc:
+                status_server = None
+                if handoff is None:
+                    raise
+                logger.error("%s; the upgraded master goes on without it.", exc)  # its workers serve on
+        elif handoff is not None and isinstance(handoff.get("status_fd"), int):
+            os.close(handoff["status_fd"])
         try:
             status = loop.run_until_complete(master.run(None if handoff is None else handoff["workers"]))
         except WorkersFailed as exc:
@@ -150,6 +186,10 @@ def run_master(
         raise
     finally:
         close_listeners()
+        if status_server is not None:
+            loop.run_until_complete(status_server.stop())
+        if status_listener is not None:
+            status_listener.close()
         loop.close()
         if table is not None:
             table.remove(None)
@@ -160,6 +200,23 @@ def run_master(
         if ready:
             logger.info("Server Shut Down.")
         destination.close()
+
+
+async def _status_listener(endpoint: str, handoff: dict[str, Any] | None) -> BoundListener:
+    """--status's socket: the old image's after an upgrade, else bound now (before any worker starts).
+
+    Raises:
+        StartupError: it cannot be bound (``--status: cannot listen on ...``).
+    """
+    from tapster.endpoints import parse_server
+
+    fd = handoff.get("status_fd") if handoff is not None else None
+    if isinstance(fd, int):
+        return handed_over([["status", fd]])[0]
+    try:
+        return await bind_endpoint(parse_server(endpoint), "status")
+    except TapsterError as exc:
+        raise StartupError(f"--status: {exc}") from exc
 
 
 def _prepare_exec(

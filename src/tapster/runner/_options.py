@@ -428,7 +428,6 @@ class ServerOptions(Options):
                 ("--profile", self["profile"]),
                 ("--spew", self["spew"]),
                 ("--save", self["save"]),
-                ("--status", self["status"]),
             )
             if given
         ]

@@ -135,9 +135,9 @@ class _Server:
         self.state = ServerState()
         self.status: StatusServer | None = None
         if config.status is not None:  # built now, so the log lines from here on are counted
-            from tapster.runner._status import StatusServer
+            from tapster.runner._status import StatusServer, TreeView
 
-            self.status = StatusServer(config.status, config.health_timeout, root, self.state)
+            self.status = StatusServer(config.status, config.health_timeout, TreeView(root, self.state))
 
     async def serve(self) -> Outcome:
         logger.info("tapster %s (python %d.%d.%d) starting up.", __version__, *sys.version_info[:3])

@@ -16,13 +16,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+import os
+import socket
+from typing import Any, Protocol
 
+from tapster._endpoint_inherited import InheritedServerEndpoint
+from tapster.endpoints import ServerEndpoint
 from tapster.errors import StartupError, TapsterError
 from tapster.runner._state import ServerState, service_states
 from tapster.service import Service
 
-__all__ = ["StatusServer"]
+__all__ = ["StatusServer", "StatusView", "TreeView"]
 
 logger = logging.getLogger("tapster.status")
 
@@ -57,16 +61,66 @@ def _import_extras() -> Any:
     return web
 
 
+class StatusView(Protocol):
+    """What the status server reports on: a single process's tree, or a ``--workers`` master's workers."""
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether /readyz answers 200, and its JSON body."""
+
+    def trouble(self) -> str | None:
+        """Why /healthz should fail besides the loop's lag (None: nothing)."""
+
+    def collector(self, lag: Any, logs: Any) -> Any:
+        """The prometheus_client collector of tapster's metrics, read at each scrape."""
+
+
+class TreeView:
+    """A single serving process: its phase and its service tree (docs/status.md)."""
+
+    def __init__(self, root: Service, state: ServerState) -> None:
+        self.root = root
+        self.state = state
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        state = self.state
+        services = [{"service": path, "state": what} for path, what in service_states(self.root, state)]
+        body = {"ready": state.ready, "phase": state.phase, "draining": state.draining, "services": services}
+        return state.ready, body
+
+    def trouble(self) -> str | None:
+        return None
+
+    def collector(self, lag: Any, logs: Any) -> Any:
+        from tapster.runner._status_metrics import TapsterCollector
+
+        return TapsterCollector(self.root, self.state, lag, logs)
+
+
+class _HeldEndpoint(InheritedServerEndpoint):
+    """Listens on a copy of a socket the master holds (its owner: closing this never removes a unix file)."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, original: ServerEndpoint, sock: socket.socket) -> None:
+        super().__init__(original, "status")
+        self.sock = sock
+
+    def _socket(self, kind: socket.SocketKind) -> socket.socket:
+        return socket.socket(fileno=os.dup(self.sock.fileno()))
+
+
 class StatusServer:
     """The status listener of one serving process; built before the loop logs anything, so logs are counted."""
 
-    def __init__(self, endpoint: str, health_timeout: float, root: Service, state: ServerState) -> None:
+    def __init__(
+        self, endpoint: str, health_timeout: float, view: StatusView, sock: socket.socket | None = None
+    ) -> None:
         from tapster.runner._status_metrics import LogCounter
 
         self.endpoint = endpoint
+        self.sock = sock  # bound by a --workers master (and kept across an upgrade); None: bound here
         self.health_timeout = health_timeout
-        self.root = root
-        self.state = state
+        self.view = view
         self.logs = LogCounter()
         logging.getLogger().addHandler(self.logs)
         self._listener: Any = None
@@ -95,6 +149,8 @@ class StatusServer:
             max_headers=MAX_HEADERS,
         )
         listener = StreamServer(self.endpoint, self._protocol, name="status", drain_timeout=1.0)
+        if self.sock is not None:
+            listener.endpoint = _HeldEndpoint(listener.endpoint, self.sock)
         try:
             await listener.privileged_start()
             await listener.start()
@@ -108,7 +164,6 @@ class StatusServer:
         from prometheus_client import CollectorRegistry, ProcessCollector
 
         from tapster.metrics import registry
-        from tapster.runner._status_metrics import TapsterCollector
 
         assert self._lag is not None
         # The process metrics read /proc, and counting open fds lists /proc/self/fd: ~15 ms at 10,000 fds, in
@@ -116,7 +171,7 @@ class StatusServer:
         # loop for that; everything else is read on the loop, where the tree and the counters live.
         self._process = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self._process)
-        collector = TapsterCollector(self.root, self.state, self._lag, self.logs)
+        collector = self.view.collector(self._lag, self.logs)
         registry().register(collector)  # type: ignore[arg-type]
         self._collectors = [collector]
 
@@ -176,18 +231,15 @@ class StatusServer:
         lag = self._lag.lag()
         if lag > self.health_timeout:
             return web.Response(status=503, text=f"event loop lagging: {lag:.3f} s\n")
+        trouble = self.view.trouble()
+        if trouble is not None:
+            return web.Response(status=503, text=f"{trouble}\n")
         return web.Response(text="ok\n")
 
     def _readyz(self, web: Any) -> Any:
-        state = self.state
-        body = {
-            "ready": state.ready,
-            "phase": state.phase,
-            "draining": state.draining,
-            "services": [{"service": path, "state": what} for path, what in service_states(self.root, state)],
-        }
+        ready, body = self.view.readiness()
         return web.Response(
-            status=200 if state.ready else 503, text=json.dumps(body) + "\n", content_type="application/json"
+            status=200 if ready else 503, text=json.dumps(body) + "\n", content_type="application/json"
         )
 
     async def _metrics(self, web: Any) -> Any:

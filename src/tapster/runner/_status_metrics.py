@@ -70,6 +70,15 @@ class LogCounter(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - handle() never calls it
         pass
 
+    def family(self) -> Any:
+        """``tapster_log_records_total{level}``, as of now."""
+        from prometheus_client.core import CounterMetricFamily
+
+        logs = CounterMetricFamily("tapster_log_records", "Log records by level", labels=["level"])
+        for level, count in list(self.counts.items()):
+            logs.add_metric([level], float(count))
+        return logs
+
 
 _STATES = ("starting", "running", "stopping", "stopped", "failed")
 
@@ -87,7 +96,7 @@ class TapsterCollector:
         return []  # no fixed list: the services and listeners are only known at the scrape
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import GaugeMetricFamily
 
         state = self.state
         ready = GaugeMetricFamily("tapster_ready", "1 while /readyz answers 200 (started, not stopping)")
@@ -120,10 +129,7 @@ class TapsterCollector:
                 services.add_metric([path, name], 1.0 if current == name else 0.0)
         yield services
         yield from self._listeners()
-        logs = CounterMetricFamily("tapster_log_records", "Log records by level", labels=["level"])
-        for level, count in list(self.logs.counts.items()):
-            logs.add_metric([level], float(count))
-        yield logs
+        yield self.logs.family()
 
     def _listeners(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

@@ -69,6 +69,7 @@ def handoff(
     notify_socket: str | None,
     pidfile_fd: int | None,
     watchdog_interval: float | None = None,
+    status_fd: int | None = None,
 ) -> dict[str, object]:
     """What the new image needs, with every descriptor in it made inheritable (the exec keeps them)."""
     for _, sock in listeners:
@@ -76,8 +77,9 @@ def handoff(
     for worker, _ in workers:
         os.set_inheritable(worker.control.fileno(), True)
         os.set_inheritable(worker.output_fd, True)
-    if pidfile_fd is not None:
-        os.set_inheritable(pidfile_fd, True)
+    for fd in (pidfile_fd, status_fd):
+        if fd is not None:
+            os.set_inheritable(fd, True)
     return {
         "listeners": [[name, sock.fileno()] for name, sock in listeners],
         "workers": [
@@ -87,6 +89,7 @@ def handoff(
         "notify_socket": notify_socket,
         "pidfile_fd": pidfile_fd,
         "watchdog_interval": watchdog_interval,
+        "status_fd": status_fd,  # --status's listener (runner/_master_run.py)
     }
 
 
@@ -112,6 +115,5 @@ def _descriptors(state: dict[str, object]) -> list[int]:
     fds = [fd for _, fd in state["listeners"]]  # type: ignore[attr-defined]
     for _, _, control, output, _, _ in state["workers"]:  # type: ignore[attr-defined]
         fds += [control, output]
-    if isinstance(state["pidfile_fd"], int):
-        fds.append(state["pidfile_fd"])
+    fds += [fd for fd in (state["pidfile_fd"], state.get("status_fd")) if isinstance(fd, int)]
     return fds

@@ -154,6 +154,7 @@ def _run(env: WorkerEnvironment, control: ControlChannel) -> int:
     options = ServerOptions("tapster")
     options.parse_options(sys.argv[1:])
     options["drain-delay"] = 0.0  # the master drains (runner/_master.py); its SIGTERM means "stop now"
+    options["status"] = None  # the master serves --status (runner/_status_master.py)
     config = options.run_config()
     root = load_root(options)
     from tapster._endpoint_systemd import _passed
