@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -12,7 +13,15 @@ from tapster.errors import ExitStatus, HelpRequested, TapsterError, UsageError
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the console script; never returns."""
-    sys.exit(run_command(sys.argv[1:] if argv is None else argv))
+    try:
+        status = run_command(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # ``tapster --help | head``: the reader left, which is its right; no traceback, and nothing more to say.
+        # stdout goes to /dev/null so the interpreter's own flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 128 + signal.SIGPIPE  # what a shell reports for a writer ended by the closed pipe
+    sys.exit(status)
 
 
 def run_command(argv: Sequence[str]) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -261,3 +263,21 @@ def test_a_line_break_in_the_input_is_escaped_not_printed(tmp_path: Path) -> Non
     lines = result.stderr.splitlines()
     assert len(lines) == 2 and lines[1].startswith("Usage: "), result.stderr
     assert "Unknown command: foo\\nInjected: line" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["socks", "--help-auth"], ["ctl", "status", "--pidfile", "x.pid"]]
+)
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path, args: list[str]) -> None:
+    """`tapster --help | head -1`: the closed pipe ends the command quietly (status 141, as a shell reports)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tapster", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert err == ""
