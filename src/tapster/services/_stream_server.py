@@ -194,7 +194,10 @@ async def _stop_accepting(server: asyncio.AbstractServer) -> None:
     a server closed before that task runs drops the accepted socket (``Server._attach`` fails, silently), and
     the kernel answers the request in it with a reset. Rare for one process at its stop, but a reload stops a
     worker under load. Removing the listener's reader (public loop API; what the close does first anyway)
-    ends the accepting; one turn lets the queued tasks attach their transports, which the drain then sees.
+    ends the accepting; one turn lets the queued tasks attach their transports. A second turn is needed before the
+    drain sees them: a new transport calls its protocol's ``connection_made`` with ``call_soon``, and that call is
+    where the connection tracker learns of the connection. Without it the drain found nothing to wait for, the
+    process exited, and the request in that socket was answered with a reset (a rolling reload under load).
     uvloop makes the transport at the accept: there is no reader to remove, and nothing to wait for.
     """
     loop = asyncio.get_running_loop()
@@ -203,4 +206,7 @@ async def _stop_accepting(server: asyncio.AbstractServer) -> None:
         with contextlib.suppress(OSError, ValueError, NotImplementedError, RuntimeError):
             removed = loop.remove_reader(sock.fileno()) or removed
     if removed:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the accept tasks make and attach their transports
+        await asyncio.sleep(
+            0
+        )  # the transports' connection_made: the tracker now holds every accepted connection
