@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import math
 import os
 import shutil
 import signal
@@ -194,3 +195,68 @@ def test_curl_fetches_a_file_and_a_range(tapster: type[TapsterProcess], site: Pa
     assert whole.stdout == (site / "sub" / "numbers.txt").read_bytes()
     part = subprocess.run(["curl", "-sS", "-r", "0-9", url], capture_output=True, check=True, timeout=30)
     assert part.stdout == b"0123456789"
+
+
+def test_small_and_large_files_answer_alike(tapster: type[TapsterProcess], site: Path) -> None:
+    """A small file (read on the loop) and a large one (FileResponse) carry the same kinds of headers, and the
+    small file's ETag is one FileResponse recognises: the 304 for it comes from FileResponse."""
+    (site / "small.txt").write_bytes(b"s" * 1000)
+    (site / "large.txt").write_bytes(b"l" * (200 * 1024))
+    _, port = start_web(tapster, ["--path", str(site)])
+    seen = {}
+    for name, size in [("small.txt", 1000), ("large.txt", 200 * 1024)]:
+        for method in ("GET", "HEAD"):
+            response, body = request(port, "/" + name, method=method)
+            assert response.status == 200
+            assert body == (b"" if method == "HEAD" else (site / name).read_bytes())
+            assert response.headers["Content-Length"] == str(size)
+            assert response.headers["Accept-Ranges"] == "bytes"
+            assert response.headers["Content-Type"].split(";")[0] == "text/plain"
+            st = (site / name).stat()
+            assert response.headers["ETag"] == f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+            modified = email.utils.parsedate_to_datetime(response.headers["Last-Modified"]).timestamp()
+            assert modified == math.ceil(
+                st.st_mtime
+            )  # aiohttp rounds up: the date is never before the change
+            seen[name, method] = sorted(k.lower() for k in response.headers if k not in ("Date", "Server"))
+    assert seen["small.txt", "GET"] == seen["large.txt", "GET"]
+    response, _ = request(port, "/small.txt")
+    response, body = request(port, "/small.txt", headers={"If-None-Match": response.headers["ETag"]})
+    assert response.status == 304 and body == b""
+    response, body = request(port, "/small.txt", headers={"Range": "bytes=10-19"})
+    assert response.status == 206 and body == b"s" * 10
+
+
+def test_a_precompressed_sibling_is_still_offered(tapster: type[TapsterProcess], site: Path) -> None:
+    """FileResponse serves FILE.gz to a client accepting gzip; the small-file path leaves such requests to it."""
+    import gzip
+
+    (site / "app.js").write_text("console.log(1)\n")
+    (site / "app.js.gz").write_bytes(gzip.compress(b"console.log(1)\n"))
+    _, port = start_web(tapster, ["--path", str(site)])
+    response, body = request(port, "/app.js", headers={"Accept-Encoding": "gzip"})
+    assert response.status == 200 and response.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(body) == b"console.log(1)\n"
+    response, body = request(port, "/app.js")
+    assert (
+        response.status == 200 and "Content-Encoding" not in response.headers and body == b"console.log(1)\n"
+    )
+
+
+def test_a_file_swapped_after_the_check_is_not_served(site: Path, tmp_path: Path) -> None:
+    """The small-file path opens without following links and compares the file it opened with the one it
+    checked: a link out of the root swapped in between (here: the checked stat is of another file, and the
+    name is a link out) is refused, not served."""
+    from aiohttp.test_utils import make_mocked_request
+    from aiohttp.web import HTTPNotFound
+
+    from tapster.services._web_static import StaticFiles
+
+    files = StaticFiles(str(site))
+    checked = (site / "style.css").stat()
+    request_ = make_mocked_request("GET", "/style.css")
+    with pytest.raises(HTTPNotFound):  # O_NOFOLLOW: the link is not opened, and not left to FileResponse
+        files._small_file(request_, str(site / "link-out.txt"), checked)
+    os.replace(site / "data.json", site / "style.css")  # another inode under the checked name
+    with pytest.raises(HTTPNotFound):
+        files._small_file(request_, str(site / "style.css"), checked)
