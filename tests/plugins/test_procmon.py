@@ -5,6 +5,7 @@ children of a monitor killed with SIGKILL."""
 
 from __future__ import annotations
 
+import ast
 import itertools
 import os
 import re
@@ -26,6 +27,11 @@ LOOPS = [pytest.param([], id="asyncio"), pytest.param(["--reactor", "uvloop"], i
 
 def procmon(tapster: type[TapsterProcess], *args: str, loop: Sequence[str] = ()) -> TapsterProcess:
     return tapster(["-n", "-o", "--pidfile=", *loop, "procmon", *args])
+
+
+def procmon_once(tapster: type[TapsterProcess], *args: str) -> TapsterProcess:
+    """A monitor whose program runs once in the test's time (the next run would be a minute away)."""
+    return procmon(tapster, "--min-restart-delay", "60", "--max-restart-delay", "60", *args)
 
 
 def stop_cleanly(process: TapsterProcess) -> str:
@@ -70,19 +76,7 @@ def test_output_lines_reach_the_log_with_the_name_prefix(tapster: type[TapsterPr
         "sys.stdout.write('x' * 40000 + '\\n')\n"
         "sys.stdout.write('caf\\u00e9 without newline')\n"
     )
-    process = procmon(
-        tapster,
-        "--name",
-        "talker",
-        "--min-restart-delay",
-        "60",
-        "--max-restart-delay",
-        "60",
-        "--",
-        PY,
-        "-c",
-        code,
-    )
+    process = procmon_once(tapster, "--name", "talker", "--", PY, "-c", code)
     process.wait_for(r"\[talker\] pid \d+ exited with status 0 after .*; restarting in 60 s")
     lines = [line.split("] ", 1)[1] for line in process.lines if "[talker] " in line]
     messages = [line.split("[talker] ", 1)[1] for line in process.lines if "[talker] " in line]
@@ -328,3 +322,54 @@ def test_children_die_with_a_monitor_killed_by_sigkill(tapster: type[TapsterProc
     process.signal(signal.SIGKILL)
     process.finish()
     wait_gone(pid)
+
+
+REPORT_PDEATHSIG = (
+    "import ctypes, os, sys\n"
+    "value = ctypes.c_int()\n"
+    "ctypes.CDLL(None).prctl(2, ctypes.byref(value), 0, 0, 0)\n"  # PR_GET_PDEATHSIG
+    "print('pdeathsig', value.value, 'parent', os.getppid(), 'fds', sorted(os.listdir('/proc/self/fd')), flush=True)\n"
+)
+
+
+@pytest.mark.parametrize("way", ["fast", "wrapper"])
+def test_every_run_asks_to_die_with_the_monitor(
+    tapster: type[TapsterProcess], tmp_path: Path, way: str
+) -> None:
+    """Both ways of starting a program (setpriv + sh for a plain one, the Python wrapper for one given sockets)
+    leave it with PR_SET_PDEATHSIG = SIGKILL, the monitor as its parent, and no descriptor of the monitor's
+    beyond stdin/stdout/stderr (and fd 3, the socket, when one is passed)."""
+    from tapster.services._procmon_child import _setpriv
+
+    if way == "fast" and _setpriv() is None:
+        pytest.skip("util-linux setpriv with --pdeathsig is not installed: every program uses the wrapper")
+    listen = ["--listen", "tcp:0:interface=127.0.0.1"] if way == "wrapper" else []
+    process = procmon_once(tapster, *listen, "--", PY, "-c", REPORT_PDEATHSIG)
+    found = process.wait_for(r"pdeathsig (\d+) parent (\d+) fds (\[.*\])")
+    assert int(found.group(1)) == signal.SIGKILL
+    assert int(found.group(2)) == process.proc.pid
+    expected = ["0", "1", "2", "3"] if listen else ["0", "1", "2"]
+    open_fds = ast.literal_eval(found.group(3))
+    assert [fd for fd in open_fds if fd in expected] == expected
+    assert len(open_fds) == len(expected) + 1  # the one more: the fd listdir itself had open
+    stop_cleanly(process)
+
+
+def test_the_fast_way_is_taken_only_where_it_does_all_the_wrapper_would(tmp_path: Path) -> None:
+    """setpriv + sh for a program found on PATH with no sockets and no user switch; the wrapper otherwise (it
+    places sockets, switches users, and says exactly why an exec failed)."""
+    from tapster.services._procmon_child import _fast_launch, _setpriv
+
+    if _setpriv() is None:
+        pytest.skip("util-linux setpriv with --pdeathsig is not installed")
+    env = {"PATH": "/usr/bin:/bin"}
+    fast = _fast_launch(["sleep", "1"], env, None, None, None, ())
+    assert fast is not None and fast[1:4] == ["--pdeathsig", "KILL", "--"] and fast[-2:] == ["sleep", "1"]
+    assert _fast_launch(["sleep"], env, None, None, None, (5,)) is None  # sockets to place
+    assert _fast_launch(["sleep"], env, None, 65534, None, ()) is None  # a user switch
+    assert _fast_launch(["no-such-program-here"], env, None, None, None, ()) is None  # the wrapper says why
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    assert _fast_launch(["./run.sh"], env, str(tmp_path), None, None, ()) is None  # not executable
+    script.chmod(0o755)
+    assert _fast_launch(["./run.sh"], env, str(tmp_path), None, None, ()) is not None  # found from the cwd
