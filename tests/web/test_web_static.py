@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,65 @@ def test_a_file_swapped_after_the_check_is_not_served(site: Path, tmp_path: Path
     os.replace(site / "data.json", site / "style.css")  # another inode under the checked name
     with pytest.raises(HTTPNotFound):
         files._small_file(request_, str(site / "style.css"), checked)
+
+
+def test_the_small_file_cache_never_serves_a_changed_file(site: Path) -> None:
+    """The cache keys on device, inode, size, mtime and ctime: a rewrite that keeps the size and puts the
+    modification time back (what fools a cache keyed on size and mtime) is still seen, as are a rename over
+    the file and a truncation; a file changed in the last SETTLED seconds is not kept; the byte limit holds."""
+    from multidict import CIMultiDict
+
+    from tapster.services._web_static import SmallFileCache
+
+    cache = SmallFileCache(limit=3000)
+    cache.SETTLED = 0.0  # this test's files are seconds old at most; the rule itself is checked below
+    path = site / "cached.txt"
+    path.write_bytes(b"a" * 1000)
+    before = path.stat()
+    cache.put(str(path), before, path.read_bytes(), CIMultiDict(ETag='"x"'))
+    hit = cache.get(str(path), path.stat())
+    assert hit is not None and hit.body == b"a" * 1000 and hit.headers["ETag"] == '"x"'
+    with open(path, "r+b") as rewrite:  # same size, same mtime afterwards: only the ctime tells
+        rewrite.write(b"b" * 1000)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_mtime_ns == before.st_mtime_ns and path.stat().st_size == before.st_size
+    assert cache.get(str(path), path.stat()) is None
+    cache.put(str(path), path.stat(), b"b" * 1000, CIMultiDict())
+    (site / "other.txt").write_bytes(b"c" * 1000)
+    os.replace(site / "other.txt", path)  # a rename over it: another inode
+    assert cache.get(str(path), path.stat()) is None
+    for name in ("one", "two", "three", "four"):  # 4 x 1000 bytes into 3000: the oldest goes
+        (site / name).write_bytes(b"d" * 1000)
+        cache.put(str(site / name), (site / name).stat(), b"d" * 1000, CIMultiDict())
+    assert cache.get(str(site / "one"), (site / "one").stat()) is None
+    assert all(cache.get(str(site / n), (site / n).stat()) is not None for n in ("two", "three", "four"))
+    settled = SmallFileCache()
+    (site / "fresh").write_bytes(b"e")
+    settled.put(str(site / "fresh"), (site / "fresh").stat(), b"e", CIMultiDict())
+    assert settled.get(str(site / "fresh"), (site / "fresh").stat()) is None  # changed just now: not kept
+
+
+def test_a_cached_small_file_rewritten_in_place_is_served_new(
+    tapster: type[TapsterProcess], site: Path
+) -> None:
+    """End to end: a settled file is served (and cached), rewritten with the same size and mtime, and the next
+    request gets the new bytes."""
+    page = site / "page.txt"
+    page.write_bytes(b"old!" * 100)
+    old = page.stat()
+    os.utime(page, ns=(old.st_atime_ns, old.st_mtime_ns))
+    from support import wait_until
+    from tapster.services._web_static import SmallFileCache
+
+    wait_until(
+        lambda: time.time() - page.stat().st_ctime > SmallFileCache.SETTLED + 0.1, 10, "the file settled"
+    )
+    _, port = start_web(tapster, ["--path", str(site)])
+    for _ in range(2):  # the first request fills the cache, the second is served from it
+        assert request(port, "/page.txt")[1] == b"old!" * 100
+    with open(page, "r+b") as rewrite:
+        rewrite.write(b"new!" * 100)
+    os.utime(page, ns=(old.st_atime_ns, old.st_mtime_ns))
+    response, body = request(port, "/page.txt")
+    assert body == b"new!" * 100
+    assert response.headers["ETag"] == f'"{old.st_mtime_ns:x}-{old.st_size:x}"'  # FileResponse's rule, same

@@ -16,9 +16,11 @@ Small files skip FileResponse. It makes two trips to the loop's thread pool per 
 a third of the time waiting for them, and twistd (which opens in the reactor thread) answered as fast. A plain
 ``GET``/``HEAD`` for a regular file of at most :data:`SMALL_FILE` bytes is read on the loop (open, fstat, one
 read, close; from the page cache that is microseconds) and answered with the same headers FileResponse would
-send. Everything HTTP is particular about still goes to FileResponse: a request with ``Range`` or a
-conditional header, and one whose ``Accept-Encoding`` could pick a pre-compressed ``.gz``/``.br`` sibling that
-exists. A disk so slow that opening a small file blocks is a disk on which twistd blocks too.
+send; a file that has not changed for a while is kept in a small cache (:class:`SmallFileCache`), so the next
+request for it costs one ``lstat`` and no ``open``. Everything HTTP is particular about still goes to
+FileResponse: a request with ``Range`` or a conditional header, and one whose ``Accept-Encoding`` could pick a
+pre-compressed ``.gz``/``.br`` sibling that exists. A disk so slow that opening a small file blocks is a disk on
+which twistd blocks too.
 
 Limit: the check and the ``open`` are two steps. Someone who can write inside the directory could swap a
 checked file for a link out of it in between; serve only directories that untrusted users cannot write. (The
@@ -33,11 +35,15 @@ import html
 import mimetypes
 import os
 import stat
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
+from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 from aiohttp import hdrs, web
 from aiohttp.web_request import BaseRequest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 __all__ = ["INDEX_FILES", "SMALL_FILE", "StaticFiles"]
 
@@ -80,6 +86,69 @@ INDEX_FILES = ("index.html", "index.htm")
 _REFUSED_IN_SEGMENT = ("/", "\\", "\0")
 
 
+class _Cached(NamedTuple):
+    identity: tuple[int, int, int, int, int]
+    body: bytes
+    headers: CIMultiDict[str]
+
+
+_Headers = CIMultiDictProxy[str] | CIMultiDict[str]
+
+
+class SmallFileCache:
+    """The bytes and headers of recently served small files, at most ``limit`` bytes of them, least recently
+    used first out.
+
+    An entry is used only while a fresh ``stat`` of the path shows the same file unchanged: device, inode,
+    size, and the modification and change times to the nanosecond. Any write, ``chmod``, rename over it or
+    truncation changes the change time. That time has a clock tick's resolution, though, so a file changed
+    twice within one tick could look unchanged: a file is only kept once it has not changed for
+    :data:`SETTLED` seconds (git's answer to the same "racy" timestamps), and a change after that gets a new
+    change time.
+    """
+
+    SETTLED = 2.0
+
+    def __init__(self, limit: int = 8 << 20) -> None:
+        self.limit = limit
+        self._entries: OrderedDict[str, _Cached] = OrderedDict()
+        self._size = 0
+
+    @staticmethod
+    def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def get(self, path: str, st: os.stat_result) -> _Cached | None:
+        entry = self._entries.get(path)
+        if entry is None:
+            return None
+        if entry.identity != self._identity(st):
+            self._drop(path)
+            return None
+        self._entries.move_to_end(path)
+        return entry
+
+    def put(
+        self, path: str, st: os.stat_result, body: bytes, headers: CIMultiDictProxy[str] | CIMultiDict[str]
+    ) -> None:
+        if time.time() - st.st_ctime < self.SETTLED or len(body) > self.limit:
+            return
+        self._drop(path)
+        kept = CIMultiDict((name, headers[name]) for name in _CACHED_HEADERS if name in headers)
+        self._entries[path] = _Cached(self._identity(st), body, kept)
+        self._size += len(body)
+        while self._size > self.limit:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, path: str) -> None:
+        entry = self._entries.pop(path, None)
+        if entry is not None:
+            self._size -= len(entry.body)
+
+
+_CACHED_HEADERS = (hdrs.CONTENT_TYPE, hdrs.ETAG, hdrs.LAST_MODIFIED, hdrs.ACCEPT_RANGES)
+
+
 class StaticFiles:
     """Serves ``GET`` and ``HEAD`` for the files under ``root`` (see the module's docstring for the rules).
 
@@ -93,10 +162,21 @@ class StaticFiles:
         self.root = os.path.realpath(root)
         self.index_files = tuple(index_files)
         self.listings = listings
+        self._cache = SmallFileCache()
 
     def resolve(self, raw_path: str) -> str | None:
         """The real path of the file or directory ``raw_path`` (still percent-encoded) names, or None if it
         names nothing inside the root."""
+        found = self._locate(raw_path)
+        return None if found is None else found[0]
+
+    def _locate(self, raw_path: str) -> tuple[str, os.stat_result | None] | None:
+        """:meth:`resolve`, with the ``lstat`` of the path when it was taken on the way (no link in it).
+
+        The root is a real path already, so only the request's own segments can be links: each is looked at
+        with one ``lstat`` (one for ``/file``), and only a path with a link in it pays for ``realpath``, which
+        looks at every component from ``/`` again. A name that does not exist is None at once.
+        """
         path = raw_path.partition("?")[0].partition("#")[0]
         parts: list[str] = []
         for segment in path.split("/"):
@@ -106,8 +186,17 @@ class StaticFiles:
             if name == ".." or any(bad in name for bad in _REFUSED_IN_SEGMENT):
                 return None
             parts.append(name)
-        real = os.path.realpath(os.path.join(self.root, *parts))
-        return real if self._inside(real) else None
+        here, st = self.root, None
+        for part in parts:
+            here = os.path.join(here, part)
+            try:
+                st = os.lstat(here)
+            except OSError:
+                return None
+            if stat.S_ISLNK(st.st_mode):
+                real = os.path.realpath(os.path.join(self.root, *parts))
+                return (real, None) if self._inside(real) else None
+        return here, st
 
     def _inside(self, real: str) -> bool:
         return real == self.root or real.startswith(self.root.rstrip("/") + "/")
@@ -115,13 +204,15 @@ class StaticFiles:
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
-        real = self.resolve(request.raw_path)
-        if real is None:
+        found = self._locate(request.raw_path)
+        if found is None:
             raise web.HTTPNotFound()
-        try:
-            st = os.stat(real)
-        except OSError:
-            raise web.HTTPNotFound() from None
+        real, st = found
+        if st is None:
+            try:
+                st = os.stat(real)
+            except OSError:
+                raise web.HTTPNotFound() from None
         mode = st.st_mode
         if stat.S_ISREG(mode):
             return self._small_file(request, real, st) or web.FileResponse(real)
@@ -150,6 +241,9 @@ class StaticFiles:
             coding in accept_encoding and os.path.lexists(real + suffix) for coding, suffix in _PRECOMPRESSED
         ):
             return None
+        cached = self._cache.get(real, checked)
+        if cached is not None:
+            return web.Response(body=cached.body, headers=cached.headers)
         try:
             fd = os.open(real, _OPEN_FLAGS)
         except OSError as error:
@@ -174,6 +268,7 @@ class StaticFiles:
         response.etag = f"{st.st_mtime_ns:x}-{st.st_size:x}"
         response.last_modified = st.st_mtime
         response.headers[hdrs.ACCEPT_RANGES] = "bytes"
+        self._cache.put(real, st, body, response.headers)
         return response
 
     def _listing(self, directory: str, shown: str) -> str:
