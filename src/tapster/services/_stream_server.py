@@ -188,25 +188,29 @@ class StreamServer(Service):
 
 
 async def _stop_accepting(server: asyncio.AbstractServer) -> None:
-    """Stop accepting, then give what was accepted a loop turn to become a connection, before the close.
+    """Stop accepting, then let what was accepted become a tracked connection, before the close and the drain.
 
-    asyncio's selector loop accepts a batch of connections and makes each one's transport in a task of its own;
-    a server closed before that task runs drops the accepted socket (``Server._attach`` fails, silently), and
-    the kernel answers the request in it with a reset. Rare for one process at its stop, but a reload stops a
-    worker under load. Removing the listener's reader (public loop API; what the close does first anyway)
-    ends the accepting; one turn lets the queued tasks attach their transports. A second turn is needed before the
-    drain sees them: a new transport calls its protocol's ``connection_made`` with ``call_soon``, and that call is
-    where the connection tracker learns of the connection. Without it the drain found nothing to wait for, the
-    process exited, and the request in that socket was answered with a reset (a rolling reload under load).
-    uvloop makes the transport at the accept: there is no reader to remove, and nothing to wait for.
+    On asyncio's selector loop an accepted socket takes three loop turns to reach the connection tracker: the
+    accept callback queues a task that makes the transport (turn 1); the transport calls its protocol's
+    ``connection_made`` with ``call_soon`` (turn 2), which is where a Protocol is tracked; for a stream handler,
+    ``connection_made`` starts the handler's task, and the handler is tracked when that task first runs (turn
+    3). A server closed before turn 1 drops the socket (``Server._attach`` fails, silently); a drain that looks
+    before turn 3 finds nothing to wait for, the process exits, and the request in that socket is answered with
+    a reset or a bare end-of-file. Rare for one process at its stop, but a rolling reload stops workers under
+    load: a reload test saw it about once in 50 runs with one turn, once in 170 with two.
+
+    Removing the listener's reader (public loop API; what the close does first anyway) ends the accepting,
+    including an accept already queued for this turn (its handle is cancelled). Then three turns: the stop's
+    step can run just before the transport task of the last accept in the same turn, so each link of the chain
+    may need a turn of its own. uvloop makes the transport in the accept (no reader to remove) but still calls
+    ``connection_made`` and starts a handler's task later, so the turns are taken there too: three
+    ``sleep(0)`` at a stop cost nothing measurable.
     """
     loop = asyncio.get_running_loop()
-    removed = False
     for sock in getattr(server, "sockets", None) or ():
         with contextlib.suppress(OSError, ValueError, NotImplementedError, RuntimeError):
-            removed = loop.remove_reader(sock.fileno()) or removed
-    if removed:
-        await asyncio.sleep(0)  # the accept tasks make and attach their transports
-        await asyncio.sleep(
-            0
-        )  # the transports' connection_made: the tracker now holds every accepted connection
+            loop.remove_reader(sock.fileno())
+    for _ in range(
+        3
+    ):  # transport made; connection_made (a Protocol tracked); a handler's task runs (tracked)
+        await asyncio.sleep(0)
