@@ -213,6 +213,7 @@ def web_specs(docroot: Path, bare: Path) -> list[ServerSpec]:
     return [
         ServerSpec("tapster", "asyncio", tapster),
         ServerSpec("tapster --access-log off", "asyncio", (*tapster, "--access-log", "off")),
+        ServerSpec("tapster -r uvloop", "uvloop", (tool("tapster"), "-r", "uvloop", *tapster[1:])),
         ServerSpec(
             "twistd",
             "epoll",
@@ -483,14 +484,15 @@ def main(argv: Sequence[str]) -> None:
     if forward:
         print_forward(f, args)
     print("\ntargets:")
-    for label in FILES if web else ():
-        vs_twistd = w[("tapster", label)] / w[("twistd", label)]
-        vs_bare = w[("tapster", label)] / w[("bare aiohttp", label)]
-        print(
-            f"  web {label}: vs twistd {vs_twistd:.2f}x >= 2x {verdict(vs_twistd >= 2)}; "
-            f"vs bare aiohttp {vs_bare:.2f}x >= 0.9x {verdict(vs_bare >= 0.9)}"
-            f"  (rounds: vs twistd {spread(web, 'twistd', label)}; vs bare {spread(web, 'bare aiohttp', label)})"
-        )
+    for name in ("tapster", "tapster -r uvloop") if web else ():
+        for label in FILES:
+            vs_twistd = w[(name, label)] / w[("twistd", label)]
+            vs_bare = w[(name, label)] / w[("bare aiohttp", label)]
+            print(
+                f"  web {label}, {name}: vs twistd {vs_twistd:.2f}x >= 2x {verdict(vs_twistd >= 2)}; "
+                f"vs bare aiohttp {vs_bare:.2f}x >= 0.9x {verdict(vs_bare >= 0.9)}  (rounds: vs twistd "
+                f"{spread(web, 'twistd', label, name)}; vs bare {spread(web, 'bare aiohttp', label, name)})"
+            )
     for name in FORWARDERS[:2] if forward else ():
         for kind in ("stream", "echo"):
             vs_twistd = f[(name, kind)] / f[("twistd", kind)]
