@@ -32,22 +32,42 @@ __all__ = ["PortForward"]
 logger = logging.getLogger("tapster.services")
 
 
-class _Half(asyncio.Protocol):
-    """One side of a forwarded pair: what it reads is written to ``peer``'s transport."""
+_READ_SIZE = 256 * 1024
+"""Bytes one read may take: asyncio's own read size, but read into a buffer that is reused."""
+
+
+class _Half(asyncio.BufferedProtocol):
+    """One side of a forwarded pair: what it reads is written to ``peer``'s transport.
+
+    A buffered protocol: the transport reads straight into this side's buffer (``recv_into``), and the bytes
+    are written to the peer from there, so a chunk costs no allocation and no copy in Python. The buffer is
+    reused only while the peer's transport holds none of it: when a write could not be sent at once, the
+    transport may keep a reference to the unsent part (Python 3.12+ and uvloop do), so the next read gets a
+    new buffer and the old one is left to the transport.
+    """
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.peer: _Half | None = None
         self.ended = False  # this side sent its end-of-file
         self.lost = False
+        self._buffer = memoryview(bytearray(_READ_SIZE))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         peer = self.peer
         if peer is not None and peer.transport is not None:
             peer.transport.write(data)
+            if peer.transport.get_write_buffer_size():
+                self._buffer = memoryview(bytearray(_READ_SIZE))
 
     def eof_received(self) -> bool:
         self.ended = True
@@ -88,9 +108,9 @@ class _Early(_Half):
         super().__init__()
         self.early: list[bytes] = []
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.peer is None:
-            self.early.append(data)
+            self.early.append(bytes(data))  # a copy: the buffer it is in is read into again
             if self.transport is not None:
                 self.transport.pause_reading()
             return

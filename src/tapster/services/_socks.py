@@ -108,7 +108,7 @@ class _Client(_Half):
         self.client = _peer(transport)
         self.task = asyncio.ensure_future(self._serve())
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.peer is not None:
             super().data_received(data)
             return
