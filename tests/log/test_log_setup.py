@@ -287,6 +287,7 @@ def test_public_names() -> None:
             "StreamToLogger",
             "capture_stdio",
             "log_context",
+            "follow_log_commands",
             "DEFAULT_CONTEXT",
         ]
     )

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from web_support import LOOPS, raw_get, request, start_web
 
-from conftest import TapsterProcess
+from conftest import TapsterProcess, run_tapster
+from support import wait_until
 
 SECRET = "TOP-SECRET-OUTSIDE-THE-ROOT"
 TRICKY = '<b onmouseover="x">&\'.txt'
@@ -323,3 +324,37 @@ def test_a_cached_small_file_rewritten_in_place_is_served_new(
     response, body = request(port, "/page.txt")
     assert body == b"new!" * 100
     assert response.headers["ETag"] == f'"{old.st_mtime_ns:x}-{old.st_size:x}"'  # FileResponse's rule, same
+
+
+def test_the_access_log_file_follows_ctl_reopen_and_rotate(tapster: type[TapsterProcess], site: Path) -> None:
+    """logrotate's way (move the file, then SIGHUP through `tapster ctl reopen`) and `tapster ctl rotate`
+    (SIGUSR1) reach --access-log FILE as they reach the main log: new lines go to a new file at the path, never
+    into the moved one."""
+    cwd = site.parent
+    access = cwd / "access.log"
+    listen = ["--listen", "tcp:0:interface=127.0.0.1"]
+    web = ["web", "--path", str(site), "--access-log", str(access), *listen]
+    process = tapster(
+        ["-n", "-o", "--pidfile", "t.pid", *web],
+        cwd=cwd,
+    )
+    port = process.port("WebServer")
+    request(port, "/style.css")
+    wait_until(lambda: "GET /style.css" in access.read_text(), 10, "the first line in the access log")
+    os.rename(access, cwd / "access.log.moved")
+    result = run_tapster(["ctl", "reopen", "--pidfile", "t.pid"], cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    request(port, "/data.json")
+    wait_until(
+        lambda: access.exists() and "GET /data.json" in access.read_text(), 10, "a line in the new file"
+    )
+    assert "GET /data.json" not in (cwd / "access.log.moved").read_text()
+    result = run_tapster(["ctl", "rotate", "--pidfile", "t.pid"], cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "GET /data.json" in (cwd / "access.log.1").read_text()
+    request(port, "/index.html")
+    wait_until(
+        lambda: access.exists() and "GET /index.html" in access.read_text(), 10, "a line after rotation"
+    )
+    process.signal(signal.SIGTERM)
+    assert process.finish()[0] == 0

@@ -12,7 +12,7 @@ from tapster.log._capture import StreamToLogger, capture_stdio
 from tapster.log._context import DEFAULT_CONTEXT, log_context
 from tapster.log._format import JsonFormatter, TextFormatter
 from tapster.log._rotate import RotatingFileHandler
-from tapster.log._setup import LogConfig, LogDestination, install
+from tapster.log._setup import LogConfig, LogDestination, follow_log_commands, install
 
 __all__ = [
     "DEFAULT_CONTEXT",
@@ -23,6 +23,7 @@ __all__ = [
     "StreamToLogger",
     "TextFormatter",
     "capture_stdio",
+    "follow_log_commands",
     "install",
     "log_context",
 ]

@@ -12,6 +12,7 @@ import os
 import stat
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Final, TextIO
 
@@ -93,6 +94,19 @@ class LogConfig(Record):
         self.level = level
 
 
+_companions: weakref.WeakSet[RotatingFileHandler] = weakref.WeakSet()
+
+
+def follow_log_commands(handler: RotatingFileHandler) -> None:
+    """Have ``SIGUSR1`` (rotate) and ``SIGHUP`` (reopen) reach ``handler`` too, as they reach the log file.
+
+    For a service's own log files (the web server's ``--access-log FILE``): logrotate moves them with the main
+    log and sends one signal, and a file left open after the move would fill the rotated copy for ever.
+    Held weakly; a closed handler is skipped.
+    """
+    _companions.add(handler)
+
+
 class LogDestination:
     """The handler :func:`install` put on the root logger, and what the runner may do with it.
 
@@ -115,10 +129,7 @@ class LogDestination:
         Raises:
             OSError: the file could not be rotated; logging goes on to the current file.
         """
-        if isinstance(self.handler, RotatingFileHandler):
-            self.handler.rotate()
-            return True
-        return False
+        return self._each_file(RotatingFileHandler.rotate)
 
     def reopen(self) -> bool:
         """Reopen a log file at its path (after logrotate moved it); returns ``False`` for other destinations.
@@ -126,10 +137,22 @@ class LogDestination:
         Raises:
             OSError: the file could not be opened; logging goes on to the current file.
         """
-        if isinstance(self.handler, RotatingFileHandler):
-            self.handler.reopen()
-            return True
-        return False
+        return self._each_file(RotatingFileHandler.reopen)
+
+    def _each_file(self, command: Callable[[RotatingFileHandler], None]) -> bool:
+        """Run ``command`` on the log file and on every file of :func:`follow_log_commands`; False if there
+        were none. One that fails does not keep the others from their turn; the first error is raised after."""
+        files = [self.handler] if isinstance(self.handler, RotatingFileHandler) else []
+        files += [handler for handler in list(_companions) if handler is not self.handler]
+        failed: OSError | None = None
+        for handler in files:
+            try:
+                command(handler)
+            except OSError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+        return bool(files)
 
     def give_to(self, uid: int, gid: int) -> None:
         """Make a log file ``uid``'s before the runner switches to that user, so the server can reopen it.

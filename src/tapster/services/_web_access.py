@@ -16,7 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from tapster.log import RotatingFileHandler
+from tapster.log import RotatingFileHandler, follow_log_commands
 
 __all__ = ["ACCESS_LOGGER", "CombinedLogFormat", "ServerLog", "access_file_logger", "escape"]
 
@@ -106,14 +106,15 @@ _now = time.time
 
 
 def access_file_logger(path: str, name: str) -> tuple[logging.Logger, RotatingFileHandler]:
-    """A logger of its own writing bare access lines to ``path`` (rotated by size like the main log), and its
-    handler, which the caller closes.
+    """A logger of its own writing bare access lines to ``path`` (rotated by size like the main log, and by
+    ``SIGUSR1``/``SIGHUP`` with it), and its handler, which the caller closes.
 
     Raises:
         StartupError: the file cannot be opened or was refused (see RotatingFileHandler).
     """
     handler = RotatingFileHandler(path)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    follow_log_commands(handler)  # SIGUSR1/SIGHUP (tapster ctl rotate/reopen, logrotate) rotate it too
     logger = logging.getLogger(f"{ACCESS_LOGGER}.{name}")
     logger.handlers[:] = [handler]
     logger.propagate = False
