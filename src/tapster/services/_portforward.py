@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 from tapster.endpoints import ClientEndpoint, parse_client
 from tapster.services._drain import LINGER
@@ -36,14 +37,34 @@ _READ_SIZE = 256 * 1024
 """Bytes one read may take: asyncio's own read size, but read into a buffer that is reused."""
 
 
+class _ReadBuffer(threading.local):
+    """The buffer every side reads into, one per thread (one per event loop, in practice).
+
+    One is enough: a read is handed to the peer's transport before anything else runs, so the buffer is free
+    again when the next read comes, whichever connection it is for. A buffer per connection would cost 256 KiB
+    of memory for each idle one.
+    """
+
+    view: memoryview | None = None
+
+    def take(self) -> memoryview:
+        view = self.view
+        if view is None:
+            view = self.view = memoryview(bytearray(_READ_SIZE))
+        return view
+
+
+_read_buffer = _ReadBuffer()
+
+
 class _Half(asyncio.BufferedProtocol):
     """One side of a forwarded pair: what it reads is written to ``peer``'s transport.
 
-    A buffered protocol: the transport reads straight into this side's buffer (``recv_into``), and the bytes
+    A buffered protocol: the transport reads straight into the shared buffer (``recv_into``), and the bytes
     are written to the peer from there, so a chunk costs no allocation and no copy in Python. The buffer is
-    reused only while the peer's transport holds none of it: when a write could not be sent at once, the
-    transport may keep a reference to the unsent part (Python 3.12+ and uvloop do), so the next read gets a
-    new buffer and the old one is left to the transport.
+    reused only while no transport holds any of it: when a write could not be sent at once, the transport may
+    keep a reference to the unsent part (Python 3.12+ and uvloop do), so that buffer is left to the transport
+    and the next read gets a new one.
     """
 
     def __init__(self) -> None:
@@ -51,23 +72,26 @@ class _Half(asyncio.BufferedProtocol):
         self.peer: _Half | None = None
         self.ended = False  # this side sent its end-of-file
         self.lost = False
-        self._buffer = memoryview(bytearray(_READ_SIZE))
+        self._lent: memoryview | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._buffer
+        self._lent = _read_buffer.take()
+        return self._lent
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._buffer[:nbytes])
+        lent, self._lent = self._lent, None
+        assert lent is not None
+        self.data_received(lent[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
         peer = self.peer
         if peer is not None and peer.transport is not None:
             peer.transport.write(data)
             if peer.transport.get_write_buffer_size():
-                self._buffer = memoryview(bytearray(_READ_SIZE))
+                _read_buffer.view = None  # the transport may hold part of it: not read into again
 
     def eof_received(self) -> bool:
         self.ended = True
