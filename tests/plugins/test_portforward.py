@@ -278,3 +278,36 @@ def test_many_open_connections_that_carried_data_cost_little_memory(
     assert growth < 16 * 1024, f"forwarder RSS grew by {growth} KiB for 100 connections"
     process.signal(signal.SIGTERM)
     assert process.finish()[0] == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_small_writes_to_a_peer_that_reads_nothing_stay_small(
+    tapster: type[TapsterProcess], tmp_path: Path, loop: list[str]
+) -> None:
+    """A client trickling 200-byte writes at a destination that reads nothing: what the forwarder queues (up to
+    its high-water mark) is those bytes, not a 256 KiB read buffer kept alive for each. uvloop keeps a reference
+    to what it could not send; before queued writes were copied, that cost ~84 MiB for one connection. The
+    destination is a unix socket, whose small kernel buffers fill after a few hundred KiB."""
+    path = tmp_path / "dest.sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen()
+        listener.settimeout(15)
+        process = start_forward(tapster, "tcp:0:interface=127.0.0.1", f"unix:path={path}", *loop)
+        port = process.port("PortForward")
+        pid = process.proc.pid
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            server, _ = listener.accept()  # accepted, never read
+            with server:
+                before = rss_kib(pid)
+                client.setblocking(False)
+                sent = 0
+                for _ in range(4000):
+                    with contextlib.suppress(BlockingIOError):
+                        sent += client.send(b"x" * 200)
+                    time.sleep(0.0005)  # pacing: each write reaches the forwarder as a read of its own
+                assert sent > 500_000
+                growth = rss_kib(pid) - before
+    assert growth < 8 * 1024, f"forwarder RSS grew by {growth} KiB with {sent} bytes sent"
+    process.signal(signal.SIGTERM)
+    assert process.finish()[0] == 0

@@ -64,7 +64,8 @@ class _Half(asyncio.BufferedProtocol):
     are written to the peer from there, so a chunk costs no allocation and no copy in Python. The buffer is
     reused only while no transport holds any of it: when a write could not be sent at once, the transport may
     keep a reference to the unsent part (Python 3.12+ and uvloop do), so that buffer is left to the transport
-    and the next read gets a new one.
+    and the next read gets a new one; and what is written while unsent data is queued is written as a copy
+    of its own bytes, so a stalled direction holds at most one such buffer plus the high-water mark.
     """
 
     def __init__(self) -> None:
@@ -88,10 +89,18 @@ class _Half(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes | memoryview) -> None:
         peer = self.peer
-        if peer is not None and peer.transport is not None:
-            peer.transport.write(data)
-            if peer.transport.get_write_buffer_size():
-                _read_buffer.view = None  # the transport may hold part of it: not read into again
+        if peer is None or peer.transport is None:
+            return
+        transport = peer.transport
+        if transport.get_write_buffer_size():
+            # Queued behind unsent data: hand over a copy of just these bytes. A view would keep the whole
+            # 256 KiB buffer alive for a few bytes, and a peer that reads nothing would make every small
+            # chunk cost that much while back-pressure counts only the chunk.
+            transport.write(bytes(data))
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size():
+            _read_buffer.view = None  # the transport may hold the unsent part: that buffer is its now
 
     def eof_received(self) -> bool:
         self.ended = True
