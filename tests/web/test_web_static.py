@@ -358,3 +358,34 @@ def test_the_access_log_file_follows_ctl_reopen_and_rotate(tapster: type[Tapster
     )
     process.signal(signal.SIGTERM)
     assert process.finish()[0] == 0
+
+
+def test_the_access_log_file_can_be_reopened_after_dropping_to_nobody(
+    tapster: type[TapsterProcess], site: Path, shared_dir: Path
+) -> None:
+    """--access-log FILE is opened as root in privileged_start; after `-u nobody` a reopen must still work: the
+    file is handed to nobody before the drop, like the main log (found by review: `ctl reopen` answered
+    "Permission denied" and logrotate's move left the server writing to the moved file)."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    logs = shared_dir / "logs"
+    logs.mkdir()
+    os.chown(logs, nobody.pw_uid, nobody.pw_gid)  # nobody may create the new file after a move
+    access = logs / "access.log"
+    web = ["web", "--path", str(site), "--access-log", str(access), "--listen", "tcp:0:interface=127.0.0.1"]
+    process = tapster(
+        ["-n", "-o", "--pidfile", str(shared_dir / "t.pid"), "-u", "nobody", *web], cwd=shared_dir
+    )
+    port = process.port("WebServer")
+    assert access.stat().st_uid == nobody.pw_uid
+    os.rename(access, logs / "access.log.moved")
+    result = run_tapster(["ctl", "reopen", "--pidfile", str(shared_dir / "t.pid")], cwd=shared_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    request(port, "/style.css")
+    wait_until(
+        lambda: access.exists() and "GET /style.css" in access.read_text(), 10, "a line in the new file"
+    )
+    assert access.stat().st_uid == nobody.pw_uid
+    process.signal(signal.SIGTERM)
+    assert process.finish()[0] == 0

@@ -107,6 +107,26 @@ def follow_log_commands(handler: RotatingFileHandler) -> None:
     _companions.add(handler)
 
 
+def give_followed_files_to(uid: int, gid: int) -> None:
+    """Make the files of :func:`follow_log_commands` ``uid``'s before the runner drops to that user.
+
+    They are opened by services in ``privileged_start`` (as root, after :meth:`LogDestination.give_to` ran),
+    and a reopen after the switch must still be allowed to open them. The same checks as for the log file.
+
+    Raises:
+        StartupError: a file cannot be opened or its owner changed.
+    """
+    for handler in list(_companions):
+        try:
+            fd = open_regular(handler.path, os.O_RDONLY, what="log file")
+            try:
+                os.fchown(fd, uid, gid)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StartupError(f"cannot hand the log file {handler.path} to uid {uid}: {exc}") from exc
+
+
 class LogDestination:
     """The handler :func:`install` put on the root logger, and what the runner may do with it.
 

@@ -186,6 +186,10 @@ def _serve(
 def _switch_user(identity: Identity | None, euid_only: bool) -> None:
     """Between privileged_start and start: become ``identity`` (nothing to do without --uid/--gid)."""
     if identity is not None:
+        if identity.uid != os.geteuid():
+            from tapster.log._setup import give_followed_files_to
+
+            give_followed_files_to(identity.uid, identity.gid)  # services' own log files, opened just now
         drop_privileges(identity, euid_only=euid_only)
 
 
