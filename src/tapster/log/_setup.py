@@ -117,14 +117,20 @@ def give_followed_files_to(uid: int, gid: int) -> None:
         StartupError: a file cannot be opened or its owner changed.
     """
     for handler in list(_companions):
+        _give(handler.path, uid, gid)
+
+
+def _give(path: str, uid: int, gid: int) -> None:
+    """Change the owner of the log file at ``path``, opened with the checks of any log file (no link, a regular
+    file with one link), so nothing planted meanwhile is handed over."""
+    try:
+        fd = open_regular(path, os.O_RDONLY, what="log file")
         try:
-            fd = open_regular(handler.path, os.O_RDONLY, what="log file")
-            try:
-                os.fchown(fd, uid, gid)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise StartupError(f"cannot hand the log file {handler.path} to uid {uid}: {exc}") from exc
+            os.fchown(fd, uid, gid)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StartupError(f"cannot hand the log file {path} to uid {uid}: {exc}") from exc
 
 
 class LogDestination:
@@ -183,16 +189,8 @@ class LogDestination:
         Raises:
             StartupError: the file cannot be opened or its owner changed.
         """
-        if not isinstance(self.handler, RotatingFileHandler):
-            return
-        try:
-            fd = open_regular(self.handler.path, os.O_RDONLY, what="log file")
-            try:
-                os.fchown(fd, uid, gid)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise StartupError(f"cannot hand the log file {self.handler.path} to uid {uid}: {exc}") from exc
+        if isinstance(self.handler, RotatingFileHandler):
+            _give(self.handler.path, uid, gid)
 
     def close(self) -> None:
         """Take the handler off the root logger, flush and close it. Safe to call twice."""
