@@ -38,6 +38,16 @@ def start_forward(tapster: type[TapsterProcess], listen: str, dest: str, *extra:
     return process
 
 
+@contextlib.contextmanager
+def unix_listener(path: Path) -> Iterator[socket.socket]:
+    """A unix-socket destination the test accepts on itself."""
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen()
+        listener.settimeout(15)
+        yield listener
+
+
 def tcp_dest(listener: socket.socket) -> str:
     return f"tcp:host=127.0.0.1:port={listener.getsockname()[1]}"
 
@@ -124,10 +134,7 @@ def test_half_close_is_passed_on_tcp_to_unix(
     """The client shuts its write side: the destination (a unix socket) reads the question then EOF, and its
     answer still reaches the client, followed by EOF."""
     path = tmp_path / "dest.sock"
-    with socket.socket(socket.AF_UNIX) as listener:
-        listener.bind(str(path))
-        listener.listen()
-        listener.settimeout(15)
+    with unix_listener(path) as listener:
         process = start_forward(tapster, "tcp:0:interface=127.0.0.1", f"unix:path={path}", *loop)
         with socket.create_connection(("127.0.0.1", process.port("PortForward")), timeout=15) as client:
             server, _ = listener.accept()
@@ -289,10 +296,7 @@ def test_small_writes_to_a_peer_that_reads_nothing_stay_small(
     to what it could not send; before queued writes were copied, that cost ~84 MiB for one connection. The
     destination is a unix socket, whose small kernel buffers fill after a few hundred KiB."""
     path = tmp_path / "dest.sock"
-    with socket.socket(socket.AF_UNIX) as listener:
-        listener.bind(str(path))
-        listener.listen()
-        listener.settimeout(15)
+    with unix_listener(path) as listener:
         process = start_forward(tapster, "tcp:0:interface=127.0.0.1", f"unix:path={path}", *loop)
         port = process.port("PortForward")
         pid = process.proc.pid
