@@ -24,8 +24,11 @@ which twistd blocks too.
 
 Limit: the check and the ``open`` are two steps. Someone who can write inside the directory could swap a
 checked file for a link out of it in between; serve only directories that untrusted users cannot write. (The
-small-file path opens with ``O_NOFOLLOW`` and compares the opened file with the checked one, so there the swap
-is refused; FileResponse's ``open`` follows links.)
+small-file path opens with ``O_NOFOLLOW`` and compares the opened file with the checked one, so there a swap of
+the file itself is refused; FileResponse's ``open`` follows links. Neither path closes the race for a
+*directory* in the path swapped for a link between the checks: a review made that serve outside bytes for 4 %
+of requests while swapping as fast as it could. Opening segment by segment with ``O_NOFOLLOW`` relative to the
+parent would close it, at a system call per segment.)
 """
 
 from __future__ import annotations
@@ -194,7 +197,10 @@ class StaticFiles:
             except OSError:
                 return None
             if stat.S_ISLNK(st.st_mode):
-                real = os.path.realpath(os.path.join(self.root, *parts))
+                try:
+                    real = os.path.realpath(os.path.join(self.root, *parts))
+                except OSError:  # a link loop (3.13's strict checks), or the path changing under us
+                    return None
                 return (real, None) if self._inside(real) else None
         return here, st
 
