@@ -173,3 +173,50 @@ def test_a_saved_monitor_runs_again(caplog: pytest.LogCaptureFixture, tmp_path: 
         await loaded.stop()
 
     run(scenario)
+
+
+@pytest.mark.parametrize("way", ["fast", "wrapper"])
+def test_a_program_gets_exactly_its_environment_and_default_signals(
+    way: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """env= is the program's whole environment on both ways of starting it: nothing the shell exports (PWD) or
+    Python's start adds (LC_CTYPE by C-locale coercion); and no signal is ignored (Python's start ignores
+    SIGPIPE and SIGXFSZ, which an exec would carry over). The reporters are env(1) and grep(1), which change
+    neither. Found by review."""
+    from tapster.services import _procmon_child
+
+    if way == "fast" and _procmon_child._setpriv() is None:
+        pytest.skip("util-linux setpriv with --pdeathsig is not installed")
+    if way == "wrapper":
+        monkeypatch.setattr(_procmon_child, "_fast_launch", lambda *args: None)
+
+    async def output_of(name: str, args: list[str]) -> list[str]:
+        child = await _procmon_child.Child.spawn(
+            name,
+            args,
+            env={"ONLY": "this", "PATH": "/usr/bin:/bin"},
+            cwd=None,
+            uid=None,
+            gid=None,
+            fds=[],
+            fd_names=[],
+        )
+        async with asyncio.timeout(15):
+            await child.exited.wait()
+            await asyncio.gather(*(out.done.wait() for out in child.outputs))  # the pipes read to their end
+        prefix = f"[{name}] "
+        return [
+            message[len(prefix) :]
+            for message in (record.getMessage() for record in caplog.records)
+            if message.startswith(prefix) and "started, pid" not in message and " after " not in message
+        ]
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        return await output_of("env", ["env"]), await output_of(
+            "sig", ["grep", "SigIgn", "/proc/self/status"]
+        )
+
+    with caplog.at_level(logging.INFO):
+        environment, signals = asyncio.run(scenario())
+    assert sorted(environment) == ["ONLY=this", "PATH=/usr/bin:/bin"]
+    assert signals == ["SigIgn:\t0000000000000000"]

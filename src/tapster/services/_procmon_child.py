@@ -47,6 +47,13 @@ _POLL = (
 )
 
 
+_WRAPPER_ADDS = ("LC_CTYPE",)
+"""What the wrapper's own Python start may add to the environment (C-locale coercion, PEP 538)."""
+
+_SHELL_ADDS = ("PWD", "OLDPWD", "SHLVL")
+"""What ``/bin/sh`` may export to the program that it was not given."""
+
+
 @functools.cache
 def _setpriv() -> str | None:
     """util-linux's setpriv, if it is there and knows ``--pdeathsig`` (2.33 and later); asked once."""
@@ -82,7 +89,10 @@ def _fast_launch(
     setpriv = _setpriv()
     if setpriv is None or not _findable(args[0], env, cwd):
         return None
-    parent_check = f'[ "$PPID" = {os.getpid()} ] || exit 125; exec "$0" "$@"'
+    unset = " ".join(name for name in _SHELL_ADDS if name not in env)
+    parent_check = (
+        f'[ "$PPID" = {os.getpid()} ] || exit 125; {f"unset {unset}; " if unset else ""}exec "$0" "$@"'
+    )
     return [setpriv, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", parent_check, *args]
 
 
@@ -174,6 +184,7 @@ class Child:
             "-" if gid is None else str(gid),
             ",".join(map(str, fds)),
             ":".join(fd_names),
+            ",".join(name for name in _WRAPPER_ADDS if name not in child_env),
             "--",
             *args,
         ]

@@ -12,13 +12,20 @@ program, so the program keeps this process's pid and nothing stays behind:
 4. ``exec``s the program, searching the program's ``PATH``. If that fails, the error goes back on the status
    pipe (close-on-exec, so a successful exec closes it empty) and the wrapper exits 127.
 
-Arguments: STATUS_FD MONITOR_PID UID GID FDS NAMES -- PROGRAM ARGS...; UID, GID are numbers or ``-``, FDS is a
+The program gets the environment and signal dispositions it was meant to get, not the wrapper's: Python's start
+ignores SIGPIPE and SIGXFSZ (an ignored signal stays ignored across ``exec``), so both are set back to the
+default; and Python's C-locale coercion may have added ``LC_CTYPE`` to the environment, so the names in DROP
+(what the monitor's environment for the program did not have) are removed again.
+
+Arguments: STATUS_FD MONITOR_PID UID GID FDS NAMES DROP -- PROGRAM ARGS...; DROP is a comma-separated list of
+environment names to remove (may be empty); UID, GID are numbers or ``-``, FDS is a
 comma-separated list of inherited fds (may be empty), NAMES the ``:``-joined ``LISTEN_FDNAMES``.
 Only the standard library, and only what this needs: it runs under ``-I -S`` for a fast start.
 """
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # the C module: signal would cost an enum import
 import ctypes  # imported before the user switch: the new user may not be able to read the standard library
 import fcntl
 import os
@@ -27,6 +34,8 @@ import sys
 
 PR_SET_PDEATHSIG = 1
 SIGKILL = 9  # the number on every Linux architecture; the signal module would cost an enum import
+_SIGPIPE = _signal.SIGPIPE
+_SIGXFSZ = _signal.SIGXFSZ
 
 
 def _place_fds(fds: list[int], keep: int) -> int:
@@ -50,14 +59,16 @@ def _die_with_parent(libc: ctypes.CDLL, monitor_pid: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    status_fd, monitor_pid, uid, gid, fds_text, names = argv[:6]
-    assert argv[6] == "--"
-    program = argv[7:]
+    status_fd, monitor_pid, uid, gid, fds_text, names, drop = argv[:7]
+    assert argv[7] == "--"
+    program = argv[8:]
     status = int(status_fd)
     try:
         fds = [int(fd) for fd in fds_text.split(",") if fd]
         status = _place_fds(fds, status)
         env = dict(os.environ)
+        for name in drop.split(","):
+            env.pop(name, None)
         if fds:
             env["LISTEN_FDS"] = str(len(fds))
             env["LISTEN_FDNAMES"] = names
@@ -74,6 +85,8 @@ def main(argv: list[str]) -> None:
             os.setgroups([])
             os.setgid(int(gid))
         _die_with_parent(libc, int(monitor_pid))
+        for signum in (_SIGPIPE, _SIGXFSZ):
+            _signal.signal(signum, _signal.SIG_DFL)
         os.execvpe(program[0], program, env)
     except OSError as exc:
         what = exc.filename if exc.filename else program[0]
