@@ -172,6 +172,8 @@ class Child:
         loop = asyncio.get_running_loop()
         child_env = dict(os.environ if env is None else env)
         status_read, status_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        if not fds and uid is None and gid is None and _setpriv.cache_info().currsize == 0:
+            await loop.run_in_executor(None, _setpriv)  # asked once, by running it: not on the loop
         fast = _fast_launch(args, child_env, cwd, uid, gid, fds)
         wrapper = fast or [
             sys.executable,
