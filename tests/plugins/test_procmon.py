@@ -373,3 +373,15 @@ def test_the_fast_way_is_taken_only_where_it_does_all_the_wrapper_would(tmp_path
     assert _fast_launch(["./run.sh"], env, str(tmp_path), None, None, ()) is None  # not executable
     script.chmod(0o755)
     assert _fast_launch(["./run.sh"], env, str(tmp_path), None, None, ()) is not None  # found from the cwd
+
+
+def test_the_fast_way_needs_an_absolute_path_list(tmp_path: Path) -> None:
+    """No PATH (the shell would search its own default, the wrapper Python's) or a relative entry (found from
+    the monitor's directory, searched from the program's): the wrapper decides, as it always did."""
+    from tapster.services._procmon_child import _fast_launch, _setpriv
+
+    if _setpriv() is None:
+        pytest.skip("util-linux setpriv with --pdeathsig is not installed")
+    assert _fast_launch(["sleep"], {}, None, None, None, ()) is None
+    assert _fast_launch(["sleep"], {"PATH": "bin:/usr/bin:/bin"}, None, None, None, ()) is None
+    assert _fast_launch(["sleep"], {"PATH": "/usr/bin:/bin"}, None, None, None, ()) is not None

@@ -389,3 +389,19 @@ def test_the_access_log_file_can_be_reopened_after_dropping_to_nobody(
     assert access.stat().st_uid == nobody.pw_uid
     process.signal(signal.SIGTERM)
     assert process.finish()[0] == 0
+
+
+def test_the_small_file_cache_bounds_its_entries_too(site: Path) -> None:
+    """Empty files cost the byte limit nothing: the number of entries has its own bound."""
+    from multidict import CIMultiDict
+
+    from tapster.services._web_static import SmallFileCache
+
+    cache = SmallFileCache()
+    cache.SETTLED = 0.0
+    cache.MAX_ENTRIES = 10
+    (site / "void.txt").write_bytes(b"")
+    st = (site / "void.txt").stat()
+    for number in range(25):
+        cache.put(f"{site}/empty-{number}", st, b"", CIMultiDict())
+    assert sum(cache.get(f"{site}/empty-{number}", st) is not None for number in range(25)) == 10

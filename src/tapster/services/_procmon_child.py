@@ -72,7 +72,12 @@ def _findable(program: str, env: Mapping[str, str], cwd: str | None) -> bool:
     if "/" in program:
         path = program if os.path.isabs(program) else os.path.join(cwd or os.getcwd(), program)
         return os.path.isfile(path) and os.access(path, os.X_OK)
-    return shutil.which(program, path=env.get("PATH", os.defpath)) is not None
+    search = env.get("PATH")
+    if search is None or not all(os.path.isabs(entry) for entry in search.split(os.pathsep)):
+        return (
+            False  # the shell's default PATH, or entries relative to the program's cwd: the wrapper decides
+        )
+    return shutil.which(program, path=search) is not None
 
 
 def _fast_launch(

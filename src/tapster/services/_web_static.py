@@ -111,6 +111,7 @@ class SmallFileCache:
     """
 
     SETTLED = 2.0
+    MAX_ENTRIES = 4096  # empty files count no bytes: the number of entries has a bound of its own
 
     def __init__(self, limit: int = 8 << 20) -> None:
         self.limit = limit
@@ -140,7 +141,7 @@ class SmallFileCache:
         kept = CIMultiDict((name, headers[name]) for name in _CACHED_HEADERS if name in headers)
         self._entries[path] = _Cached(self._identity(st), body, kept)
         self._size += len(body)
-        while self._size > self.limit:
+        while self._size > self.limit or len(self._entries) > self.MAX_ENTRIES:
             self._drop(next(iter(self._entries)))
 
     def _drop(self, path: str) -> None:
