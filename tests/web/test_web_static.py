@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import math
 import os
@@ -405,3 +406,65 @@ def test_the_small_file_cache_bounds_its_entries_too(site: Path) -> None:
     for number in range(25):
         cache.put(f"{site}/empty-{number}", st, b"", CIMultiDict())
     assert sum(cache.get(f"{site}/empty-{number}", st) is not None for number in range(25)) == 10
+
+
+def test_a_directory_swapped_for_a_link_under_load_never_leaks_a_small_file(tmp_path: Path) -> None:
+    """A thread swaps the served directory d with a link to a directory outside the root, as fast as it can
+    (renameat2 RENAME_EXCHANGE), while requests for /d/f.txt run. The small-file path opens segment by segment
+    without following links: every answer is the inside file or a 404, never the outside one. (Before, a
+    review's run of this served the outside file 448 times in 5 s. A Range request goes to FileResponse, whose
+    path-based open keeps the race: docs/web.md, "Limit".)"""
+    import ctypes
+    import threading
+
+    from aiohttp import web as aioweb
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from tapster.services._web_static import StaticFiles
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "renameat2"):
+        pytest.skip("no renameat2 in this C library")
+    root, outside = tmp_path / "www", tmp_path / "outside"
+    (root / "d").mkdir(parents=True)
+    outside.mkdir()
+    (root / "d" / "f.txt").write_text("inside\n")
+    (outside / "f.txt").write_text("SECRET\n")
+    os.symlink(outside, root / "e")
+    swapping = threading.Event()
+    swapping.set()
+
+    def swap() -> None:
+        a, b = str(root / "d").encode(), str(root / "e").encode()
+        while swapping.is_set():
+            if libc.renameat2(-100, a, -100, b, 2) != 0:  # AT_FDCWD, RENAME_EXCHANGE
+                swapping.clear()
+
+    async def scenario() -> dict[tuple[int, bytes], int]:
+        files = StaticFiles(str(root))
+
+        async def handle(request: aioweb.Request) -> aioweb.StreamResponse:
+            return await files(request)
+
+        app = aioweb.Application()
+        app.router.add_route("*", "/{path:.*}", handle)
+        seen: dict[tuple[int, bytes], int] = {}
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline and swapping.is_set():
+                response = await client.get("/d/f.txt")
+                body = await response.read() if response.status == 200 else b""
+                seen[(response.status, body)] = seen.get((response.status, body), 0) + 1
+        return seen
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    try:
+        seen = asyncio.run(scenario())
+    finally:
+        if not swapping.is_set():
+            pytest.skip("renameat2(RENAME_EXCHANGE) is not supported here")
+        swapping.clear()
+        swapper.join(5)
+    assert (200, b"SECRET\n") not in seen, seen
+    assert seen.get((200, b"inside\n"), 0) > 0, seen

@@ -22,13 +22,12 @@ FileResponse: a request with ``Range`` or a conditional header, and one whose ``
 pre-compressed ``.gz``/``.br`` sibling that exists. A disk so slow that opening a small file blocks is a disk on
 which twistd blocks too.
 
-Limit: the check and the ``open`` are two steps. Someone who can write inside the directory could swap a
-checked file for a link out of it in between; serve only directories that untrusted users cannot write. (The
-small-file path opens with ``O_NOFOLLOW`` and compares the opened file with the checked one, so there a swap of
-the file itself is refused; FileResponse's ``open`` follows links. Neither path closes the race for a
-*directory* in the path swapped for a link between the checks: a review made that serve outside bytes for 4 %
-of requests while swapping as fast as it could. Opening segment by segment with ``O_NOFOLLOW`` relative to the
-parent would close it, at a system call per segment.)
+Limit: for files sent by FileResponse, the check and its ``open`` are two steps. Someone who can write inside the
+directory could swap a checked file, or a directory in its path, for a link out of it in between; serve only
+directories that untrusted users cannot write. The small-file path has no such gap: it opens each directory
+below the root relative to its parent with ``O_NOFOLLOW``, and the file relative to the last
+(:meth:`StaticFiles._open_inside`), so whatever is swapped meanwhile, what it opens lies inside the root (a
+swap makes it a 404). A test swaps a directory for a link as fast as it can during requests.
 """
 
 from __future__ import annotations
@@ -65,6 +64,8 @@ _NEEDS_FILE_RESPONSE = (
 
 _PRECOMPRESSED = (("br", ".br"), ("gzip", ".gz"))
 """FileResponse's pre-compressed siblings: with an ``Accept-Encoding`` naming one, it may serve ``FILE.gz``."""
+
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
 """``O_NONBLOCK``: a FIFO swapped in after the check must not block the loop in ``open``."""
@@ -252,9 +253,9 @@ class StaticFiles:
         if cached is not None:
             return web.Response(body=cached.body, headers=cached.headers)
         try:
-            fd = os.open(real, _OPEN_FLAGS)
+            fd = self._open_inside(real)
         except OSError as error:
-            if error.errno == errno.ELOOP:  # the checked real path became a link since: never follow it
+            if error.errno in (errno.ELOOP, errno.ENOTDIR):  # a part of the checked path became a link since
                 raise web.HTTPNotFound() from None
             return None  # FileResponse gives the 403 or 404 it gives for this
         try:
@@ -277,6 +278,26 @@ class StaticFiles:
         response.headers[hdrs.ACCEPT_RANGES] = "bytes"
         self._cache.put(real, st, body, response.headers)
         return response
+
+    def _open_inside(self, real: str) -> int:
+        """Open the file at ``real`` (a real path inside the root) without following any link on the way.
+
+        Each directory below the root is opened relative to its parent with ``O_NOFOLLOW``, and the file
+        relative to the last one: a directory or the file swapped for a link after the check makes the open
+        fail (``ELOOP``/``ENOTDIR``), so what is opened lies inside the root whatever was swapped meanwhile.
+        The root itself is opened by its path on every call, so a directory moved into place at the root's
+        path (a deploy by ``mv``) is what is served from then on.
+        """
+        parts = real[len(self.root) :].strip("/").split("/")
+        here = os.open(self.root, _DIRECTORY_FLAGS)
+        try:
+            for part in parts[:-1]:
+                below = os.open(part, _DIRECTORY_FLAGS | os.O_NOFOLLOW, dir_fd=here)
+                os.close(here)
+                here = below
+            return os.open(parts[-1], _OPEN_FLAGS, dir_fd=here)
+        finally:
+            os.close(here)
 
     def _listing(self, directory: str, shown: str) -> str:
         """An HTML page listing ``directory``: names escaped for HTML, links percent-encoded."""
