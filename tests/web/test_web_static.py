@@ -327,6 +327,16 @@ def test_a_cached_small_file_rewritten_in_place_is_served_new(
     assert response.headers["ETag"] == f'"{old.st_mtime_ns:x}-{old.st_size:x}"'  # FileResponse's rule, same
 
 
+def move_reopen_and_request(access: Path, pidfile: Path, port: int, path: str) -> None:
+    """logrotate's way: move the access log to ``ACCESS.moved``, `tapster ctl reopen`, then one request, whose
+    line must arrive in a new file at the old path."""
+    os.rename(access, access.with_name(access.name + ".moved"))
+    result = run_tapster(["ctl", "reopen", "--pidfile", str(pidfile)], cwd=pidfile.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    request(port, path)
+    wait_until(lambda: access.exists() and f"GET {path}" in access.read_text(), 10, "a line in the new file")
+
+
 def test_the_access_log_file_follows_ctl_reopen_and_rotate(tapster: type[TapsterProcess], site: Path) -> None:
     """logrotate's way (move the file, then SIGHUP through `tapster ctl reopen`) and `tapster ctl rotate`
     (SIGUSR1) reach --access-log FILE as they reach the main log: new lines go to a new file at the path, never
@@ -342,13 +352,7 @@ def test_the_access_log_file_follows_ctl_reopen_and_rotate(tapster: type[Tapster
     port = process.port("WebServer")
     request(port, "/style.css")
     wait_until(lambda: "GET /style.css" in access.read_text(), 10, "the first line in the access log")
-    os.rename(access, cwd / "access.log.moved")
-    result = run_tapster(["ctl", "reopen", "--pidfile", "t.pid"], cwd=cwd)
-    assert result.returncode == 0, result.stdout + result.stderr
-    request(port, "/data.json")
-    wait_until(
-        lambda: access.exists() and "GET /data.json" in access.read_text(), 10, "a line in the new file"
-    )
+    move_reopen_and_request(access, cwd / "t.pid", port, "/data.json")
     assert "GET /data.json" not in (cwd / "access.log.moved").read_text()
     result = run_tapster(["ctl", "rotate", "--pidfile", "t.pid"], cwd=cwd)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -380,13 +384,7 @@ def test_the_access_log_file_can_be_reopened_after_dropping_to_nobody(
     )
     port = process.port("WebServer")
     assert access.stat().st_uid == nobody.pw_uid
-    os.rename(access, logs / "access.log.moved")
-    result = run_tapster(["ctl", "reopen", "--pidfile", str(shared_dir / "t.pid")], cwd=shared_dir)
-    assert result.returncode == 0, result.stdout + result.stderr
-    request(port, "/style.css")
-    wait_until(
-        lambda: access.exists() and "GET /style.css" in access.read_text(), 10, "a line in the new file"
-    )
+    move_reopen_and_request(access, shared_dir / "t.pid", port, "/style.css")
     assert access.stat().st_uid == nobody.pw_uid
     process.signal(signal.SIGTERM)
     assert process.finish()[0] == 0

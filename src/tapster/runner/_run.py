@@ -16,6 +16,7 @@ import signal
 
 from tapster.errors import StartupError, TapsterError
 from tapster.log import LogDestination, capture_stdio, install
+from tapster.log._setup import give_followed_files_to
 from tapster.runner._config import RunConfig
 from tapster.runner._daemon import StartupPipe, daemonize
 from tapster.runner._debug import break_now, post_mortem, start_spewing
@@ -187,8 +188,6 @@ def _switch_user(identity: Identity | None, euid_only: bool) -> None:
     """Between privileged_start and start: become ``identity`` (nothing to do without --uid/--gid)."""
     if identity is not None:
         if identity.uid != os.geteuid():
-            from tapster.log._setup import give_followed_files_to
-
             give_followed_files_to(identity.uid, identity.gid)  # services' own log files, opened just now
         drop_privileges(identity, euid_only=euid_only)
 

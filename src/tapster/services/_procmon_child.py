@@ -10,9 +10,10 @@ the shell checks the monitor is still its parent (a monitor killed before the re
 missed) and ``exec``s the program, which keeps the pid. Without ``setpriv`` (or one too old for
 ``--pdeathsig``) every program goes through the wrapper. What the fast way cannot do as well: an ``exec`` that
 still fails (the file was removed in between) is the shell's message on stderr and exit status 127, not the
-wrapper's one line. The exit is
-learnt from a pidfd (``os.pidfd_open``) watched by the event loop: no thread per child, no SIGCHLD handler that
-could reap another part of the program's children, the same on asyncio and uvloop.
+wrapper's one line.
+
+The exit is learnt from a pidfd (``os.pidfd_open``) watched by the event loop: no thread per child, no SIGCHLD
+handler that could reap another part of the program's children, the same on asyncio and uvloop.
 
 A process group (the child's own session: ``start_new_session``) is what is signalled, so a shell's children and
 a server's workers go with it. A process that leaves the group (``setsid``, a daemon's double fork) is beyond
@@ -74,9 +75,8 @@ def _findable(program: str, env: Mapping[str, str], cwd: str | None) -> bool:
         return os.path.isfile(path) and os.access(path, os.X_OK)
     search = env.get("PATH")
     if search is None or not all(os.path.isabs(entry) for entry in search.split(os.pathsep)):
-        return (
-            False  # the shell's default PATH, or entries relative to the program's cwd: the wrapper decides
-        )
+        # the shell's default PATH, or entries relative to the program's cwd: the wrapper decides
+        return False
     return shutil.which(program, path=search) is not None
 
 
@@ -95,9 +95,8 @@ def _fast_launch(
     if setpriv is None or not _findable(args[0], env, cwd):
         return None
     unset = " ".join(name for name in _SHELL_ADDS if name not in env)
-    parent_check = (
-        f'[ "$PPID" = {os.getpid()} ] || exit 125; {f"unset {unset}; " if unset else ""}exec "$0" "$@"'
-    )
+    forget = f"unset {unset}; " if unset else ""
+    parent_check = f'[ "$PPID" = {os.getpid()} ] || exit 125; {forget}exec "$0" "$@"'
     return [setpriv, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", parent_check, *args]
 
 

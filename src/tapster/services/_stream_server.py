@@ -210,7 +210,6 @@ async def _stop_accepting(server: asyncio.AbstractServer) -> None:
     for sock in getattr(server, "sockets", None) or ():
         with contextlib.suppress(OSError, ValueError, NotImplementedError, RuntimeError):
             loop.remove_reader(sock.fileno())
-    for _ in range(
-        3
-    ):  # transport made; connection_made (a Protocol tracked); a handler's task runs (tracked)
+    # turn 1: the transport is made; 2: connection_made (a Protocol is tracked); 3: a handler's task runs
+    for _ in range(3):
         await asyncio.sleep(0)

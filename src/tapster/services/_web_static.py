@@ -133,9 +133,7 @@ class SmallFileCache:
         self._entries.move_to_end(path)
         return entry
 
-    def put(
-        self, path: str, st: os.stat_result, body: bytes, headers: CIMultiDictProxy[str] | CIMultiDict[str]
-    ) -> None:
+    def put(self, path: str, st: os.stat_result, body: bytes, headers: _Headers) -> None:
         if time.time() - st.st_ctime < self.SETTLED or len(body) > self.limit:
             return
         self._drop(path)
@@ -169,14 +167,9 @@ class StaticFiles:
         self.listings = listings
         self._cache = SmallFileCache()
 
-    def resolve(self, raw_path: str) -> str | None:
-        """The real path of the file or directory ``raw_path`` (still percent-encoded) names, or None if it
-        names nothing inside the root."""
-        found = self._locate(raw_path)
-        return None if found is None else found[0]
-
     def _locate(self, raw_path: str) -> tuple[str, os.stat_result | None] | None:
-        """:meth:`resolve`, with the ``lstat`` of the path when it was taken on the way (no link in it).
+        """The real path of the file or directory ``raw_path`` (still percent-encoded) names, or None if it
+        names nothing inside the root; with its ``lstat`` when that was taken on the way (no link in it).
 
         The root is a real path already, so only the request's own segments can be links: each is looked at
         with one ``lstat`` (one for ``/file``), and only a path with a link in it pays for ``realpath``, which
