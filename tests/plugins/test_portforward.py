@@ -315,3 +315,54 @@ def test_small_writes_to_a_peer_that_reads_nothing_stay_small(
     assert growth < 8 * 1024, f"forwarder RSS grew by {growth} KiB with {sent} bytes sent"
     process.signal(signal.SIGTERM)
     assert process.finish()[0] == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_concurrent_connections_sharing_the_read_buffer_stay_byte_exact(
+    tapster: type[TapsterProcess], dest: socket.socket, loop: list[str]
+) -> None:
+    """Every connection reads into one shared buffer: 16 connections at once, each echoing 4 MB of its own
+    random bytes through the forwarder, must each get back exactly what it sent, in order."""
+    import os
+    import random
+
+    process = start_forward(tapster, "tcp:0:interface=127.0.0.1", tcp_dest(dest), *loop)
+    port = process.port("PortForward")
+    echoes: list[threading.Thread] = []
+
+    def echo(conn: socket.socket) -> None:
+        with conn:
+            while chunk := conn.recv(random.randint(1, 65536)):
+                conn.sendall(chunk)
+
+    def accept_all() -> None:
+        for _ in range(16):
+            conn, _ = dest.accept()
+            conn.settimeout(30)
+            thread = threading.Thread(target=echo, args=(conn,), daemon=True)
+            thread.start()
+            echoes.append(thread)
+
+    results: dict[int, bool] = {}
+
+    def client(number: int) -> None:
+        payload = os.urandom(4 * 1024 * 1024)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sender = threading.Thread(target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR)))
+            sender.start()
+            got = bytearray()
+            while chunk := sock.recv(random.randint(1, 65536)):
+                got += chunk
+            sender.join(30)
+        results[number] = bytes(got) == payload
+
+    acceptor = threading.Thread(target=accept_all, daemon=True)
+    acceptor.start()
+    clients = [threading.Thread(target=client, args=(number,)) for number in range(16)]
+    for thread in clients:
+        thread.start()
+    for thread in [*clients, acceptor, *echoes]:
+        thread.join(60)
+    assert results == {number: True for number in range(16)}
+    process.signal(signal.SIGTERM)
+    assert process.finish()[0] == 0

@@ -385,3 +385,23 @@ def test_the_fast_way_needs_an_absolute_path_list(tmp_path: Path) -> None:
     assert _fast_launch(["sleep"], {}, None, None, None, ()) is None
     assert _fast_launch(["sleep"], {"PATH": "bin:/usr/bin:/bin"}, None, None, None, ()) is None
     assert _fast_launch(["sleep"], {"PATH": "/usr/bin:/bin"}, None, None, None, ()) is not None
+
+
+def test_the_fast_way_refuses_to_run_once_the_monitor_is_not_its_parent(tmp_path: Path) -> None:
+    """The fast way's parent check: run by the monitor (here: this process) the program runs; run under any
+    other parent (what a program whose monitor died before setpriv's request took effect would see: a new
+    parent) it exits 125 without running the program."""
+    import subprocess
+
+    from tapster.services._procmon_child import _fast_launch, _setpriv
+
+    if _setpriv() is None:
+        pytest.skip("util-linux setpriv with --pdeathsig is not installed")
+    marker = tmp_path / "ran"
+    argv = _fast_launch(["touch", str(marker)], {"PATH": "/usr/bin:/bin"}, None, None, None, ())
+    assert argv is not None
+    other_parent = [PY, "-c", "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"]
+    assert subprocess.run([*other_parent, *argv], timeout=30).returncode == 125
+    assert not marker.exists()
+    assert subprocess.run(argv, timeout=30).returncode == 0
+    assert marker.exists()

@@ -263,6 +263,10 @@ def test_a_file_swapped_after_the_check_is_not_served(site: Path, tmp_path: Path
     os.replace(site / "data.json", site / "style.css")  # another inode under the checked name
     with pytest.raises(HTTPNotFound):
         files._small_file(request_, str(site / "style.css"), checked)
+    os.unlink(site / "style.css")
+    os.mkfifo(site / "style.css")  # a FIFO swapped in: opened without blocking the loop, and refused
+    with pytest.raises(HTTPNotFound):
+        files._small_file(request_, str(site / "style.css"), checked)
 
 
 def test_the_small_file_cache_never_serves_a_changed_file(site: Path) -> None:
