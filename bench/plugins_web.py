@@ -249,7 +249,7 @@ def web_round(
 # -- portforward ---------------------------------------------------------------------------------------------
 
 
-FORWARDERS = ("tapster", "tapster -r uvloop", "twistd")
+FORWARDERS = ("tapster", "tapster -r uvloop", "tapster --no-splice", "twistd")
 
 
 def forwarders(dest_port: int) -> list[ServerSpec]:
@@ -265,6 +265,7 @@ def forwarders(dest_port: int) -> list[ServerSpec]:
     return [
         ServerSpec("tapster", "asyncio", (tool("tapster"), *tapster)),
         ServerSpec("tapster -r uvloop", "uvloop", (tool("tapster"), "-r", "uvloop", *tapster)),
+        ServerSpec("tapster --no-splice", "asyncio", (tool("tapster"), *tapster, "--no-splice")),
         ServerSpec(
             "twistd",
             "epoll",

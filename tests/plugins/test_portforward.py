@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import signal
 import socket
 import threading
@@ -19,6 +20,12 @@ from support import one_line, taken_port
 
 TOTAL = 200 * 1024 * 1024
 LOOPS = [pytest.param([], id="asyncio"), pytest.param(["--reactor", "uvloop"], id="uvloop")]
+MODES = [
+    *LOOPS,
+    pytest.param(["--no-splice"], id="asyncio-copy"),
+    pytest.param(["--reactor", "uvloop", "--no-splice"], id="uvloop-copy"),
+]
+"""Both loops, each with plain pairs moved by splice(2) (the default) and copied through the process."""
 CHUNK = 64 * 1024
 
 
@@ -33,7 +40,12 @@ def dest() -> Iterator[socket.socket]:
 
 
 def start_forward(tapster: type[TapsterProcess], listen: str, dest: str, *extra: str) -> TapsterProcess:
-    process = tapster(["-n", "-o", "--pidfile=", *extra, "portforward", "--listen", listen, "--dest", dest])
+    """``extra``: global options, and ``--no-splice`` (passed on to portforward)."""
+    plugin = [arg for arg in extra if arg == "--no-splice"]
+    front = [arg for arg in extra if arg != "--no-splice"]
+    process = tapster(
+        ["-n", "-o", "--pidfile=", *front, "portforward", "--listen", listen, "--dest", dest, *plugin]
+    )
     process.wait_for("PortForward starting on")
     return process
 
@@ -100,7 +112,7 @@ def drain_and_check(receiver: socket.socket, thread: threading.Thread) -> None:
     assert size == TOTAL and got.digest() == expected.digest()
 
 
-@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("loop", MODES)
 def test_back_pressure_both_ways_keeps_the_forwarder_small(
     tapster: type[TapsterProcess], dest: socket.socket, loop: list[str]
 ) -> None:
@@ -127,7 +139,7 @@ def test_back_pressure_both_ways_keeps_the_forwarder_small(
     assert process.finish()[0] == 0
 
 
-@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("loop", MODES)
 def test_half_close_is_passed_on_tcp_to_unix(
     tapster: type[TapsterProcess], tmp_path: Path, loop: list[str]
 ) -> None:
@@ -148,7 +160,7 @@ def test_half_close_is_passed_on_tcp_to_unix(
                 assert read_all(client) == b"answer"
 
 
-@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("loop", MODES)
 def test_data_and_eof_sent_before_the_destination_answers_are_kept(
     tapster: type[TapsterProcess], dest: socket.socket, loop: list[str]
 ) -> None:
@@ -259,7 +271,7 @@ def test_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert "in use" in one_line(result, 1)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("loop", MODES)
 def test_many_open_connections_that_carried_data_cost_little_memory(
     tapster: type[TapsterProcess], dest: socket.socket, loop: list[str]
 ) -> None:
@@ -287,7 +299,7 @@ def test_many_open_connections_that_carried_data_cost_little_memory(
     assert process.finish()[0] == 0
 
 
-@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("loop", MODES)
 def test_small_writes_to_a_peer_that_reads_nothing_stay_small(
     tapster: type[TapsterProcess], tmp_path: Path, loop: list[str]
 ) -> None:
@@ -317,13 +329,12 @@ def test_small_writes_to_a_peer_that_reads_nothing_stay_small(
     assert process.finish()[0] == 0
 
 
-@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("loop", MODES)
 def test_concurrent_connections_sharing_the_read_buffer_stay_byte_exact(
     tapster: type[TapsterProcess], dest: socket.socket, loop: list[str]
 ) -> None:
     """Every connection reads into one shared buffer: 16 connections at once, each echoing 4 MB of its own
     random bytes through the forwarder, must each get back exactly what it sent, in order."""
-    import os
     import random
 
     process = start_forward(tapster, "tcp:0:interface=127.0.0.1", tcp_dest(dest), *loop)
@@ -366,3 +377,137 @@ def test_concurrent_connections_sharing_the_read_buffer_stay_byte_exact(
     assert results == {number: True for number in range(16)}
     process.signal(signal.SIGTERM)
     assert process.finish()[0] == 0
+
+
+def descriptors(pid: int) -> list[str]:
+    """What each of the process's open descriptors is (``socket:[...]``, ``pipe:[...]``, a path)."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            found.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return found
+
+
+def pipes(pid: int) -> int:
+    return sum(name.startswith("pipe:") for name in descriptors(pid))
+
+
+def send_until_stalled(sock: socket.socket) -> int:
+    """Send from a non-blocking socket until nothing has gone out for half a second; return the bytes sent."""
+    sock.setblocking(False)
+    sent, still_since = 0, time.monotonic()
+    while time.monotonic() - still_since < 0.5:
+        try:
+            sent += sock.send(b"s" * CHUNK)
+            still_since = time.monotonic()
+        except BlockingIOError:
+            time.sleep(0.01)
+    sock.setblocking(True)
+    return sent
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
+def test_a_stalled_plain_pair_holds_its_bytes_in_a_kernel_pipe_unless_no_splice(
+    tapster: type[TapsterProcess], tmp_path: Path, loop: list[str], splice: bool
+) -> None:
+    """The proof that plain pairs are moved by splice(2): while the destination reads nothing, the bytes the
+    forwarder holds sit in a pipe (two more pipe descriptors); with --no-splice no pipe is opened. Every byte
+    arrives once the destination reads, then the client's end-of-file."""
+    path = tmp_path / "dest.sock"
+    with unix_listener(path) as listener:
+        extra = [*loop] if splice else [*loop, "--no-splice"]
+        process = start_forward(tapster, "tcp:0:interface=127.0.0.1", f"unix:path={path}", *extra)
+        pid = process.proc.pid
+        before = pipes(pid)
+        with socket.create_connection(("127.0.0.1", process.port("PortForward")), timeout=30) as client:
+            server, _ = listener.accept()
+            with server:
+                server.settimeout(30)
+                sent = send_until_stalled(client)
+                assert pipes(pid) == before + (2 if splice else 0)
+                client.shutdown(socket.SHUT_WR)
+                assert read_all(server) == b"s" * sent
+    process.signal(signal.SIGTERM)
+    assert process.finish()[0] == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize(
+    ("spare", "opened"),
+    [
+        pytest.param(3, 2, id="no-duplicates-so-the-transports-copy"),
+        pytest.param(4, 4, id="duplicates-but-no-pipe-so-the-relay-copies"),
+    ],
+)
+def test_with_no_descriptor_to_spare_a_pair_still_forwards_every_byte(
+    tapster: type[TapsterProcess], dest: socket.socket, loop: list[str], spare: int, opened: int
+) -> None:
+    """The descriptor limit lowered on the running forwarder so that a pair gets its two sockets but not the
+    relay's two duplicates (the pair is copied through the process), or the duplicates but no pipe (the relay
+    copies through a buffer). Either way 8 MB go each way at once, byte-exact, and both half-closes pass."""
+    import random
+    import resource
+
+    process = start_forward(tapster, "tcp:0:interface=127.0.0.1", tcp_dest(dest), *loop)
+    pid = process.proc.pid
+    base, no_pipes = len(descriptors(pid)), pipes(pid)
+    hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (base + spare, hard))
+    up, down = random.randbytes(8 << 20), random.randbytes(8 << 20)
+    got: dict[str, bytes] = {}
+    with socket.create_connection(("127.0.0.1", process.port("PortForward")), timeout=30) as client:
+        server, _ = dest.accept()
+        with server:
+            server.settimeout(30)
+            client.sendall(b"first")
+            assert server.recv(5) == b"first"  # paired: the relay (or the copying) has started
+            assert len(descriptors(pid)) == base + opened, descriptors(pid)
+
+            def send(sock: socket.socket, data: bytes) -> None:
+                sock.sendall(data)
+                sock.shutdown(socket.SHUT_WR)
+
+            senders = [
+                threading.Thread(target=send, args=(client, up)),
+                threading.Thread(target=send, args=(server, down)),
+            ]
+            readers = [
+                threading.Thread(target=lambda: got.__setitem__("up", read_all(server))),
+                threading.Thread(target=lambda: got.__setitem__("down", read_all(client))),
+            ]
+            for thread in [*senders, *readers]:
+                thread.start()
+            for thread in [*senders, *readers]:
+                thread.join(60)
+            assert pipes(pid) == no_pipes, "a pipe was opened after all"
+    assert got == {"up": up, "down": down}
+    process.signal(signal.SIGTERM)
+    assert process.finish()[0] == 0
+
+
+@pytest.mark.parametrize("loop", MODES)
+def test_a_destination_that_speaks_first_is_heard(
+    tapster: type[TapsterProcess], dest: socket.socket, loop: list[str]
+) -> None:
+    """A destination that greets as soon as it accepts (SMTP, FTP, SSH): the greeting can reach the forwarder
+    before it has joined the pair, and must be kept and passed on, not dropped. Twenty connections, so that
+    the greeting races the pairing on each loop."""
+    process = start_forward(tapster, "tcp:0:interface=127.0.0.1", tcp_dest(dest), *loop)
+    port = process.port("PortForward")
+
+    def greet() -> None:
+        for number in range(20):
+            conn, _ = dest.accept()
+            with conn:
+                conn.sendall(b"220 hello %d\r\n" % number)
+                conn.shutdown(socket.SHUT_WR)
+                read_all(conn)
+
+    greeter = threading.Thread(target=greet, daemon=True)
+    greeter.start()
+    for number in range(20):
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as client:
+            client.settimeout(15)
+            assert read_all(client) == b"220 hello %d\r\n" % number
+    greeter.join(15)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from python_socks import ProxyError, ProxyType
 from python_socks.sync import Proxy
-from test_portforward import drain_and_check, push_until_stalled, rss_kib
+from test_portforward import drain_and_check, pipes, push_until_stalled, rss_kib
 
 from conftest import TapsterProcess, read_all, run_tapster
 from support import one_line
@@ -282,12 +282,14 @@ def test_slow_handshake_times_out(tapster: type[TapsterProcess]) -> None:
 
 def test_back_pressure_through_the_proxy(tapster: type[TapsterProcess]) -> None:
     """The relay is the port forwarder's: a destination that does not read stalls the client after a few MB
-    and the proxy's RSS grows by less than 16 MB; once it reads, all 200 MB arrive intact."""
+    and the proxy's RSS grows by less than 16 MB, what it holds sitting in a kernel pipe (splice(2): one pipe's
+    two descriptors); once it reads, all 200 MB arrive intact."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         listener.settimeout(15)
         process, port = start_socks(tapster, *ALLOW_LOOPBACK)
+        no_pipes = pipes(process.proc.pid)
         with through(port, ProxyType.SOCKS5, "127.0.0.1", listener.getsockname()[1]) as client:
             client.settimeout(30)
             server, _ = listener.accept()
@@ -296,6 +298,7 @@ def test_back_pressure_through_the_proxy(tapster: type[TapsterProcess]) -> None:
                 sent, growth, thread, _ = push_until_stalled(client, server, process.proc.pid)
                 assert sent < 64 * 1024 * 1024, f"{sent} bytes went into a peer that reads nothing"
                 assert growth < 16 * 1024, f"proxy RSS grew by {growth} KiB"
+                assert pipes(process.proc.pid) == no_pipes + 2
                 drain_and_check(server, thread)
 
 

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import pytest
 
-from support import wait_until_async
+from support import run_on_loop, wait_until_async
 from tapster.log._context import record_context
 from tapster.service import MultiService, Service, still_stopping
 from tapster.services import StreamServer, lingering_close
@@ -33,16 +33,7 @@ log = logging.getLogger("tests.services.connection_cost")
 
 def run(scenario: Callable[[], Awaitable[T]], loop: str) -> T:
     """Run an async scenario on a fresh event loop of the given kind."""
-
-    async def main() -> T:
-        async with asyncio.timeout(20):
-            return await scenario()
-
-    if loop == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(main())
-    return asyncio.run(main())
+    return run_on_loop(scenario, loop, timeout=20)
 
 
 @pytest.fixture

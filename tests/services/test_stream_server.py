@@ -13,7 +13,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 
-from support import wait_until_async
+from support import run_on_loop, wait_until_async
 from tapster import Application
 from tapster.errors import ListenError
 from tapster.log._context import record_context
@@ -28,16 +28,7 @@ log = logging.getLogger("tests.services.stream")
 
 def run(scenario: Callable[[], Awaitable[T]], loop: str = "asyncio") -> T:
     """Run an async scenario on a fresh event loop of the given kind."""
-
-    async def main() -> T:
-        async with asyncio.timeout(15):
-            return await scenario()
-
-    if loop == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(main())
-    return asyncio.run(main())
+    return run_on_loop(scenario, loop)
 
 
 @pytest.fixture

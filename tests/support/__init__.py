@@ -16,8 +16,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -25,6 +26,8 @@ from tapster.log import RotatingFileHandler
 
 REPO = Path(__file__).resolve().parent.parent.parent
 PERSIST_FIXTURES = str(REPO / "tests" / "persist")
+
+T = TypeVar("T")
 
 __all__ = [
     "PERSIST_FIXTURES",
@@ -34,6 +37,7 @@ __all__ = [
     "make_state",
     "one_line",
     "run_in_child",
+    "run_on_loop",
     "taken_port",
     "wait_for_match",
     "wait_for_text",
@@ -41,6 +45,20 @@ __all__ = [
     "wait_until",
     "wait_until_async",
 ]
+
+
+def run_on_loop(scenario: Callable[[], Awaitable[T]], loop: str = "asyncio", timeout: float = 15) -> T:
+    """Run an async scenario on a fresh event loop of the given kind ("asyncio" or "uvloop"), within ``timeout``."""
+
+    async def main() -> T:
+        async with asyncio.timeout(timeout):
+            return await scenario()
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main())
+    return asyncio.run(main())
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 15, what: str = "condition") -> None:

@@ -31,6 +31,13 @@ class PortForwardOptions(Options):
             seconds,
         ),
     ]
+    flags = [
+        (
+            "no-splice",
+            None,
+            "Copy the bytes through the process instead of moving them in the kernel with splice(2).",
+        )
+    ]
     long_description = (
         "Back-pressure both ways (a slow reader slows the sender, the forwarder does not buffer), half-close "
         "passed on.\nExample: tapster -n portforward --listen tcp:8000 --dest tcp:example.com:80"
@@ -63,7 +70,12 @@ class PortForwardPlugin:
     def make_service(self, options: Any) -> Service:
         from tapster.services import PortForward
 
-        return PortForward(options["listen"], options["dest"], drain_timeout=options["drain-timeout"])
+        return PortForward(
+            options["listen"],
+            options["dest"],
+            drain_timeout=options["drain-timeout"],
+            splice=not options["no-splice"],
+        )
 
 
 portforward = PortForwardPlugin()

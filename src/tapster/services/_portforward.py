@@ -26,9 +26,10 @@ import threading
 
 from tapster.endpoints import ClientEndpoint, parse_client
 from tapster.services._drain import LINGER
+from tapster.services._splice import Relay, can_relay
 from tapster.services._stream_server import StreamServer
 
-__all__ = ["PortForward"]
+__all__ = ["PortForward", "relay_pair"]
 
 logger = logging.getLogger("tapster.services")
 
@@ -66,6 +67,9 @@ class _Half(asyncio.BufferedProtocol):
     keep a reference to the unsent part (Python 3.12+ and uvloop do), so that buffer is left to the transport
     and the next read gets a new one; and what is written while unsent data is queued is written as a copy
     of its own bytes, so a stalled direction holds at most one such buffer plus the high-water mark.
+
+    A side whose pair is moved by a :class:`Relay` reads and writes nothing itself: its transport is paused and
+    stays only as the connection's handle.
     """
 
     def __init__(self) -> None:
@@ -73,6 +77,8 @@ class _Half(asyncio.BufferedProtocol):
         self.peer: _Half | None = None
         self.ended = False  # this side sent its end-of-file
         self.lost = False
+        self.throttled = False  # the peer's transport asked us to stop reading (its buffer is full)
+        self.relay: Relay | None = None
         self._lent: memoryview | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -116,15 +122,19 @@ class _Half(asyncio.BufferedProtocol):
     def pause_writing(self) -> None:
         peer = self.peer
         if peer is not None and peer.transport is not None:
+            peer.throttled = True
             peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.lost:
+            peer.throttled = False
             peer.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self.relay is not None:
+            self.relay.close()  # aborted from outside (the drain's deadline): the relay lets go first
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.lost:
             if exc is None:
@@ -133,9 +143,43 @@ class _Half(asyncio.BufferedProtocol):
                 peer.transport.abort()
 
 
+def relay_pair(first: _Half, second: _Half) -> bool:
+    """Hand a joined pair to a kernel-side :class:`Relay` if both sides are plain sockets with nothing queued.
+
+    False leaves the pair to copy through the process: a TLS side, bytes still queued in a transport, a side
+    that has ended already, or no descriptor left for the relay's duplicates.
+    """
+    for side in (first, second):
+        transport = side.transport
+        if side.lost or side.ended or transport is None or transport.get_write_buffer_size():
+            return False
+        if not can_relay(transport):
+            return False
+    assert first.transport is not None and second.transport is not None
+
+    def finished(exc: OSError | None) -> None:
+        for side in (first, second):
+            side.relay = None
+            if side.transport is not None and not side.lost:
+                if exc is None:
+                    side.transport.close()
+                else:
+                    side.transport.abort()
+
+    try:
+        relay = Relay(asyncio.get_running_loop(), first.transport, second.transport, finished)
+    except OSError:
+        return False
+    for side in (first, second):
+        side.transport.pause_reading()  # type: ignore[union-attr]  # uvloop may be reading already
+        side.relay = relay
+    relay.start()
+    return True
+
+
 class _Early(_Half):
     """A side that may read before it has a peer: what it reads then is kept (and reading paused), and so is its
-    end-of-file, for whoever pairs it to pass on."""
+    end-of-file, for :meth:`pass_early` to pass on once paired."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -155,17 +199,32 @@ class _Early(_Half):
             return True
         return super().eof_received()
 
+    def pass_early(self) -> bool:
+        """Write what was read before pairing to the peer, and its end-of-file; False if that ended the pair."""
+        early, self.early = self.early, []
+        for data in early:
+            super().data_received(data)
+        if self.ended:
+            self.ended = False
+            if not super().eof_received():
+                assert self.transport is not None
+                self.transport.close()
+                return False
+        return True
+
 
 class _Inbound(_Early):
     """The accepted side: connects to the destination, and reads only once it is connected.
 
     Reading is paused until then; what arrives anyway (uvloop starts reading after ``connection_made`` even when
-    it paused reading) is kept, with any end-of-file, and passed on once the destination is connected.
+    it paused reading) is kept, with any end-of-file, and passed on once the destination is connected. The
+    destination's side keeps what it reads before the pairing in the same way.
     """
 
-    def __init__(self, dest: ClientEndpoint) -> None:
+    def __init__(self, dest: ClientEndpoint, splice: bool) -> None:
         super().__init__()
         self.dest = dest
+        self.splice = splice
         self.connecting: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -175,7 +234,7 @@ class _Inbound(_Early):
 
     async def _connect(self) -> None:
         try:
-            _, outbound = await self.dest.connect(_Half)
+            _, outbound = await self.dest.connect(_Early)
         except (OSError, TimeoutError) as exc:
             logger.warning("cannot connect to %s: %s; closing the client's connection", self.dest, exc)
             if self.transport is not None and not self.lost:
@@ -187,17 +246,13 @@ class _Inbound(_Early):
             outbound.transport.close()  # type: ignore[union-attr]
             return
         self.peer, outbound.peer = outbound, self
-        early, self.early = self.early, []
-        for data in early:
-            super().data_received(data)
-        if self.ended:
-            self.ended = False
-            if not super().eof_received():
-                assert self.transport is not None
-                self.transport.close()
+        if not (self.pass_early() and outbound.pass_early()):
             return
-        assert self.transport is not None
-        self.transport.resume_reading()
+        if self.splice and relay_pair(self, outbound):
+            return
+        for side in (self, outbound):
+            if not side.lost and not side.ended and not side.throttled:
+                side.transport.resume_reading()  # type: ignore[union-attr]
 
     def stop_requested(self) -> None:
         """The server is stopping: a forwarded connection runs on until it ends (or the drain times out)."""
@@ -216,6 +271,8 @@ class PortForward(StreamServer):
         dest: a client endpoint string (``"tcp:example.com:80"``, ``"unix:path=/run/db.sock"``) or endpoint.
         name: the service name and log label.
         drain_timeout: seconds open connections get to end at stop; None: until the runner's shutdown timeout.
+        splice: move the bytes of plain TCP/unix pairs inside the kernel (``splice(2)``, Linux); False copies
+            them through the process as for TLS.
     """
 
     def __init__(
@@ -226,12 +283,14 @@ class PortForward(StreamServer):
         name: str = "PortForward",
         drain_timeout: float | None = None,
         linger: float = LINGER,
+        splice: bool = True,
     ) -> None:
         self.dest = parse_client(dest) if isinstance(dest, str) else dest
+        self.splice = splice
         super().__init__(listen, self._protocol, name=name, drain_timeout=drain_timeout, linger=linger)
 
     def _protocol(self) -> asyncio.BaseProtocol:
-        return _Inbound(self.dest)
+        return _Inbound(self.dest, getattr(self, "splice", True))
 
     def __repr__(self) -> str:
         return f"<PortForward {self.endpoint.description} -> {self.dest.description}>"

@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from tapster.services._drain import LINGER, start_lingering_close
-from tapster.services._portforward import _Early, _Half
+from tapster.services._portforward import _Early, _Half, relay_pair
 from tapster.services._socks_policy import DestinationPolicy, Network
 from tapster.services._socks_udp import UDPAssociation
 from tapster.services._socks_wire import HandshakeFailed, PasswordCheck, Reply, Request, negotiate
@@ -380,8 +380,10 @@ class _Client(_Half):
             if not _Half.eof_received(self):
                 client.close()
             return
-        if self.paused:
-            self.paused = False
+        was_paused, self.paused = self.paused, False
+        if relay_pair(self, outbound):
+            return  # moved in the kernel from now on (see PortForward)
+        if was_paused:
             client.resume_reading()
 
 

@@ -1,0 +1,62 @@
+"""PortForward's splice relay inside a running loop: what only an in-process test can see, because a tapster process
+exits right after its stop (and the exit would close whatever the relay forgot)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from support import run_on_loop
+from tapster.services import PortForward
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+async def ends(reader: asyncio.StreamReader) -> bool:
+    """True once the peer's side is gone: end-of-file or a reset."""
+    try:
+        return await reader.read() == b""
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_the_drain_deadline_ends_a_relayed_pair_while_the_loop_runs_on(
+    loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A relayed pair still open at the drain deadline is aborted, and both its peers see their connection end at
+    once, while the loop (and the rest of the application) runs on: the relay let go of its duplicate
+    descriptors, which would otherwise keep both sockets open."""
+
+    async def scenario() -> None:
+        accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+        async def keep(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await accepted.put((reader, writer))
+
+        destination = await asyncio.start_server(keep, "127.0.0.1", 0)
+        port = destination.sockets[0].getsockname()[1]
+        forward = PortForward(
+            "tcp:0:interface=127.0.0.1", f"tcp:host=127.0.0.1:port={port}", drain_timeout=0.2
+        )
+        await forward.privileged_start()
+        await forward.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", forward.port)
+        far_reader, far_writer = await accepted.get()
+        writer.write(b"ping")
+        assert await far_reader.readexactly(4) == b"ping"
+        far_writer.write(b"pong")
+        assert await reader.readexactly(4) == b"pong"
+        await forward.stop()
+        assert await asyncio.wait_for(ends(reader), 5)
+        assert await asyncio.wait_for(ends(far_reader), 5)
+        writer.close()
+        far_writer.close()
+        destination.close()
+        await destination.wait_closed()
+
+    with caplog.at_level(logging.INFO):
+        run_on_loop(scenario, loop)
+    assert "aborted 1 connection(s) still open after 0.2 s" in caplog.text
