@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import pytest
 
-from support import run_on_loop
+from support import run_in_child, run_on_loop
 from tapster.services import PortForward
 
 LOOPS = ["asyncio", "uvloop"]
@@ -60,3 +61,26 @@ def test_the_drain_deadline_ends_a_relayed_pair_while_the_loop_runs_on(
     with caplog.at_level(logging.INFO):
         run_on_loop(scenario, loop)
     assert "aborted 1 connection(s) still open after 0.2 s" in caplog.text
+
+
+def test_a_forked_child_never_shares_the_parents_idle_pipes() -> None:
+    """A worker forked after the parent relayed has the parent's pooled pipes too: if both used one, each would
+    read the other's bytes. The child closes them and starts with an empty pool; the parent keeps its own."""
+    from tapster.services import _splice
+
+    pipe = _splice._pipes.take()
+    assert pipe is not None
+    _splice._pipes.give(pipe)
+
+    def is_open(fd: int) -> bool:
+        try:
+            os.fstat(fd)
+        except OSError:
+            return False
+        return True
+
+    def in_child() -> tuple[list[tuple[int, int]], list[bool]]:
+        return list(_splice._pipes.idle), [is_open(fd) for fd in pipe]
+
+    assert run_in_child(in_child) == ([], [False, False])
+    assert pipe in _splice._pipes.idle and all(is_open(fd) for fd in pipe)

@@ -93,8 +93,15 @@ class _PipePool(threading.local):
         else:
             _close_pipe(pipe)
 
+    def forget(self) -> None:
+        """In a forked child: the idle pipes are the parent's too, and two processes must never share one."""
+        idle, self.idle = self.idle, []
+        for pipe in idle:
+            _close_pipe(pipe)
+
 
 _pipes = _PipePool()
+os.register_at_fork(after_in_child=_pipes.forget)  # the forking thread is the child's only one
 
 
 def _close_pipe(pipe: tuple[int, int]) -> None:
