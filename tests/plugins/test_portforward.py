@@ -511,3 +511,38 @@ def test_a_destination_that_speaks_first_is_heard(
             client.settimeout(15)
             assert read_all(client) == b"220 hello %d\r\n" % number
     greeter.join(15)
+
+
+def test_a_destination_by_name_is_reached_after_dropping_to_nobody(
+    tapster: type[TapsterProcess], dest: socket.socket, shared_dir: Path
+) -> None:
+    """`--dest tcp:localhost:PORT` after `-u nobody`: the name is looked up on the loop's thread pool, whose module
+    Python imports on first use, which failed once the interpreter's directory was unreadable (the client's
+    connection then hung, never answered nor closed). The module is loaded before the switch now."""
+    port = dest.getsockname()[1]
+    process = tapster(
+        [
+            "-n",
+            "-o",
+            "--pidfile=",
+            "-u",
+            "nobody",
+            "portforward",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--dest",
+            f"tcp:localhost:{port}",
+        ],
+        cwd=shared_dir,
+    )
+    process.wait_for("PortForward starting on")
+    with socket.create_connection(("127.0.0.1", process.port("PortForward")), timeout=15) as client:
+        client.settimeout(15)
+        server, _ = dest.accept()
+        with server:
+            server.sendall(b"hello")
+            server.shutdown(socket.SHUT_WR)
+            assert read_all(client) == b"hello"
+    process.signal(signal.SIGTERM)
+    status, out, _ = process.finish()
+    assert status == 0 and "Traceback" not in out

@@ -2,7 +2,9 @@
 
 Several steps import lazily to keep ``tapster`` fast to start: saving state at stop (pickle, persist), the
 profiler, the debugger, uvloop, the ``idna`` codec ``socket.getaddrinfo`` uses for every host name, ``random``
-for a reconnecting client's backoff. Inside a ``--chroot`` jail the standard library is usually not there, and
+for a reconnecting client's backoff, the thread pool behind ``run_in_executor`` (asyncio's host name lookups,
+aiohttp's file responses: without it, a name lookup after ``--uid nobody`` left a forwarded client hanging and
+every large static file was a 500). Inside a ``--chroot`` jail the standard library is usually not there, and
 after ``--uid nobody`` it may not be readable (an interpreter installed under ``/root``): the import then fails
 in the middle of a start or a stop. Importing them here, while the whole file system is reachable as root,
 makes the rest of the run independent of both. Modules an application imports lazily are its own business
@@ -19,6 +21,7 @@ __all__ = ["preload"]
 
 _ALWAYS = (
     "encodings.idna",  # socket.getaddrinfo() encodes host names with it
+    "concurrent.futures.thread",  # run_in_executor's pool: asyncio's getaddrinfo, aiohttp's FileResponse
     "random",
     "traceback",
     "tapster.runner._debug",

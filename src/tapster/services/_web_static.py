@@ -22,12 +22,13 @@ FileResponse: a request with ``Range`` or a conditional header, and one whose ``
 pre-compressed ``.gz``/``.br`` sibling that exists. A disk so slow that opening a small file blocks is a disk on
 which twistd blocks too.
 
-Limit: for files sent by FileResponse, the check and its ``open`` are two steps. Someone who can write inside the
-directory could swap a checked file, or a directory in its path, for a link out of it in between; serve only
-directories that untrusted users cannot write. The small-file path has no such gap: it opens each directory
-below the root relative to its parent with ``O_NOFOLLOW``, and the file relative to the last
-(:meth:`StaticFiles._open_inside`), so whatever is swapped meanwhile, what it opens lies inside the root (a
-swap makes it a 404). A test swaps a directory for a link as fast as it can during requests.
+Between the check and the open, someone who can write inside the directory could swap a checked file, or a
+directory in its path, for a link out of it. So files are opened relative to the root, each directory below it
+relative to its parent with ``O_NOFOLLOW`` and the file relative to the last (:meth:`StaticFiles._open_inside`):
+whatever is swapped meanwhile, what is opened lies inside the root (a swap makes it a 404). FileResponse, which
+takes a path and opens it later on its thread pool, is given ``/proc/self/fd/N`` of the file so opened. A test
+swaps a directory for a link as fast as it can during requests of each kind. Limit: a request that may get a
+pre-compressed sibling, and a chroot without ``/proc``, give FileResponse the path, with the race.
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ import mimetypes
 import os
 import stat
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -152,6 +155,36 @@ class SmallFileCache:
 _CACHED_HEADERS = (hdrs.CONTENT_TYPE, hdrs.ETAG, hdrs.LAST_MODIFIED, hdrs.ACCEPT_RANGES)
 
 
+def _may_pick_sibling(request: BaseRequest, real: str) -> bool:
+    """Whether FileResponse might answer with a pre-compressed ``real.gz``/``real.br``: one exists and the client
+    accepts its encoding."""
+    accept_encoding = request.headers.get(hdrs.ACCEPT_ENCODING, "").lower()
+    return bool(accept_encoding) and any(
+        coding in accept_encoding and os.path.lexists(real + suffix) for coding, suffix in _PRECOMPRESSED
+    )
+
+
+def _proc_fds() -> bool:
+    """Whether ``/proc/self/fd`` is there (not in a chroot without ``/proc``); looked at on each request, since a
+    chroot comes after the server is made."""
+    return os.path.isdir("/proc/self/fd")
+
+
+class _HeldFileResponse(web.FileResponse):
+    """FileResponse for a file we hold open: it opens ``/proc/self/fd/N``, and the descriptor is closed once the
+    response is done (or, if it is never sent, when the response is collected)."""
+
+    def __init__(self, fd: int, content_type: str) -> None:
+        super().__init__(f"/proc/self/fd/{fd}", headers={hdrs.CONTENT_TYPE: content_type})
+        self._release = weakref.finalize(self, os.close, fd)
+
+    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        try:
+            return await super().prepare(request)
+        finally:
+            self._release()
+
+
 class StaticFiles:
     """Serves ``GET`` and ``HEAD`` for the files under ``root`` (see the module's docstring for the rules).
 
@@ -216,19 +249,54 @@ class StaticFiles:
                 raise web.HTTPNotFound() from None
         mode = st.st_mode
         if stat.S_ISREG(mode):
-            return self._small_file(request, real, st) or web.FileResponse(real)
+            return self._small_file(request, real, st) or self._file_response(request, real, st)
         if not stat.S_ISDIR(mode):
             raise web.HTTPNotFound()
         path, _, query = request.raw_path.partition("?")
         if not path.endswith("/"):  # relative links in the page must resolve inside the directory
             raise web.HTTPMovedPermanently(path + "/" + ("?" + query if query else ""))
         for index in self.index_files:
-            candidate = os.path.join(real, index)
-            if os.path.isfile(candidate) and self._inside(os.path.realpath(candidate)):
-                return web.FileResponse(os.path.realpath(candidate))
+            candidate = os.path.realpath(os.path.join(real, index))
+            try:
+                found_st = os.stat(candidate)
+            except OSError:
+                continue
+            if stat.S_ISREG(found_st.st_mode) and self._inside(candidate):
+                return self._small_file(request, candidate, found_st) or self._file_response(
+                    request, candidate, found_st
+                )
         if not self.listings:
             raise web.HTTPForbidden()
         return web.Response(text=self._listing(real, request.path), content_type="text/html")
+
+    def _file_response(self, request: BaseRequest, real: str, checked: os.stat_result) -> web.StreamResponse:
+        """FileResponse for the file at ``real``, given the file already opened inside the root.
+
+        FileResponse takes a path, and opens it later on its thread pool: between our check and its open,
+        someone who can write in the directory could swap a part of the path for a link out of it. So the file
+        is opened here the safe way (:meth:`_open_inside`) and FileResponse gets ``/proc/self/fd/N`` for it:
+        opening that opens the very file we hold, whatever happens to the names meanwhile. Without ``/proc``
+        (a chroot without it), and for a request that may pick a pre-compressed sibling, FileResponse gets the
+        path as before.
+        """
+        if not _proc_fds() or _may_pick_sibling(request, real):
+            return web.FileResponse(real)
+        try:
+            fd = self._open_inside(real)
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENOTDIR):  # a part of the checked path became a link since
+                raise web.HTTPNotFound() from None
+            return web.FileResponse(real)  # FileResponse gives the 403 or 404 it gives for this
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise web.HTTPNotFound() from None
+        if (st.st_dev, st.st_ino) != (checked.st_dev, checked.st_ino) or not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise web.HTTPNotFound()  # replaced since the check: not the file that was checked
+        content_type = _CONTENT_TYPES.guess_type(real)[0] or _FALLBACK_TYPE
+        return _HeldFileResponse(fd, content_type)
 
     def _small_file(self, request: BaseRequest, real: str, checked: os.stat_result) -> web.Response | None:
         """The whole answer for a plain request of a small file, read on the loop; None leaves it to FileResponse."""
@@ -237,10 +305,7 @@ class StaticFiles:
         headers = request.headers
         if any(name in headers for name in _NEEDS_FILE_RESPONSE):
             return None
-        accept_encoding = headers.get(hdrs.ACCEPT_ENCODING, "").lower()
-        if accept_encoding and any(
-            coding in accept_encoding and os.path.lexists(real + suffix) for coding, suffix in _PRECOMPRESSED
-        ):
+        if _may_pick_sibling(request, real):
             return None
         cached = self._cache.get(real, checked)
         if cached is not None:
