@@ -569,3 +569,35 @@ def test_after_dropping_to_nobody_large_files_and_ranges_are_served(
     process.signal(signal.SIGTERM)
     status, out, _ = process.finish()
     assert status == 0 and "Traceback" not in out
+
+
+def test_with_workers_the_master_writes_the_access_log_file_and_follows_ctl(
+    tapster: type[TapsterProcess], site: Path
+) -> None:
+    """`--workers 2` with `--access-log FILE`: the workers send their lines to the master, which alone has the file
+    open, so `ctl reopen` after a move and `ctl rotate` reach it as in one process (each worker used to open the
+    file itself, rotate it on its own count and never follow the signals: after logrotate's move every worker
+    went on filling the moved copy). Lines from both workers arrive, whole."""
+    cwd = site.parent
+    access = cwd / "access.log"
+    web = ["web", "--path", str(site), "--access-log", str(access), "--listen", "tcp:0:interface=127.0.0.1"]
+    process = tapster(["-n", "-o", "--pidfile", "t.pid", "--workers", "2", *web], cwd=cwd)
+    port = process.port("WebServer")
+    process.wait_for(r"worker 1 ready", timeout=20)
+    process.wait_for(r"worker 2 ready", timeout=20)
+    for _ in range(40):  # new connections: both workers get some
+        request(port, "/style.css")
+    wait_until(lambda: access.read_text().count("GET /style.css") == 40, 10, "40 lines in the access log")
+    assert all(line.startswith("127.0.0.1 - - [") for line in access.read_text().splitlines())
+    move_reopen_and_request(access, cwd / "t.pid", port, "/data.json")
+    assert "GET /data.json" not in (cwd / "access.log.moved").read_text()
+    result = run_tapster(["ctl", "rotate", "--pidfile", "t.pid"], cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "GET /data.json" in (cwd / "access.log.1").read_text()
+    request(port, "/index.html")
+    wait_until(
+        lambda: access.exists() and "GET /index.html" in access.read_text(), 10, "a line after rotation"
+    )
+    process.signal(signal.SIGTERM)
+    status, out, _ = process.finish()
+    assert status == 0 and "GET /style.css" not in out  # the access lines went to the file, not the main log

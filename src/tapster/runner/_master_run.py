@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tapster.errors import StartupError, TapsterError
 from tapster.log import LogDestination
+from tapster.log._service_files import close_files_for_workers, open_files_for_workers
 from tapster.runner._answers import HeldFile
 from tapster.runner._config import RunConfig
 from tapster.runner._daemon import StartupPipe
@@ -32,7 +33,7 @@ from tapster.runner._pidfile import NoPidFile, PidFile
 from tapster.runner._proctitle import set_process_title
 from tapster.runner._sdnotify import SystemdNotifier
 from tapster.runner._workers_table import MAX_BYTES, workers_path
-from tapster.service import Service
+from tapster.service import MultiService, Service
 
 if TYPE_CHECKING:
     from tapster.runner._status import StatusServer
@@ -136,6 +137,7 @@ def run_master(
             listeners.extend(handed_over(handoff["listeners"]))
         for listener in listeners:
             logger.info("master listening on %s for %d worker(s)", listener.description, config.workers)
+        open_files_for_workers(_service_log_files(root))  # the workers send their lines here
         master = Master(
             count=config.workers,
             listeners=[(listener.name, listener.sock) for listener in listeners],
@@ -199,7 +201,18 @@ def run_master(
             logger.warning("%s", exc)
         if ready:
             logger.info("Server Shut Down.")
+        close_files_for_workers()
         destination.close()
+
+
+def _service_log_files(service: Service) -> list[str]:
+    """The log files of the services' own in ``service``'s tree (a web server's ``--access-log FILE``)."""
+    own = getattr(service, "service_log_files", None)
+    files: list[str] = list(own()) if callable(own) else []
+    if isinstance(service, MultiService):
+        for child in service:
+            files += _service_log_files(child)
+    return files
 
 
 async def _status_listener(endpoint: str, handoff: dict[str, Any] | None) -> BoundListener:

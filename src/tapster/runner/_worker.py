@@ -83,6 +83,11 @@ class RecordsToMaster(logging.Handler):
                 "context": record_context(record),
                 "message": message_with_details(logging.Formatter(), record),
             }
+            file = record.__dict__.get(
+                "service_file"
+            )  # log/_service_files.py: a line of a service's own file
+            if file is not None:
+                entry["file"] = file
             data = RECORD_MARK + json.dumps(entry, ensure_ascii=False).encode("utf-8", "replace") + b"\n"
             while data:
                 data = data[os.write(1, data) :]
@@ -128,6 +133,9 @@ def main() -> None:
 
     claim_systemd_sockets()  # LISTEN_PID is this process: the shell that started us exec'ed into python
     control = ControlChannel(env.control_fd)
+    from tapster.log._service_files import send_service_files_to_master
+
+    send_service_files_to_master()  # a service's own log file is the master's to write (log/_service_files.py)
     handler = RecordsToMaster()
     root_logger = logging.getLogger()
     root_logger.addHandler(handler)

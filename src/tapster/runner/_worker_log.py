@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 
+from tapster.log._service_files import file_for_worker_record
 from tapster.runner._worker import RECORD_MARK
 
 __all__ = ["OutputRelay"]
@@ -54,6 +55,11 @@ class OutputRelay:
             self._emit(entry)
 
     def _emit(self, entry: dict[str, object]) -> None:
+        if "file" in entry:
+            handler = file_for_worker_record(entry["file"])
+            if handler is not None:  # a line of a service's own file (an access log): written there, bare
+                handler.handle(logging.makeLogRecord({"msg": str(entry.get("message", "")), "args": None}))
+                return
         level = entry.get("level")
         level = level if isinstance(level, int) else logging.INFO
         name = entry.get("logger")

@@ -118,14 +118,20 @@ class WebServer(MultiService):
         return protocol
 
     def _access_logger(self) -> logging.Logger | None:
-        from tapster.services._web_access import ACCESS_LOGGER, access_file_logger
+        from tapster.log._service_files import service_file_logger
+        from tapster.services._web_access import ACCESS_LOGGER
 
         if self.access_log is None:
             return None
         if self.access_log == "-":
             return logging.getLogger(ACCESS_LOGGER)
-        access, self._access_handler = access_file_logger(self.access_log, str(id(self)))
+        access, self._access_handler = service_file_logger(self.access_log, f"{ACCESS_LOGGER}.{id(self)}")
         return access
+
+    def service_log_files(self) -> list[str]:
+        """The log files of this service's own (``--access-log FILE``): under ``--workers`` the master opens and
+        writes them (tapster/log/_service_files.py)."""
+        return [] if self.access_log in (None, "-") else [str(self.access_log)]
 
     async def privileged_start(self) -> None:
         if self._http is None:

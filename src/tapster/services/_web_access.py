@@ -18,9 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from tapster.log import RotatingFileHandler, follow_log_commands
-
-__all__ = ["ACCESS_LOGGER", "CombinedLogFormat", "ServerLog", "access_file_logger", "escape"]
+__all__ = ["ACCESS_LOGGER", "CombinedLogFormat", "ServerLog", "escape"]
 
 ACCESS_LOGGER: Final = "tapster.web.access"
 """The logger access lines go to when they go to the main log."""
@@ -146,23 +144,6 @@ class _AccessRecords:
 _new_record = logging.LogRecord.__new__
 _LOGGING_STARTED: float = getattr(logging, "_startTime", time.time())  # what relativeCreated counts from
 _records = _AccessRecords()
-
-
-def access_file_logger(path: str, name: str) -> tuple[logging.Logger, RotatingFileHandler]:
-    """A logger of its own writing bare access lines to ``path`` (rotated by size like the main log, and by
-    ``SIGUSR1``/``SIGHUP`` with it), and its handler, which the caller closes.
-
-    Raises:
-        StartupError: the file cannot be opened or was refused (see RotatingFileHandler).
-    """
-    handler = RotatingFileHandler(path)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    follow_log_commands(handler)  # SIGUSR1/SIGHUP (tapster ctl rotate/reopen, logrotate) rotate it too
-    logger = logging.getLogger(f"{ACCESS_LOGGER}.{name}")
-    logger.handlers[:] = [handler]
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    return logger, handler
 
 
 class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
