@@ -546,3 +546,40 @@ def test_a_destination_by_name_is_reached_after_dropping_to_nobody(
     process.signal(signal.SIGTERM)
     status, out, _ = process.finish()
     assert status == 0 and "Traceback" not in out
+
+
+@pytest.mark.parametrize("loop", MODES)
+def test_urgent_data_in_a_bulk_stream_neither_stalls_nor_spins_the_forwarder(
+    tapster: type[TapsterProcess], dest: socket.socket, loop: list[str]
+) -> None:
+    """TCP urgent data (MSG_OOB) after enough bytes to switch a direction to splice: splice(2) stops at the
+    urgent mark with EAGAIN while the socket stays readable, and a relay that retried it spun a CPU for ever and
+    forwarded nothing more (found by review). Every ordinary byte after the mark must arrive, and the forwarder
+    must use almost no CPU while the pair is idle afterwards. (The urgent byte itself is not part of the stream:
+    it is dropped, as the copying path and twistd drop it.)"""
+    process = start_forward(tapster, "tcp:0:interface=127.0.0.1", tcp_dest(dest), *loop)
+    pid = process.proc.pid
+    with socket.create_connection(("127.0.0.1", process.port("PortForward")), timeout=15) as client:
+        server, _ = dest.accept()
+        with server:
+            server.settimeout(15)
+            client.sendall(b"a" * (1 << 20))
+            got = 0
+            while got < 1 << 20:
+                got += len(server.recv(1 << 20))
+            client.send(b"!", socket.MSG_OOB)
+            client.sendall(b"b" * 100_000)
+            after = b""
+            while len(after) < 100_000:
+                chunk = server.recv(1 << 20)
+                assert chunk, "the destination's side ended early"
+                after += chunk.replace(b"!", b"")
+            assert after == b"b" * 100_000
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            before = int(fields[11]) + int(fields[12])
+            time.sleep(1.0)  # measuring idle CPU over a second: nothing to wait for
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            used = (int(fields[11]) + int(fields[12]) - before) / os.sysconf("SC_CLK_TCK")
+            assert used < 0.3, f"the forwarder used {used:.2f} CPU seconds in an idle second"
+    process.signal(signal.SIGTERM)
+    assert process.finish()[0] == 0

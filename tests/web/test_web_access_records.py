@@ -113,3 +113,37 @@ def test_a_forked_worker_logs_its_own_pid(access: tuple[logging.Logger, Keep]) -
 
     logged, child = run_in_child(in_child)  # type: ignore[misc]
     assert logged == child != os.getpid()
+
+
+def test_thread_task_and_relative_time_are_each_records_own(access: tuple[logging.Logger, Keep]) -> None:
+    """What differs per call is not copied from the first record (found by review): the thread and its name (a
+    thread renamed, or a new thread reusing an ident), the asyncio task (Python 3.12+'s ``taskName``), and
+    ``relativeCreated`` (nanoseconds since 3.13): each as a standard record made at the same moment has it."""
+    import asyncio
+
+    logger, kept = access
+    log_one(logger)
+    threading.current_thread().name, old_name = "renamed-for-the-test", threading.current_thread().name
+    try:
+        log_one(logger)
+        standard = logger.makeRecord(logger.name, logging.INFO, "f", 0, "m", (), None)
+    finally:
+        threading.current_thread().name = old_name
+    assert kept.records[-1].threadName == "renamed-for-the-test"
+    assert abs(kept.records[-1].relativeCreated - standard.relativeCreated) < 1000
+
+    other = threading.Thread(target=log_one, args=(logger,), name="another-thread")
+    other.start()
+    other.join()
+    assert (kept.records[-1].threadName, kept.records[-1].thread) == ("another-thread", other.ident)
+
+    async def log_in_task() -> None:
+        log_one(logger)
+
+    async def in_tasks() -> None:
+        for name in ("conn-1", "conn-2"):
+            await asyncio.create_task(log_in_task(), name=name)
+
+    asyncio.run(in_tasks())
+    if hasattr(standard, "taskName"):  # Python 3.12+
+        assert [record.taskName for record in kept.records[-2:]] == ["conn-1", "conn-2"]

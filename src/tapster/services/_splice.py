@@ -205,7 +205,11 @@ class _Direction:
         try:
             count = os.splice(self.source, pipe[1], PIPE_SIZE, flags=_FLAGS)
         except (BlockingIOError, InterruptedError):
+            # Nothing to read, or TCP urgent data: splice stops at the urgent mark and says EAGAIN while the
+            # socket stays readable, so retrying it would spin for ever. A copying read steps over the mark.
             _pipes.give(pipe)
+            self.bulk = False
+            self._copy()
             return
         except OSError as exc:
             _pipes.give(pipe)

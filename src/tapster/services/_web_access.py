@@ -7,6 +7,7 @@ a backslash, other control and non-ASCII characters as ``\\xNN``), so a client c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -109,26 +110,26 @@ _now = time.time
 
 
 class _AccessRecords:
-    """Makes the access records: a copy of one made the standard way, with its own time and arguments.
+    """Makes the access records: a copy of one made the standard way, with its own time, arguments, thread and
+    task.
 
-    ``LogRecord.__init__`` works out, per record, what is the same for every access line of a thread: the
-    file and function names, the thread's name, the process's id and name. Copying those from a first record
+    ``LogRecord.__init__`` works out, per record, what is the same for every access line: the file and
+    function names, the process's id and name. Copying those from a first record
     costs a third as much, and the record is the same one: every standard attribute is there for any handler
     or formatter. A program that installs its own record factory gets its records made by it, as always.
     """
 
     def __init__(self) -> None:
-        self._templates: dict[tuple[str, int], dict[str, object]] = {}
+        self._templates: dict[str, dict[str, object]] = {}
         os.register_at_fork(after_in_child=self._templates.clear)  # a worker has its own pid
 
     def make(self, logger: logging.Logger, args: tuple[object, ...]) -> logging.LogRecord:
         if logging.getLogRecordFactory() is not logging.LogRecord:
             return logger.makeRecord(logger.name, logging.INFO, __file__, 0, _LINE, args, None, "log")
-        key = (logger.name, threading.get_ident())
-        template = self._templates.get(key)
+        template = self._templates.get(logger.name)
         if template is None:
             first = logger.makeRecord(logger.name, logging.INFO, __file__, 0, _LINE, (), None, "log")
-            template = self._templates[key] = dict(first.__dict__)
+            template = self._templates[logger.name] = dict(first.__dict__)
         record = _new_record(logging.LogRecord)
         fields = record.__dict__
         fields.update(template)
@@ -136,13 +137,34 @@ class _AccessRecords:
         created = ns / 1e9
         fields["created"] = created
         fields["msecs"] = float((ns % 1_000_000_000) // 1_000_000)
-        fields["relativeCreated"] = (created - _LOGGING_STARTED) * 1000
+        fields["relativeCreated"] = (
+            (ns - _LOGGING_STARTED) / 1e6  # Python 3.13+: nanoseconds
+            if isinstance(_LOGGING_STARTED, int)
+            else (created - _LOGGING_STARTED) * 1000
+        )
         fields["args"] = args
+        if (
+            template["thread"] is not None
+        ):  # what is per thread and per task is the caller's, as LogRecord has it
+            fields["thread"] = threading.get_ident()
+            fields["threadName"] = threading.current_thread().name
+        if "taskName" in template:  # Python 3.12+
+            fields["taskName"] = _task_name()
         return record
 
 
+def _task_name() -> str | None:
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop in this thread
+        return None
+    return None if task is None else task.get_name()
+
+
 _new_record = logging.LogRecord.__new__
-_LOGGING_STARTED: float = getattr(logging, "_startTime", time.time())  # what relativeCreated counts from
+_LOGGING_STARTED: float | int = getattr(
+    logging, "_startTime", time.time()
+)  # what relativeCreated counts from
 _records = _AccessRecords()
 
 
