@@ -11,8 +11,10 @@ The guard therefore lives outside the loop:
   the main thread between bytecodes, and interrupts a blocking ``time.sleep`` or ``select`` to do so, so it runs
   even while the loop is blocked or busy. It only writes the signal number to a pipe: nothing else is safe in a
   handler that may interrupt any code, including the logging module.
-* A daemon thread reads that pipe. The first signal starts the deadline (timeout + grace) and asks the loop to
-  begin the orderly stop (``call_soon_threadsafe``); a second signal, or the deadline, forces the exit: the
+* A daemon thread reads that pipe. It blocks SIGTERM and SIGINT itself, so the kernel never hands it a stop
+  signal (whose handler would then wait for the main thread, perhaps the stuck one). The first signal starts
+  the deadline (timeout + grace) and asks the loop to begin the orderly stop (``call_soon_threadsafe``); a
+  second signal, or the deadline, forces the exit: the
   thread logs which services were still stopping (and where the loop is blocked, read from the main thread's
   stack), removes the pid file through the runner's callback, flushes the log and calls ``os._exit(1)``.
 * With ``--drain-delay``, once the tree has started, the bound starts at timeout + delay + grace. A second
@@ -186,6 +188,12 @@ class ShutdownGuard:
     # -- the guard thread ----------------------------------------------------------------------------------
 
     def _watch(self) -> None:
+        # A stop signal sent to the process goes to any thread that does not block it. Caught here, its Python
+        # handler would wait for the main thread, which may be the one stuck in a blocking call, and the signal
+        # would be lost (seen once in CI: a start() in time.sleep outlived the bound). Blocked here, it can
+        # only go to the main thread, whose blocking call it interrupts.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         deadline: float | None = None
         while True:
             wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
