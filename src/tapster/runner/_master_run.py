@@ -183,6 +183,9 @@ def run_master(
                 "Failed to start: %s", reason, exc_info=None if isinstance(exc, TapsterError) else exc
             )
             if pipe is not None:
+                _leave_nothing(
+                    table, pidfile
+                )  # the launcher exits once it hears: nothing may be left by then
                 pipe.failed(reason)
                 return 1
         raise
@@ -193,16 +196,21 @@ def run_master(
         if status_listener is not None:
             status_listener.close()
         loop.close()
-        if table is not None:
-            table.remove(None)
-        try:
-            pidfile.release()
-        except TapsterError as exc:
-            logger.warning("%s", exc)
+        _leave_nothing(table, pidfile)
         if ready:
             logger.info("Server Shut Down.")
         close_files_for_workers()
         destination.close()
+
+
+def _leave_nothing(table: HeldFile | None, pidfile: PidFile | NoPidFile) -> None:
+    """Remove the workers' table and the pid file (each only once: a second call does nothing)."""
+    if table is not None:
+        table.remove(None)
+    try:
+        pidfile.release()
+    except TapsterError as exc:
+        logger.warning("%s", exc)
 
 
 def _service_log_files(service: Service) -> list[str]:
