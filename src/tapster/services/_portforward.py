@@ -16,6 +16,10 @@ unix socket can be forwarded to a TCP port and the other way round. Three promis
 
 The client side is not read until the destination is connected; if the destination cannot be reached, the
 client's connection is closed and one line says why.
+
+Once joined, a pair of plain sockets (TCP or unix, no TLS) is handed to the kernel-side relay of
+``services/_splice.py`` (:func:`relay_pair`), which keeps the same three promises with ``splice(2)``: what is
+above describes the copying path that TLS pairs, ``splice=False`` and the relay's fallbacks use.
 """
 
 from __future__ import annotations
