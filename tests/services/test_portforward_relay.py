@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 import pytest
 
-from support import run_in_child, run_on_loop
+from support import fd_is_open, run_in_child, run_on_loop
 from tapster.services import PortForward
 
 LOOPS = ["asyncio", "uvloop"]
@@ -72,15 +71,8 @@ def test_a_forked_child_never_shares_the_parents_idle_pipes() -> None:
     assert pipe is not None
     _splice._pipes.give(pipe)
 
-    def is_open(fd: int) -> bool:
-        try:
-            os.fstat(fd)
-        except OSError:
-            return False
-        return True
-
     def in_child() -> tuple[list[tuple[int, int]], list[bool]]:
-        return list(_splice._pipes.idle), [is_open(fd) for fd in pipe]
+        return list(_splice._pipes.idle), [fd_is_open(fd) for fd in pipe]
 
     assert run_in_child(in_child) == ([], [False, False])
-    assert pipe in _splice._pipes.idle and all(is_open(fd) for fd in pipe)
+    assert pipe in _splice._pipes.idle and all(fd_is_open(fd) for fd in pipe)

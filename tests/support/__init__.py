@@ -33,6 +33,7 @@ __all__ = [
     "PERSIST_FIXTURES",
     "Plain",
     "emit",
+    "fd_is_open",
     "make_handler",
     "make_state",
     "one_line",
@@ -45,6 +46,15 @@ __all__ = [
     "wait_until",
     "wait_until_async",
 ]
+
+
+def fd_is_open(fd: int) -> bool:
+    """Whether descriptor ``fd`` is open in this process."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def run_on_loop(scenario: Callable[[], Awaitable[T]], loop: str = "asyncio", timeout: float = 15) -> T:

@@ -17,7 +17,7 @@ import pytest
 from web_support import LOOPS, raw_get, request, start_web
 
 from conftest import TapsterProcess, run_tapster
-from support import wait_until
+from support import fd_is_open, wait_until
 
 SECRET = "TOP-SECRET-OUTSIDE-THE-ROOT"
 TRICKY = '<b onmouseover="x">&\'.txt'
@@ -601,3 +601,45 @@ def test_with_workers_the_master_writes_the_access_log_file_and_follows_ctl(
     process.signal(signal.SIGTERM)
     status, out, _ = process.finish()
     assert status == 0 and "GET /style.css" not in out  # the access lines went to the file, not the main log
+
+
+def test_a_held_file_is_not_closed_under_a_cancelled_prepare(tmp_path: Path) -> None:
+    """A shutdown cancels prepare() while FileResponse's open of /proc/self/fd/N may still be on the thread pool:
+    closing N then could let the pool open whatever file takes the number next (found by review). N stays open
+    until the response is collected, which the pool's job delays until it is done."""
+    import concurrent.futures
+    import gc
+    import threading
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from tapster.services._web_static import StaticFiles
+
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "big.bin").write_bytes(os.urandom(200_000))
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        loop.set_default_executor(pool)
+        gate = threading.Event()
+        blocker = loop.run_in_executor(None, gate.wait)  # the pool's one thread is busy: the open waits
+        try:
+            request = make_mocked_request("GET", "/big.bin")
+            response = await StaticFiles(str(root))(request)
+            fd = response._release.peek()[2][0]  # type: ignore[attr-defined]
+            preparing = asyncio.ensure_future(response.prepare(request))
+            await asyncio.sleep(0.05)
+            preparing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await preparing
+            assert fd_is_open(fd) and os.readlink(f"/proc/self/fd/{fd}") == str(root / "big.bin")
+        finally:
+            gate.set()  # a failed assertion must not leave the pool's thread waiting for ever
+            await blocker
+        del response, preparing
+        gc.collect()
+        assert not fd_is_open(fd) or os.readlink(f"/proc/self/fd/{fd}") != str(root / "big.bin")
+
+    asyncio.run(scenario())

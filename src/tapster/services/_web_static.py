@@ -33,6 +33,7 @@ pre-compressed sibling, and a chroot without ``/proc``, give FileResponse the pa
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import html
 import mimetypes
@@ -180,9 +181,17 @@ class _HeldFileResponse(web.FileResponse):
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
         try:
-            return await super().prepare(request)
-        finally:
+            writer = await super().prepare(request)
+        except asyncio.CancelledError:
+            # Cancelled (a shutdown) while the thread pool may still be opening /proc/self/fd/N: closing N now
+            # could let it open whatever file takes the number next. The pool's job holds this response, so the
+            # finalizer closes N only once that job is done.
+            raise
+        except BaseException:
             self._release()
+            raise
+        self._release()
+        return writer
 
 
 class StaticFiles:
