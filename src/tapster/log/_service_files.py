@@ -21,6 +21,7 @@ from tapster.log._rotate import RotatingFileHandler
 from tapster.log._setup import follow_log_commands
 
 __all__ = [
+    "STAMP",
     "close_files_for_workers",
     "file_for_worker_record",
     "open_files_for_workers",

@@ -183,9 +183,8 @@ def run_master(
                 "Failed to start: %s", reason, exc_info=None if isinstance(exc, TapsterError) else exc
             )
             if pipe is not None:
-                _leave_nothing(
-                    table, pidfile
-                )  # the launcher exits once it hears: nothing may be left by then
+                # The launcher exits once it hears: nothing may be left behind by then.
+                _leave_nothing(table, pidfile)
                 pipe.failed(reason)
                 return 1
         raise

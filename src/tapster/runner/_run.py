@@ -173,9 +173,8 @@ def _serve(
             if config.debug and not isinstance(exc, KeyboardInterrupt):
                 post_mortem((exc.__cause__ or exc).__traceback__)
             if pipe is not None:
-                with (
-                    guard.finishing()
-                ):  # the launcher exits once it hears: nothing may be left behind by then
+                # The launcher exits once it hears: nothing may be left behind by then.
+                with guard.finishing():
                     _release(pidfile)
                 pipe.failed(reason)
                 return int(Outcome.UNCLEAN)

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 from tapster.errors import ExitStatus, TapsterError, UsageError
 from tapster.log._context import record_context
 from tapster.log._format import message_with_details
+from tapster.log._service_files import STAMP as SERVICE_FILE
+from tapster.log._service_files import send_service_files_to_master
 
 if TYPE_CHECKING:
     from tapster.runner._config import RunConfig
@@ -83,9 +85,7 @@ class RecordsToMaster(logging.Handler):
                 "context": record_context(record),
                 "message": message_with_details(logging.Formatter(), record),
             }
-            file = record.__dict__.get(
-                "service_file"
-            )  # log/_service_files.py: a line of a service's own file
+            file = record.__dict__.get(SERVICE_FILE)  # a line of a service's own file (log/_service_files.py)
             if file is not None:
                 entry["file"] = file
             data = RECORD_MARK + json.dumps(entry, ensure_ascii=False).encode("utf-8", "replace") + b"\n"
@@ -133,8 +133,6 @@ def main() -> None:
 
     claim_systemd_sockets()  # LISTEN_PID is this process: the shell that started us exec'ed into python
     control = ControlChannel(env.control_fd)
-    from tapster.log._service_files import send_service_files_to_master
-
     send_service_files_to_master()  # a service's own log file is the master's to write (log/_service_files.py)
     handler = RecordsToMaster()
     root_logger = logging.getLogger()

@@ -244,9 +244,7 @@ class _Inbound(_Early):
             if self.transport is not None and not self.lost:
                 self.transport.close()
             return
-        except (
-            Exception
-        ):  # a bug, or the environment (a module gone after a chroot): never leave the client hanging
+        except Exception:  # a bug, or a module gone after a chroot: never leave the client hanging
             logger.exception("connecting to %s failed; closing the client's connection", self.dest)
             if self.transport is not None and not self.lost:
                 self.transport.close()

@@ -161,12 +161,9 @@ class _Direction:
 
     def stop(self) -> None:
         """Forget the loop registrations and the pipe (the relay is ending)."""
-        loop = self.relay.loop
-        if self.reading:
-            loop.remove_reader(self.source)
-            self.reading = False
+        self._stop_reading()
         if self.writing:
-            loop.remove_writer(self.dest)
+            self.relay.loop.remove_writer(self.dest)
             self.writing = False
         if self.pipe is not None:
             pipe, self.pipe = self.pipe, None
@@ -263,19 +260,20 @@ class _Direction:
             self.reading = True
             self.relay.loop.add_reader(self.source, self._readable)
 
-    def _wait_for_dest(self) -> None:
+    def _stop_reading(self) -> None:
         if self.reading:
             self.relay.loop.remove_reader(self.source)
             self.reading = False
+
+    def _wait_for_dest(self) -> None:
+        self._stop_reading()
         if not self.writing:
             self.writing = True
             self.relay.loop.add_writer(self.dest, self._writable)
 
     def _end(self) -> None:
         """The source ended and everything it sent was passed on: pass its end-of-file on."""
-        if self.reading:
-            self.relay.loop.remove_reader(self.source)
-            self.reading = False
+        self._stop_reading()
         self.ended = True
         try:
             _shutdown_write(self.dest)

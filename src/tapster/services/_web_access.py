@@ -143,9 +143,8 @@ class _AccessRecords:
             else (created - _LOGGING_STARTED) * 1000
         )
         fields["args"] = args
-        if (
-            template["thread"] is not None
-        ):  # what is per thread and per task is the caller's, as LogRecord has it
+        # What is per thread and per task is the caller's, as LogRecord has it.
+        if template["thread"] is not None:
             fields["thread"] = threading.get_ident()
             fields["threadName"] = threading.current_thread().name
         if "taskName" in template:  # Python 3.12+
@@ -162,9 +161,8 @@ def _task_name() -> str | None:
 
 
 _new_record = logging.LogRecord.__new__
-_LOGGING_STARTED: float | int = getattr(
-    logging, "_startTime", time.time()
-)  # what relativeCreated counts from
+_LOGGING_STARTED: float | int = getattr(logging, "_startTime", time.time())
+"""What ``relativeCreated`` counts from: seconds before Python 3.13, nanoseconds since."""
 _records = _AccessRecords()
 
 

@@ -290,12 +290,25 @@ class StaticFiles:
         """
         if not _proc_fds() or _may_pick_sibling(request, real):
             return web.FileResponse(real)
+        opened = self._open_checked(real, checked)
+        if opened is None:
+            return web.FileResponse(real)  # FileResponse gives the 403 or 404 it gives for this
+        content_type = _CONTENT_TYPES.guess_type(real)[0] or _FALLBACK_TYPE
+        return _HeldFileResponse(opened[0], content_type)
+
+    def _open_checked(self, real: str, checked: os.stat_result) -> tuple[int, os.stat_result] | None:
+        """The file at ``real`` opened inside the root (:meth:`_open_inside`), with its ``fstat``; None when it
+        cannot be opened for a reason FileResponse answers itself (403, 404).
+
+        Raises:
+            HTTPNotFound: a part of the checked path became a link, or the file is not the one checked.
+        """
         try:
             fd = self._open_inside(real)
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.ENOTDIR):  # a part of the checked path became a link since
                 raise web.HTTPNotFound() from None
-            return web.FileResponse(real)  # FileResponse gives the 403 or 404 it gives for this
+            return None
         try:
             st = os.fstat(fd)
         except OSError:
@@ -304,8 +317,7 @@ class StaticFiles:
         if (st.st_dev, st.st_ino) != (checked.st_dev, checked.st_ino) or not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise web.HTTPNotFound()  # replaced since the check: not the file that was checked
-        content_type = _CONTENT_TYPES.guess_type(real)[0] or _FALLBACK_TYPE
-        return _HeldFileResponse(fd, content_type)
+        return fd, st
 
     def _small_file(self, request: BaseRequest, real: str, checked: os.stat_result) -> web.Response | None:
         """The whole answer for a plain request of a small file, read on the loop; None leaves it to FileResponse."""
@@ -319,16 +331,11 @@ class StaticFiles:
         cached = self._cache.get(real, checked)
         if cached is not None:
             return web.Response(body=cached.body, headers=cached.headers)
+        opened = self._open_checked(real, checked)
+        if opened is None:
+            return None
+        fd, st = opened
         try:
-            fd = self._open_inside(real)
-        except OSError as error:
-            if error.errno in (errno.ELOOP, errno.ENOTDIR):  # a part of the checked path became a link since
-                raise web.HTTPNotFound() from None
-            return None  # FileResponse gives the 403 or 404 it gives for this
-        try:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != (checked.st_dev, checked.st_ino) or not stat.S_ISREG(st.st_mode):
-                raise web.HTTPNotFound()  # replaced since the check: not the file that was checked
             if st.st_size > SMALL_FILE:
                 return None
             body = os.read(fd, st.st_size + 1)
