@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TapsterProcess, read_all, run_tapster
-from support import one_line, taken_port
+from support import cpu_seconds, one_line, taken_port
 
 TOTAL = 200 * 1024 * 1024
 LOOPS = [pytest.param([], id="asyncio"), pytest.param(["--reactor", "uvloop"], id="uvloop")]
@@ -37,6 +37,12 @@ def dest() -> Iterator[socket.socket]:
         listener.listen()
         listener.settimeout(15)
         yield listener
+
+
+def stop_cleanly(process: TapsterProcess) -> None:
+    """SIGTERM, then the forwarder must exit 0."""
+    process.signal(signal.SIGTERM)
+    assert process.finish()[0] == 0
 
 
 def start_forward(tapster: type[TapsterProcess], listen: str, dest: str, *extra: str) -> TapsterProcess:
@@ -135,8 +141,7 @@ def test_back_pressure_both_ways_keeps_the_forwarder_small(
             assert sent < 64 * 1024 * 1024, f"{sent} bytes went into a peer that reads nothing"
             assert growth < 16 * 1024, f"forwarder RSS grew by {growth} KiB"
             drain_and_check(client, thread)
-    process.signal(signal.SIGTERM)
-    assert process.finish()[0] == 0
+    stop_cleanly(process)
 
 
 @pytest.mark.parametrize("loop", MODES)
@@ -295,8 +300,7 @@ def test_many_open_connections_that_carried_data_cost_little_memory(
                 assert got == payload
         growth = rss_kib(pid) - before
     assert growth < 16 * 1024, f"forwarder RSS grew by {growth} KiB for 100 connections"
-    process.signal(signal.SIGTERM)
-    assert process.finish()[0] == 0
+    stop_cleanly(process)
 
 
 @pytest.mark.parametrize("loop", MODES)
@@ -325,8 +329,7 @@ def test_small_writes_to_a_peer_that_reads_nothing_stay_small(
                 assert sent > 500_000
                 growth = rss_kib(pid) - before
     assert growth < 8 * 1024, f"forwarder RSS grew by {growth} KiB with {sent} bytes sent"
-    process.signal(signal.SIGTERM)
-    assert process.finish()[0] == 0
+    stop_cleanly(process)
 
 
 @pytest.mark.parametrize("loop", MODES)
@@ -375,8 +378,7 @@ def test_concurrent_connections_sharing_the_read_buffer_stay_byte_exact(
     for thread in [*clients, acceptor, *echoes]:
         thread.join(60)
     assert results == {number: True for number in range(16)}
-    process.signal(signal.SIGTERM)
-    assert process.finish()[0] == 0
+    stop_cleanly(process)
 
 
 def descriptors(pid: int) -> list[str]:
@@ -428,8 +430,7 @@ def test_a_stalled_plain_pair_holds_its_bytes_in_a_kernel_pipe_unless_no_splice(
                 assert pipes(pid) == before + (2 if splice else 0)
                 client.shutdown(socket.SHUT_WR)
                 assert read_all(server) == b"s" * sent
-    process.signal(signal.SIGTERM)
-    assert process.finish()[0] == 0
+    stop_cleanly(process)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -486,8 +487,7 @@ def test_with_no_descriptor_to_spare_a_pair_still_forwards_every_byte(
                 thread.join(60)
             assert pipes(pid) == no_pipes, "a pipe was opened after all"
     assert got == {"up": up, "down": down}
-    process.signal(signal.SIGTERM)
-    assert process.finish()[0] == 0
+    stop_cleanly(process)
 
 
 @pytest.mark.parametrize("loop", MODES)
@@ -579,14 +579,11 @@ def test_urgent_data_in_a_bulk_stream_neither_stalls_nor_spins_the_forwarder(
                 assert chunk, "the destination's side ended early"
                 after += chunk.replace(b"!", b"")
             assert after == b"b" * 100_000
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            before = int(fields[11]) + int(fields[12])
+            before = cpu_seconds(pid)
             time.sleep(1.0)  # measuring idle CPU over a second: nothing to wait for
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            used = (int(fields[11]) + int(fields[12]) - before) / os.sysconf("SC_CLK_TCK")
+            used = cpu_seconds(pid) - before
             assert used < 0.3, f"the forwarder used {used:.2f} CPU seconds in an idle second"
-    process.signal(signal.SIGTERM)
-    assert process.finish()[0] == 0
+    stop_cleanly(process)
 
 
 @pytest.mark.parametrize("loop", LOOPS)

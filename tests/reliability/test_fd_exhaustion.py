@@ -12,7 +12,6 @@ this test's 8 s: 3.7 MB, 10.7 % CPU, no rotation and no SIGUSR1 line.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import resource
 import signal
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from reliability.conftest import Figures, scale
-from support import wait_for_match
+from support import cpu_seconds, wait_for_match
 
 ECHO_LOGGING = """
 import asyncio
@@ -62,11 +61,6 @@ def _reactors() -> list[str]:
     except ImportError:
         return ["asyncio"]
     return ["asyncio", "uvloop"]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def limit_descriptors() -> None:

@@ -32,6 +32,7 @@ T = TypeVar("T")
 __all__ = [
     "PERSIST_FIXTURES",
     "Plain",
+    "cpu_seconds",
     "emit",
     "fd_is_open",
     "make_handler",
@@ -46,6 +47,12 @@ __all__ = [
     "wait_until",
     "wait_until_async",
 ]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def fd_is_open(fd: int) -> bool:

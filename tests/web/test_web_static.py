@@ -342,6 +342,19 @@ def move_reopen_and_request(access: Path, pidfile: Path, port: int, path: str) -
     wait_until(lambda: access.exists() and f"GET {path}" in access.read_text(), 10, "a line in the new file")
 
 
+def reopen_then_rotate(access: Path, pidfile: Path, port: int) -> None:
+    """logrotate's move + `ctl reopen`, then `ctl rotate`: each time the next line lands in a new file at the path."""
+    move_reopen_and_request(access, pidfile, port, "/data.json")
+    assert "GET /data.json" not in access.with_name(access.name + ".moved").read_text()
+    result = run_tapster(["ctl", "rotate", "--pidfile", str(pidfile)], cwd=pidfile.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "GET /data.json" in access.with_name(access.name + ".1").read_text()
+    request(port, "/index.html")
+    wait_until(
+        lambda: access.exists() and "GET /index.html" in access.read_text(), 10, "a line after rotation"
+    )
+
+
 def test_the_access_log_file_follows_ctl_reopen_and_rotate(tapster: type[TapsterProcess], site: Path) -> None:
     """logrotate's way (move the file, then SIGHUP through `tapster ctl reopen`) and `tapster ctl rotate`
     (SIGUSR1) reach --access-log FILE as they reach the main log: new lines go to a new file at the path, never
@@ -357,15 +370,7 @@ def test_the_access_log_file_follows_ctl_reopen_and_rotate(tapster: type[Tapster
     port = process.port("WebServer")
     request(port, "/style.css")
     wait_until(lambda: "GET /style.css" in access.read_text(), 10, "the first line in the access log")
-    move_reopen_and_request(access, cwd / "t.pid", port, "/data.json")
-    assert "GET /data.json" not in (cwd / "access.log.moved").read_text()
-    result = run_tapster(["ctl", "rotate", "--pidfile", "t.pid"], cwd=cwd)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "GET /data.json" in (cwd / "access.log.1").read_text()
-    request(port, "/index.html")
-    wait_until(
-        lambda: access.exists() and "GET /index.html" in access.read_text(), 10, "a line after rotation"
-    )
+    reopen_then_rotate(access, cwd / "t.pid", port)
     process.signal(signal.SIGTERM)
     assert process.finish()[0] == 0
 
@@ -589,15 +594,7 @@ def test_with_workers_the_master_writes_the_access_log_file_and_follows_ctl(
         request(port, "/style.css")
     wait_until(lambda: access.read_text().count("GET /style.css") == 40, 10, "40 lines in the access log")
     assert all(line.startswith("127.0.0.1 - - [") for line in access.read_text().splitlines())
-    move_reopen_and_request(access, cwd / "t.pid", port, "/data.json")
-    assert "GET /data.json" not in (cwd / "access.log.moved").read_text()
-    result = run_tapster(["ctl", "rotate", "--pidfile", "t.pid"], cwd=cwd)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "GET /data.json" in (cwd / "access.log.1").read_text()
-    request(port, "/index.html")
-    wait_until(
-        lambda: access.exists() and "GET /index.html" in access.read_text(), 10, "a line after rotation"
-    )
+    reopen_then_rotate(access, cwd / "t.pid", port)
     process.signal(signal.SIGTERM)
     status, out, _ = process.finish()
     assert status == 0 and "GET /style.css" not in out  # the access lines went to the file, not the main log
