@@ -620,3 +620,70 @@ def test_the_relay_costs_at_most_an_eighth_of_the_connections_a_descriptor_limit
                 break  # the forwarder is out of descriptors: this pair was not made
             carried += 1
     assert carried >= 44, f"{carried} pairs fit in 100 spare descriptors"
+
+
+@pytest.mark.parametrize("loop", MODES)
+def test_a_stop_under_load_lets_every_forwarded_stream_finish_byte_exact(
+    tapster: type[TapsterProcess], dest: socket.socket, loop: list[str]
+) -> None:
+    """SIGTERM while 8 connections each echo 4 MB of their own random bytes through the forwarder (relayed, or
+    copied with --no-splice): the listener closes, and every connection still gets back exactly what it sent,
+    then the process exits 0. The drain's promise under load, for the relay's paused transports too."""
+    import random
+
+    process = start_forward(tapster, "tcp:0:interface=127.0.0.1", tcp_dest(dest), *loop)
+    port = process.port("PortForward")
+    count, size = 8, 4 * 1024 * 1024
+
+    def echo(conn: socket.socket) -> None:
+        with conn:
+            while chunk := conn.recv(65536):
+                conn.sendall(chunk)
+
+    paired = threading.Event()
+
+    def accept_all() -> None:
+        for _ in range(count):
+            conn, _ = dest.accept()
+            conn.settimeout(30)
+            threading.Thread(target=echo, args=(conn,), daemon=True).start()
+        paired.set()
+
+    halfway = threading.Barrier(count + 1)
+    results: dict[int, bool] = {}
+
+    def client(number: int) -> None:
+        payload = random.randbytes(size)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+
+            def send() -> None:
+                sock.sendall(payload[: size // 2])
+                halfway.wait(30)  # the stop signal goes out while every stream is half sent
+                sock.sendall(payload[size // 2 :])
+                sock.shutdown(socket.SHUT_WR)
+
+            sender = threading.Thread(target=send)
+            sender.start()
+            got = bytearray()
+            while chunk := sock.recv(65536):
+                got += chunk
+            sender.join(30)
+        results[number] = bytes(got) == payload
+
+    threading.Thread(target=accept_all, daemon=True).start()
+    clients = [threading.Thread(target=client, args=(number,)) for number in range(count)]
+    for thread in clients:
+        thread.start()
+    # Every connection accepted by the forwarder (its destination reached) and half sent: a connection still in
+    # the kernel's accept queue when the listener closes is reset by the kernel, which no drain can help.
+    assert paired.wait(30)
+    halfway.wait(30)
+    process.signal(signal.SIGTERM)
+    # Not "draining 8": on uvloop with --no-splice the count read 7 in about one run of four, every stream
+    # still byte-exact (left open; see the stop's closing note).
+    process.wait_for(r"draining \d+ open connection")
+    for thread in clients:
+        thread.join(60)
+    assert results == {number: True for number in range(count)}
+    status, _, _ = process.finish()
+    assert status == 0
