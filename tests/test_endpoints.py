@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import pytest
 
+from support import self_signed_cert
 from tapster import endpoints
 from tapster._record import FrozenInstanceError
 from tapster.endpoints import (
@@ -102,21 +103,13 @@ def short_dir() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A self-signed certificate for 127.0.0.1/localhost: key and cert, one PEM with both, an encrypted key."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the openssl command is not available")
     folder = tmp_path_factory.mktemp("certs")
-    key, cert, both = folder / "key.pem", folder / "cert.pem", folder / "both.pem"
-    command = [
-        openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"openssl cannot make a test certificate: {result.stderr.strip()}")
+    key, cert = self_signed_cert(folder)
+    both = folder / "both.pem"
     both.write_bytes(key.read_bytes() + cert.read_bytes())
     encrypted = folder / "encrypted.pem"
+    openssl = shutil.which("openssl")
+    assert openssl is not None  # self_signed_cert skips without it
     command = [openssl, "pkey", "-in", str(key), "-aes256", "-passout", "pass:secret", "-out", str(encrypted)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     if result.returncode != 0:

@@ -22,7 +22,13 @@ from collections.abc import Callable, Iterable
 from typing import Final, TypeVar
 
 from tapster._endpoint_errors import listen_error, reason
-from tapster._endpoint_server import ProtocolFactory, ServerEndpoint, TCPServerEndpoint, UNIXServerEndpoint
+from tapster._endpoint_server import (
+    ProtocolFactory,
+    ServerEndpoint,
+    TCPServerEndpoint,
+    UNIXServerEndpoint,
+    serving_tls,
+)
 from tapster._endpoint_systemd import SystemdServerEndpoint
 from tapster.errors import ListenError
 
@@ -111,13 +117,14 @@ class InheritedServerEndpoint(ServerEndpoint):
                     start_serving=start_serving,
                 )
             context = original._ssl_context() if isinstance(original, TCPServerEndpoint) else None
-            return await loop.create_server(
+            server = await loop.create_server(
                 protocol_factory,
                 sock=sock,
                 backlog=backlog or socket.SOMAXCONN,
                 ssl=context,
                 start_serving=start_serving,
             )
+            return serving_tls(server, context)
         except BaseException as exc:
             sock.close()
             if isinstance(exc, OSError) and not isinstance(exc, ListenError):

@@ -14,6 +14,7 @@ import os
 import socket
 import ssl
 import stat
+import weakref
 from asyncio import AbstractServer, DatagramTransport
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, Literal, TypeVar
@@ -32,12 +33,31 @@ __all__ = [
     "TCPServerEndpoint",
     "UDPServerEndpoint",
     "UNIXServerEndpoint",
+    "listener_tls",
+    "serving_tls",
 ]
 
 ServerKind = Literal["tcp", "tcp6", "unix", "ssl", "systemd", "udp"]
 
 _DP = TypeVar("_DP", bound=asyncio.DatagramProtocol)
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+
+# The TLS context each TLS listener serves with. A listener's stop accepts what still waits in its queue and
+# must give those connections the same TLS; the context cannot be made again then (the key file may be
+# readable only before --uid), and uvloop's server does not expose its own.
+_listener_contexts: weakref.WeakKeyDictionary[AbstractServer, ssl.SSLContext] = weakref.WeakKeyDictionary()
+
+
+def serving_tls(server: AbstractServer, context: ssl.SSLContext | None) -> AbstractServer:
+    """Remember that ``server`` speaks TLS with ``context`` (None: plain); return ``server``."""
+    if context is not None:
+        _listener_contexts[server] = context
+    return server
+
+
+def listener_tls(server: AbstractServer) -> ssl.SSLContext | None:
+    """The TLS context ``server`` was made with by a tapster endpoint; None for a plain listener."""
+    return _listener_contexts.get(server)
 
 
 def _format_address(address: Any) -> str:
@@ -165,7 +185,7 @@ class TCPServerEndpoint(ServerEndpoint):
         context = self._ssl_context()
         host, family = self._host()
         try:
-            return await asyncio.get_running_loop().create_server(
+            server = await asyncio.get_running_loop().create_server(
                 protocol_factory,
                 host,
                 self.port,
@@ -176,6 +196,7 @@ class TCPServerEndpoint(ServerEndpoint):
             )
         except OSError as exc:
             raise self._failed(exc) from exc
+        return serving_tls(server, context)
 
 
 class SSLServerEndpoint(TCPServerEndpoint):

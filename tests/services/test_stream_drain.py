@@ -6,11 +6,9 @@ import asyncio
 import contextlib
 import fcntl
 import logging
-import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import tempfile
 import termios
 import time
@@ -20,7 +18,7 @@ from typing import TypeVar, cast
 
 import pytest
 
-from support import run_on_loop, wait_until_async
+from support import run_on_loop, self_signed_cert, wait_until_async
 from tapster.log._context import record_context
 from tapster.services import LINGER, StreamServer, lingering_close, server_stopping, unless_stopping
 
@@ -529,20 +527,7 @@ def test_a_unix_socket_connection_gets_the_lingering_close_too(loop: str) -> Non
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed key and certificate for 127.0.0.1."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the openssl command is not available")
-    folder = tmp_path_factory.mktemp("drain-certs")
-    key, cert = folder / "key.pem", folder / "cert.pem"
-    command = [
-        openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-        "-addext", "subjectAltName=IP:127.0.0.1",
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"openssl cannot make a test certificate: {result.stderr.strip()}")
-    return key, cert
+    return self_signed_cert(tmp_path_factory.mktemp("drain-certs"))
 
 
 @pytest.mark.parametrize("loop", LOOPS)

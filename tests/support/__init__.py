@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -205,3 +206,21 @@ def one_line(result: subprocess.CompletedProcess[str], status: int) -> str:
     lines = [line for line in result.stderr.splitlines() if not line.startswith("Usage: ")]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     return lines[0]
+
+
+def self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """A self-signed EC key and certificate for localhost and 127.0.0.1 in ``folder``; skips the test without
+    a working ``openssl`` command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is not available")
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    command = [
+        openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"openssl cannot make a test certificate: {result.stderr.strip()}")
+    return key, cert

@@ -343,8 +343,11 @@ class ConnectionTracker:
         finally:
             log_context.reset(token)
 
-    async def wait_closed(self, timeout: float | None) -> None:
-        """Wait until every connection is gone; on timeout or cancellation, abort what is left and log how many."""
+    async def wait_closed(self, timeout: float | None, bound: float | None = None) -> None:
+        """Wait until every connection is gone; on timeout or cancellation, abort what is left and log how many.
+
+        ``bound`` is the drain's whole limit, as the log line names it, when part of it was spent before.
+        """
         if self.open_count == 0:
             return
         self._idle = asyncio.Event()
@@ -354,7 +357,8 @@ class ConnectionTracker:
         except TimeoutError:
             cancelled = list(self.handler_tasks)
             left = self.abort_all()
-            logger.warning("%s: aborted %d connection(s) still open after %s s", self.label, left, timeout)
+            said = timeout if bound is None else bound
+            logger.warning("%s: aborted %d connection(s) still open after %s s", self.label, left, said)
             if cancelled:  # let the handlers' own clean-up run before stop() returns
                 await asyncio.wait(cancelled)
         except asyncio.CancelledError:

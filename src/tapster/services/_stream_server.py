@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -19,6 +18,7 @@ from tapster.services._connection import (
     is_stream_handler,
 )
 from tapster.services._drain import LINGER
+from tapster.services._listener_close import close_listener
 
 __all__ = ["StreamServer"]
 
@@ -51,7 +51,7 @@ class StreamServer(Service):
         linger: the most seconds a lingering close waits for a peer still sending after our end-of-file.
     """
 
-    transient = ("_server", "_tracker")
+    transient = ("_server", "_tracker", "_listening_factory")
     linger = LINGER  # a class default too, so a server saved before the option existed still loads
 
     def __init__(
@@ -77,6 +77,7 @@ class StreamServer(Service):
         self.linger = linger
         self._server: asyncio.AbstractServer | None = None
         self._tracker: ConnectionTracker | None = None
+        self._listening_factory: ProtocolFactory | None = None
 
     @property
     def label(self) -> str:
@@ -131,8 +132,9 @@ class StreamServer(Service):
         if self._server is not None:
             return
         tracker = ConnectionTracker(self.label, self.linger)
-        self._server = await self.endpoint.listen(self._protocol_factory(tracker), start_serving=False)
-        self._tracker = tracker
+        factory = self._protocol_factory(tracker)
+        self._server = await self.endpoint.listen(factory, start_serving=False)
+        self._tracker, self._listening_factory = tracker, factory
 
     async def start(self) -> None:
         await self._listen()
@@ -157,7 +159,7 @@ class StreamServer(Service):
         logger.info("%s starting on %s", self.label, self._where())
 
     def _close_failed(self) -> None:
-        server, self._server, self._tracker = self._server, None, None
+        server, self._server, self._tracker, self._listening_factory = self._server, None, None, None
         if server is not None:
             server.close()
 
@@ -170,46 +172,41 @@ class StreamServer(Service):
 
     async def stop(self) -> None:
         await super().stop()
-        server, tracker = self._server, self._tracker
-        if server is None or tracker is None:
+        server, tracker, factory = self._server, self._tracker, self._listening_factory
+        if server is None or tracker is None or factory is None:
             return
         where = self._where()
         self._server = None
-        await _stop_accepting(server)
-        server.close()  # the listener first: nothing new arrives while the open connections drain
+        # the listener first: nothing new arrives while the open connections drain; what its queue held is
+        # accepted and drained with them (a close would reset it)
+        adopting = await close_listener(server, factory, self.label)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         try:
+            await _adopted(adopting, self.drain_timeout)
             if tracker.open_count:
                 logger.info("%s: stopping; draining %d open connection(s)", self.label, tracker.open_count)
             tracker.begin_stop()
-            await tracker.wait_closed(self.drain_timeout)
+            bound = self.drain_timeout
+            left = None if bound is None else max(0.0, bound - (loop.time() - began))
+            await tracker.wait_closed(left, bound)
         finally:
             logger.info("(%s on %s closed)", self.label, where)
         await server.wait_closed()
 
 
-async def _stop_accepting(server: asyncio.AbstractServer) -> None:
-    """Stop accepting, then let what was accepted become a tracked connection, before the close and the drain.
+async def _adopted(adopting: list[asyncio.Task[Any]], timeout: float | None) -> None:
+    """Wait until the connections taken from the queue at the close are tracked (a TLS one: handshake done).
 
-    On asyncio's selector loop an accepted socket takes three loop turns to reach the connection tracker: the
-    accept callback queues a task that makes the transport (turn 1); the transport calls its protocol's
-    ``connection_made`` with ``call_soon`` (turn 2), which is where a Protocol is tracked; for a stream handler,
-    ``connection_made`` starts the handler's task, and the handler is tracked when that task first runs (turn
-    3). A server closed before turn 1 drops the socket (``Server._attach`` fails, silently); a drain that looks
-    before turn 3 finds nothing to wait for, the process exits, and the request in that socket is answered with
-    a reset or a bare end-of-file. Rare for one process at its stop, but a rolling reload stops workers under
-    load: a reload test saw it about once in 50 runs with one turn, once in 170 with two.
-
-    Removing the listener's reader (public loop API; what the close does first anyway) ends the accepting,
-    including an accept already queued for this turn (its handle is cancelled). Then three turns: the stop's
-    step can run just before the transport task of the last accept in the same turn, so each link of the chain
-    may need a turn of its own. uvloop makes the transport in the accept (no reader to remove) but still calls
-    ``connection_made`` and starts a handler's task later, so the turns are taken there too: three
-    ``sleep(0)`` at a stop cost nothing measurable.
+    Then two loop turns: a stream handler's task is tracked when it first runs. Cancelled (the shutdown
+    deadline), or past the drain's own bound, the adoptions still pending are cancelled.
     """
-    loop = asyncio.get_running_loop()
-    for sock in getattr(server, "sockets", None) or ():
-        with contextlib.suppress(OSError, ValueError, NotImplementedError, RuntimeError):
-            loop.remove_reader(sock.fileno())
-    # turn 1: the transport is made; 2: connection_made (a Protocol is tracked); 3: a handler's task runs
-    for _ in range(3):
+    if not adopting:
+        return
+    try:
+        await asyncio.wait(adopting, timeout=timeout)
+    finally:
+        for task in adopting:
+            task.cancel()
+    for _ in range(2):
         await asyncio.sleep(0)

@@ -1,0 +1,171 @@
+"""A connection still waiting in the listener's accept queue at a stop is served, not reset.
+
+The kernel completes the handshake before the server accepts, so a client can connect and send its request
+while the server is stopping; closing the listening socket would reset every such connection (the client reads
+ECONNRESET for a request the server never saw). Here the stopping process holds its loop (a service whose
+stop() blocks until the test says go, as a slow stop of another service would), the clients connect and send
+while it is held, and each must get its answer and a clean end-of-file. Real processes, real sockets, a real
+SIGTERM, on both loops, for a stream handler over tcp, unix and TLS, and for the web server.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import ssl
+import tempfile
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from reliability.conftest import Figures
+from support import self_signed_cert
+
+QUEUED = 20  # under every listener's default backlog (50), so the kernel queues them all
+
+GATED_TAC = textwrap.dedent(
+    """
+    import asyncio, logging, os, time
+    from tapster import Application, Service
+    from tapster.services import StreamServer
+
+    log = logging.getLogger("gate")
+
+    class Gate(Service):
+        '''Stops first (the last child) and holds the loop until the test's go file appears.'''
+
+        async def stop(self):
+            await super().stop()
+            log.info("gate: holding the loop")
+            go = os.environ["GO_FILE"]
+            deadline = time.monotonic() + 20
+            while not os.path.exists(go) and time.monotonic() < deadline:
+                time.sleep(0.005)
+
+    async def answer(reader, writer):
+        line = await reader.readline()
+        writer.write(b"answer " + line)
+        await writer.drain()
+
+    application = Application("gated")
+    if os.environ["KIND"] == "web":
+        from tapster.services import WebServer
+        WebServer(os.environ["ENDPOINT"], path=os.environ["WEB_ROOT"], name="echo").set_parent(application)
+    else:
+        StreamServer(os.environ["ENDPOINT"], answer, name="echo").set_parent(application)
+    Gate().set_parent(application)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    key, cert = self_signed_cert(tmp_path_factory.mktemp("tls"))
+    return {"key": key, "cert": cert}
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="tapster-aq-", dir="/tmp") as name:
+        yield Path(name)
+
+
+def endpoint_for(kind: str, short_dir: Path, tls_files: Callable[[], dict[str, Path]]) -> str:
+    if kind == "unix":
+        return f"unix:{short_dir / 'echo.sock'}"
+    if kind == "tls":
+        files = tls_files()
+        return f"ssl:0:interface=127.0.0.1:privateKey={files['key']}:certKey={files['cert']}"
+    return "tcp:0:interface=127.0.0.1"
+
+
+def exchange(sock: socket.socket, request: bytes, results: list[str], index: int) -> None:
+    """Send the request, read to the end; record the answer, or how it failed."""
+    try:
+        if request:  # a unix socket refuses even an empty send once the server has answered and closed
+            sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        results[index] = b"".join(chunks).decode("latin-1")
+    except ConnectionResetError:
+        results[index] = "RESET"
+    except OSError as exc:
+        results[index] = f"ERROR {exc!r}"
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("reactor", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("kind", ["tcp", "unix", "tls", "web"])
+def test_connections_queued_at_a_stop_are_served_not_reset(
+    tapster, figures: Figures, request: pytest.FixtureRequest, short_dir: Path, reactor: str, kind: str
+) -> None:
+    pytest.importorskip(reactor)
+    if kind == "web":
+        pytest.importorskip("aiohttp")
+    root = short_dir / "site"
+    root.mkdir()
+    (root / "page.txt").write_text("a page\n")
+    go = short_dir / "go"
+    endpoint = endpoint_for(kind, short_dir, lambda: request.getfixturevalue("tls_files"))
+    tac = short_dir / "gated.tac"
+    tac.write_text(GATED_TAC)
+    env = {"ENDPOINT": endpoint, "GO_FILE": str(go), "KIND": kind, "WEB_ROOT": str(root)}
+    process = tapster(["-n", "--reactor", reactor, "-y", str(tac)], env=env)
+    if kind == "unix":
+        process.wait_for(r"echo starting on")
+        address: object = str(short_dir / "echo.sock")
+    else:
+        address = ("127.0.0.1", process.port("echo"))
+    family = socket.AF_UNIX if kind == "unix" else socket.AF_INET
+
+    process.signal(signal.SIGTERM)
+    process.wait_for(r"gate: holding the loop")
+    # The loop is held: the kernel completes each handshake and queues the connection; nothing is accepted.
+    queued = []
+    for _ in range(QUEUED):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(20)
+        sock.connect(address)
+        queued.append(sock)
+    if kind == "tls":
+        context = ssl.create_default_context(cafile=str(request.getfixturevalue("tls_files")["cert"]))
+        queued = [
+            context.wrap_socket(sock, server_hostname="127.0.0.1", do_handshake_on_connect=False)
+            for sock in queued
+        ]
+    results = [""] * QUEUED
+    threads = []
+    for index, sock in enumerate(queued):
+        if kind == "web":
+            request_bytes = b"GET /page.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        else:
+            request_bytes = b"ping %d\n" % index
+        if kind != "tls":
+            sock.sendall(request_bytes)  # sent while queued: in the socket before the server ever sees it
+            request_bytes = b""
+        threads.append(threading.Thread(target=exchange, args=(sock, request_bytes, results, index)))
+    go.touch()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    status, output, err = process.finish(timeout=30)
+
+    if kind == "web":
+        served = sum(1 for result in results if result.startswith("HTTP/1.1 200") and "a page" in result)
+    else:
+        served = sum(1 for index, result in enumerate(results) if result == f"answer ping {index}\n")
+    figures.record(
+        f"connections queued at a stop ({kind}, {reactor})",
+        f"{served} of {QUEUED} served",
+        "all served",
+        served == QUEUED,
+    )
+    assert served == QUEUED, (results, output)
+    assert status == 0, output + err
+    assert "Traceback" not in output + err
