@@ -139,7 +139,8 @@ def test_stream_client_with_a_protocol_connects_at_start_and_closes_at_stop() ->
 
 
 def test_stream_client_with_a_handler_runs_it_and_stop_gives_it_eof() -> None:
-    """A handler gets (reader, writer); stopping the client feeds its reader EOF and waits for it to end."""
+    """A handler gets (reader, writer); stopping the client sends the peer our end-of-file, and the handler's
+    reader sees the end once the peer has closed in turn; the stop waits for the handler to end."""
     handler_saw: list[bytes] = []
 
     async def scenario() -> None:
@@ -163,6 +164,92 @@ def test_stream_client_with_a_handler_runs_it_and_stop_gives_it_eof() -> None:
         await server.stop()
 
     run(scenario)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_stopping_a_client_whose_peer_keeps_talking_is_clean(
+    loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The peer sends without pause and the handler reads slowly (its reader's buffer full, reading paused): the
+    stop used to feed the reader an end-of-file the peer never sent, and the bytes still arriving then raised
+    ``feed_data after feed_eof`` in the transport, a traceback at every stop. Now: no error at all, the peer
+    reads our end-of-file (not a reset), the handler reads on until the real end, and the stop is bounded."""
+    from support import run_on_loop
+
+    caplog.set_level(logging.DEBUG)
+    peer_saw: list[bytes | str] = []
+    handler_read: list[int] = [0]
+    loop_errors: list[dict[str, Any]] = []
+
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def read_end() -> None:
+            try:
+                peer_saw.append(await reader.read())
+            except ConnectionResetError:
+                peer_saw.append("reset")
+
+        ending = asyncio.ensure_future(read_end())
+        while not ending.done():
+            writer.write(b"x" * 4096)
+            await writer.drain()
+            await asyncio.sleep(0)
+        await ending
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: loop_errors.append(context))
+        server = await serve(chatty)
+
+        async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while chunk := await reader.read(100):
+                handler_read[0] += len(chunk)
+                await asyncio.sleep(0.001)
+
+        client = StreamClient(client_endpoint(server.port), slow, limit=1024)
+        await client.start()
+        await wait_until_async(lambda: handler_read[0] > 20_000, 10, "the handler reading")
+        began = asyncio.get_running_loop().time()
+        await client.stop()
+        took = asyncio.get_running_loop().time() - began
+        assert took < 4, f"the stop took {took:.1f} s"
+        await wait_until_async(lambda: peer_saw, 10, "the peer's read to end")
+        await server.stop()
+
+    run_on_loop(scenario, loop)
+    assert peer_saw == [b""]  # our end-of-file, never a reset
+    assert loop_errors == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+
+
+def test_a_client_handler_waiting_in_unless_stopping_is_woken_by_the_stop() -> None:
+    """A client handler gets the servers' stop signal: its wait in unless_stopping() returns None at once, and
+    server_stopping() is set, so a peer that says nothing does not hold the stop."""
+    from tapster.services import server_stopping, unless_stopping
+
+    got: list[object] = []
+
+    async def scenario() -> None:
+        never_sent = asyncio.Event()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await never_sent.wait()
+
+        server = await serve(silent)
+
+        async def waits(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            got.append(await unless_stopping(reader.readline()))
+            got.append(server_stopping().is_set())
+
+        client = StreamClient(client_endpoint(server.port), waits)
+        await client.start()
+        began = asyncio.get_running_loop().time()
+        await client.stop()
+        assert asyncio.get_running_loop().time() - began < 1
+        never_sent.set()
+        await server.stop()
+
+    run(scenario)
+    assert got == [None, True]
 
 
 def test_stream_client_start_raises_when_refused() -> None:

@@ -12,6 +12,7 @@ from tapster.endpoints import ClientEndpoint, parse_client
 from tapster.log._context import ConnectionContext, log_context
 from tapster.service import Service
 from tapster.services._connection import (
+    ConnectionTracker,
     Factory,
     ProtocolFactory,
     StreamHandler,
@@ -20,6 +21,7 @@ from tapster.services._connection import (
     is_stream_handler,
     peer_host,
 )
+from tapster.services._drain import LINGER, is_lingering, start_lingering_close
 
 __all__ = ["ClientService", "StreamClient"]
 
@@ -38,23 +40,32 @@ class _Session:
         transport: asyncio.BaseTransport,
         value: Connection,
         ended: asyncio.Future[None],
-        task: asyncio.Task[None] | None = None,
+        tracker: ConnectionTracker | None = None,
     ) -> None:
         self.transport = transport
         self.value = value
         self.ended = ended
-        self.task = task
+        self.tracker = tracker  # a handler's: its task, its stop signal
 
     async def close(self) -> None:
-        if isinstance(self.value, tuple):
-            self.value[0].feed_eof()
-        else:
-            self.transport.close()
+        """End the connection as a stop should: the handler is told (``server_stopping()``, ``unless_stopping``),
+        the peer gets our end-of-file after what is buffered, what it still sends is discarded, and the handler's
+        reader sees the end only when the connection really ends. Never an end-of-file the peer did not send:
+        that made the reader refuse the bytes still arriving (``feed_data after feed_eof``, a traceback at every
+        stop of a client whose peer was talking). After 5 s what is left is aborted and the handler cancelled.
+        """
+        if self.tracker is not None:
+            self.tracker.begin_stop()
+        if not is_lingering(self.transport):
+            start_lingering_close(self.transport, LINGER)
         try:
             await asyncio.wait_for(asyncio.shield(self.ended), 5)
         except TimeoutError:
-            if self.task is not None:
-                self.task.cancel()
+            if self.tracker is not None:
+                tasks = list(self.tracker.handler_tasks)
+                self.tracker.abort_all()
+                if tasks:
+                    await asyncio.wait(tasks, timeout=1.0)
             abort = getattr(self.transport, "abort", None)
             if abort is not None:
                 abort()
@@ -153,21 +164,16 @@ async def _connect(endpoint: ClientEndpoint, factory: Factory, label: str, limit
         stream_protocol = asyncio.StreamReaderProtocol(reader)
         transport, _ = await endpoint.connect(lambda: stream_protocol)
         writer = asyncio.StreamWriter(transport, stream_protocol, reader, loop)  # type: ignore[arg-type]
-        context.peer = peer_host(transport)
+        # The handler runs as a server's would: a log context, unless_stopping()/server_stopping(), and its
+        # writer closed when it returns (with a lingering close once the stop has begun).
+        tracker = ConnectionTracker(label)
+        handler = tracker.wrap_handler(cast(StreamHandler, factory))
 
         async def run() -> None:
-            log_context.set(context)
-            try:
-                await cast(StreamHandler, factory)(reader, writer)
-            except Exception:
-                logger.exception("unhandled error in client handler %s", label)
-            finally:
-                if not writer.is_closing():
-                    writer.close()
-                finished()
+            await handler(reader, writer)
 
-        task = asyncio.get_running_loop().create_task(run())
-        return _Session(transport, (reader, writer), ended, task)
+        loop.create_task(run()).add_done_callback(finished)
+        return _Session(transport, (reader, writer), ended, tracker)
 
     built: list[asyncio.BaseProtocol] = []
     failed: list[Exception] = []

@@ -293,7 +293,7 @@ class ConnectionTracker:
 
     def _close_writer(self, writer: asyncio.StreamWriter) -> None:
         transport = writer.transport
-        if transport.is_closing():
+        if transport.is_closing() or is_lingering(transport):
             return
         if not self.closing:
             writer.close()

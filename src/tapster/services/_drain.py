@@ -252,7 +252,9 @@ def is_lingering(transport: asyncio.BaseTransport) -> bool:
 def _tracker(caller: str) -> ConnectionTracker:
     tracker = serving.get()
     if tracker is None:
-        raise RuntimeError(f"{caller} works only inside a stream handler run by a StreamServer")
+        raise RuntimeError(
+            f"{caller} works only inside a stream handler run by a StreamServer, StreamClient or ClientService"
+        )
     return tracker
 
 
