@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from support import fd_is_open, run_in_child, run_on_loop
-from tapster.services import PortForward
+from tapster.services import PortForward, _relay_poller
 
 LOOPS = ["asyncio", "uvloop"]
 
@@ -49,9 +49,13 @@ def test_the_drain_deadline_ends_a_relayed_pair_while_the_loop_runs_on(
         assert await far_reader.readexactly(4) == b"ping"
         far_writer.write(b"pong")
         assert await reader.readexactly(4) == b"pong"
+        loop_now = asyncio.get_running_loop()
+        epoll = _relay_poller._pollers[loop_now].epoll.fileno()  # the relay's poller is the loop's
         await forward.stop()
         assert await asyncio.wait_for(ends(reader), 5)
         assert await asyncio.wait_for(ends(far_reader), 5)
+        # the last relay gone, so is its poller: neither its epoll nor the loop's reader of it is left
+        assert loop_now not in _relay_poller._pollers and not fd_is_open(epoll)
         writer.close()
         far_writer.close()
         destination.close()
@@ -76,3 +80,25 @@ def test_a_forked_child_never_shares_the_parents_idle_pipes() -> None:
 
     assert run_in_child(in_child) == ([], [False, False])
     assert pipe in _splice._pipes.idle and all(fd_is_open(fd) for fd in pipe)
+
+
+def test_a_forked_child_never_shares_the_parents_poller() -> None:
+    """The relays' epoll is the parent's in a child forked while pairs are relayed: registrations made by one
+    process would wake the other. The child forgets it (its copy closed); the parent keeps its own."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        poller = _relay_poller.poller_for(loop)
+        fd = poller.epoll.fileno()
+        try:
+
+            def in_child() -> tuple[bool, bool]:
+                return loop in _relay_poller._pollers, fd_is_open(fd)
+
+            assert run_in_child(in_child) == (False, False)
+            assert _relay_poller._pollers[loop] is poller and fd_is_open(fd)
+        finally:
+            poller.release()
+        assert not fd_is_open(fd)
+
+    run_on_loop(scenario)

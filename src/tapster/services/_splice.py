@@ -44,6 +44,8 @@ import socket
 import threading
 from collections.abc import Callable
 
+from tapster.services._relay_poller import poller_for
+
 __all__ = ["COPY_SIZE", "PIPE_SIZE", "SMALL", "Relay", "can_relay"]
 
 logger = logging.getLogger("tapster.services")
@@ -157,13 +159,13 @@ class _Direction:
 
     def start(self) -> None:
         self.reading = True
-        self.relay.loop.add_reader(self.source, self._readable)
+        self.relay.poller.add_reader(self.source, self._readable)
 
     def stop(self) -> None:
         """Forget the loop registrations and the pipe (the relay is ending)."""
         self._stop_reading()
         if self.writing:
-            self.relay.loop.remove_writer(self.dest)
+            self.relay.poller.remove_writer(self.dest)
             self.writing = False
         if self.pipe is not None:
             pipe, self.pipe = self.pipe, None
@@ -254,22 +256,22 @@ class _Direction:
             self.relay.fail(exc)
             return
         if self.writing:
-            self.relay.loop.remove_writer(self.dest)
+            self.relay.poller.remove_writer(self.dest)
             self.writing = False
         if not self.reading:
             self.reading = True
-            self.relay.loop.add_reader(self.source, self._readable)
+            self.relay.poller.add_reader(self.source, self._readable)
 
     def _stop_reading(self) -> None:
         if self.reading:
-            self.relay.loop.remove_reader(self.source)
+            self.relay.poller.remove_reader(self.source)
             self.reading = False
 
     def _wait_for_dest(self) -> None:
         self._stop_reading()
         if not self.writing:
             self.writing = True
-            self.relay.loop.add_writer(self.dest, self._writable)
+            self.relay.poller.add_writer(self.dest, self._writable)
 
     def _end(self) -> None:
         """The source ended and everything it sent was passed on: pass its end-of-file on."""
@@ -316,6 +318,7 @@ class Relay:
                 fds.append(os.dup(transport.get_extra_info("socket").fileno()))
             if fds[-1] >= _relay_budget():
                 raise OSError(errno.EMFILE, "over the relay's share of the descriptor limit")
+            self.poller = poller_for(loop)
         except OSError:
             for fd in fds:
                 os.close(fd)
@@ -353,3 +356,4 @@ class Relay:
             direction.stop()
         for fd in self.fds:
             os.close(fd)
+        self.poller.release()
