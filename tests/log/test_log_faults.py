@@ -64,7 +64,7 @@ def test_device_and_fifo_are_refused_without_blocking(tmp_path: Path) -> None:
         RotatingFileHandler(str(tmp_path / "fifo"))
 
 
-@pytest.mark.parametrize("path", ["/dev/full", "/dev/null"])
+@pytest.mark.parametrize("path", ["/dev/full", "/dev/zero"])
 def test_device_on_the_command_line_is_one_line_and_exit_1(tmp_path: Path, path: str) -> None:
     """Was 188 lines of '--- Logging error ---' for /dev/full."""
     done = run_tapster(["-n", "--logfile", path, "-y", str(EXAMPLES / "echo.tac")], cwd=tmp_path)
@@ -72,6 +72,57 @@ def test_device_on_the_command_line_is_one_line_and_exit_1(tmp_path: Path, path:
     assert done.stderr == (
         f"tapster: refusing log file {path}: a device, not a regular file (log to standard output with '-')\n"
     )
+
+
+def test_logfile_dev_null_keeps_no_log_and_never_touches_the_device(tmp_path: Path) -> None:
+    """twistd's ``--logfile /dev/null``: the server runs and serves with no log at all (nothing on its standard
+    output or error either), ``ctl rotate`` finds no log file to rotate, and /dev/null is still the device."""
+    sock_path = Path(tempfile.mkdtemp(prefix="tapster-null-", dir="/tmp")) / "echo.sock"
+    tac = tmp_path / "echo.tac"
+    tac.write_text(
+        textwrap.dedent(
+            f"""
+            from tapster import Application
+            from tapster.services import StreamServer
+
+            async def echo(reader, writer):
+                writer.write(await reader.readline())
+
+            application = Application("quiet")
+            StreamServer("unix:{sock_path}", echo).set_parent(application)
+            """
+        )
+    )
+    before = os.stat(os.devnull)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tapster", "-n", "--pidfile", str(tmp_path / "quiet.pid"), "--logfile",
+         os.devnull, "-y", str(tac)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with socket.socket(socket.AF_UNIX) as client:
+                    client.connect(str(sock_path))
+                    client.sendall(b"hello\n")
+                    assert client.makefile("rb").readline() == b"hello\n"
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                assert server.poll() is None and time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.01)
+        rotate = run_tapster(["ctl", "rotate", "--pidfile", str(tmp_path / "quiet.pid")], cwd=tmp_path)
+        assert "nothing rotated" in rotate.stdout and "the log is not a file" in rotate.stdout
+        server.terminate()
+        out, err = server.communicate(timeout=15)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert (server.returncode, out, err) == (0, "", "")
+    after = os.stat(os.devnull)
+    assert (after.st_ino, after.st_rdev) == (before.st_ino, before.st_rdev)
+    shutil.rmtree(sock_path.parent, ignore_errors=True)
 
 
 def test_reopen_refuses_a_planted_link_and_goes_on_with_the_old_file(

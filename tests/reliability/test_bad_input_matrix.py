@@ -735,7 +735,7 @@ FILE_CASES = [
         files={"mods.tap": _state(b"", modules="os;rm -rf")},
     ),
     case("logfile /dev/full", ["-l", "/dev/full", *RUN_OK], 1, "/dev/full", files=tac(OK_TAC)),
-    case("logfile /dev/null", ["-l", "/dev/null", *RUN_OK], 1, "/dev/null", files=tac(OK_TAC)),
+    case("logfile /dev/zero", ["-l", "/dev/zero", *RUN_OK], 1, "/dev/zero", files=tac(OK_TAC)),
     case("logfile a directory", ["-l", "logs", *RUN_OK], 1, "logs", files={**tac(OK_TAC), "logs": None}),
     case("pidfile a directory", ["--pidfile", "run", *RUN_OK], 1, "run", files={**tac(OK_TAC), "run": None}),
     case("daemon logfile /dev/full", ["-y", "app.tac", "-l", "/dev/full"], 1, "/dev/full", files=tac(OK_TAC)),

@@ -246,6 +246,10 @@ def _make_handler(config: LogConfig, stream: TextIO | None) -> tuple[logging.Han
         from tapster.log._syslog import make_syslog_handler  # imports logging.handlers: only when used
 
         return make_syslog_handler(config.prefix), f"syslog (prefix {config.prefix})"
+    if config.logfile is not None and os.path.abspath(config.logfile) == os.devnull:
+        # twistd's way to keep no log: nothing is opened (a device is never opened as a log file), every line
+        # is dropped before it is formatted
+        return logging.NullHandler(), f"{os.devnull} (no log kept)"
     if config.logfile is not None:
         try:
             handler = RotatingFileHandler(
