@@ -11,6 +11,7 @@ SIGTERM, on both loops, for a stream handler over tcp, unix and TLS, and for the
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import socket
@@ -18,6 +19,7 @@ import ssl
 import tempfile
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,7 @@ def run_gated(
     endpoint: str,
     cert: Path | None = None,
     while_held: Callable[[int], None] = lambda pid: None,
+    seen: list[str] | None = None,
 ) -> tuple[list[str], int, str]:
     """Start the gated tac, send SIGTERM, queue QUEUED clients with a request each while the loop is held
     (``while_held(pid)`` runs first), let it go, and read every answer: (answers, exit status, output)."""
@@ -126,6 +129,8 @@ def run_gated(
         address: object = str(short_dir / "echo.sock")
     else:
         address = ("127.0.0.1", process.port("echo"))
+    if seen is not None:
+        seen[:] = ["\n".join(process.lines)]
     family = socket.AF_UNIX if kind == "unix" else socket.AF_INET
 
     process.signal(signal.SIGTERM)
@@ -238,3 +243,35 @@ def test_out_of_descriptors_at_a_stop_the_queue_is_reset_with_one_line_and_nothi
     assert len([line for line in output.splitlines() if warning in line]) == 1, output
     assert status == 0, output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("reactor", ["asyncio"])
+def test_a_queued_tls_client_that_never_says_hello_holds_the_stop_only_for_the_handshake_bound(
+    tapster, request: pytest.FixtureRequest, short_dir: Path, reactor: str
+) -> None:
+    """A client that connects to a TLS listener during the stop and sends nothing: every other queued client is
+    still answered, and the silent one is dropped after HANDSHAKE_AT_STOP (one line), not at the shutdown
+    deadline; exit 0. (uvloop accepts the queue itself before the stop can: see docs/running.md.)"""
+    from tapster.services._listener_close import HANDSHAKE_AT_STOP
+
+    files = request.getfixturevalue("tls_files")
+    endpoint = endpoint_for("tls", short_dir, lambda: files)
+    silent: list[socket.socket] = []
+
+    def connect_silent(pid: int) -> None:
+        address = ("127.0.0.1", int(re.search(r"echo starting on (\d+)", proc_output[0]).group(1)))
+        silent.append(socket.create_connection(address))
+
+    proc_output: list[str] = []
+    began = time.monotonic()
+    results, status, output = run_gated(
+        tapster, short_dir, reactor, "tls", endpoint, files["cert"], while_held=connect_silent,
+        seen=proc_output,
+    )  # fmt: skip
+    took = time.monotonic() - began
+    for sock in silent:
+        sock.close()
+    assert answered("tls", results) == QUEUED, (results, output)
+    assert status == 0, output
+    assert f"SSL handshake is taking longer than {HANDSHAKE_AT_STOP} seconds" in output
+    assert took < 9, f"the stop took {took:.1f} s: the silent client held it to the shutdown deadline"

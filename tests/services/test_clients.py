@@ -173,7 +173,8 @@ def test_stopping_a_client_whose_peer_keeps_talking_is_clean(
     """The peer sends without pause and the handler reads slowly (its reader's buffer full, reading paused): the
     stop used to feed the reader an end-of-file the peer never sent, and the bytes still arriving then raised
     ``feed_data after feed_eof`` in the transport, a traceback at every stop. Now: no error at all, the peer
-    reads our end-of-file (not a reset), the handler reads on until the real end, and the stop is bounded."""
+    reads our end-of-file (not a reset), the handler reads on until the real end, and the stop is bounded: a
+    handler that never waits for input gets the close after the 2.5 s grace."""
     from support import run_on_loop
 
     caplog.set_level(logging.DEBUG)
@@ -200,7 +201,7 @@ def test_stopping_a_client_whose_peer_keeps_talking_is_clean(
         server = await serve(chatty)
 
         async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while chunk := await reader.read(100):
+            while chunk := await reader.read(4096):
                 handler_read[0] += len(chunk)
                 await asyncio.sleep(0.001)
 
@@ -250,6 +251,105 @@ def test_a_client_handler_waiting_in_unless_stopping_is_woken_by_the_stop() -> N
 
     run(scenario)
     assert got == [None, True]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_client_handler_told_to_stop_mid_request_still_sends_its_answer(loop: str) -> None:
+    """Stopped while it works on a request it has read, a client handler (``unless_stopping`` around its reads)
+    finishes the request: the peer reads the answer, then our end-of-file, as from a StreamServer's handler."""
+    import socket
+    import threading
+
+    from support import run_on_loop
+    from tapster.services import unless_stopping
+
+    peer_read: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await unless_stopping(reader.readline()):
+            await asyncio.sleep(0.3)  # the work the stop begins during
+            writer.write(b"answer " + line)
+            await writer.drain()
+
+    def read_to_end(sock: socket.socket) -> None:
+        data = b""
+        while chunk := sock.recv(100):
+            data += chunk
+        peer_read.append(data)
+
+    async def scenario() -> None:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            client = StreamClient(client_endpoint(listener.getsockname()[1]), handler)
+            await client.start()
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"request\n")
+                reader = threading.Thread(target=read_to_end, args=(conn,))
+                reader.start()
+                await asyncio.sleep(0.1)  # the handler is at work on the request
+                await client.stop()
+                await asyncio.to_thread(reader.join, 10)
+
+    run_on_loop(scenario, loop)
+    assert peer_read == [b"answer request\n"]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_stopping_a_tls_client_whose_peer_keeps_the_connection_takes_a_second_not_the_bound(
+    loop: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """TLS cannot half-close: the stop sends close_notify, and a peer that keeps the connection open anyway has
+    a second to answer before the connection is aborted; the handler's reader then sees the end (no cancel)."""
+    import socket
+    import ssl
+    import threading
+
+    from support import run_on_loop, self_signed_cert
+
+    key, cert = self_signed_cert(tmp_path_factory.mktemp("tls-client"))
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    release = threading.Event()
+    got: list[object] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(100):
+            got.append(data)
+        got.append("end")
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with server_context.wrap_socket(conn, server_side=True) as tls:
+                tls.sendall(b"hello\n")
+                with contextlib.suppress(OSError):
+                    tls.recv(100)  # our close_notify
+                release.wait(10)  # and the connection kept open, as a busy peer may
+
+        peer = threading.Thread(target=serve)
+        peer.start()
+
+        async def scenario() -> float:
+            endpoint = f"ssl:host=127.0.0.1:port={listener.getsockname()[1]}:ca={cert}"
+            client = StreamClient(endpoint, handler)
+            await client.start()
+            await wait_until_async(lambda: got, 10, "the greeting")
+            began = asyncio.get_running_loop().time()
+            await client.stop()
+            return asyncio.get_running_loop().time() - began
+
+        try:
+            took = run_on_loop(scenario, loop)
+        finally:
+            release.set()
+            peer.join(10)
+    assert got == [b"hello\n", "end"]
+    assert took < 3, f"the stop took {took:.1f} s"
 
 
 def test_stream_client_start_raises_when_refused() -> None:

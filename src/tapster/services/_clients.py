@@ -48,27 +48,65 @@ class _Session:
         self.tracker = tracker  # a handler's: its task, its stop signal
 
     async def close(self) -> None:
-        """End the connection as a stop should: the handler is told (``server_stopping()``, ``unless_stopping``),
-        the peer gets our end-of-file after what is buffered, what it still sends is discarded, and the handler's
-        reader sees the end only when the connection really ends. Never an end-of-file the peer did not send:
-        that made the reader refuse the bytes still arriving (``feed_data after feed_eof``, a traceback at every
-        stop of a client whose peer was talking). After 5 s what is left is aborted and the handler cancelled.
+        """End the connection as a stop should; never with an end-of-file the peer did not send.
+
+        A Protocol's connection gets the lingering close at once: the peer reads our end-of-file after what was
+        buffered, what it still sends is discarded, and ``connection_lost`` comes when the connection really
+        ends. A handler is told first (``server_stopping()``, ``unless_stopping()``) and may finish the request
+        in hand: the lingering close begins once the handler returns or waits for input (so a plain ``await
+        reader.read()`` loop ends with the connection's real end), or after 2.5 s of neither. A TLS connection
+        cannot half-close: it is closed, and aborted if the peer has not answered our close within a second.
+        After 5 s what is left is aborted and the handler cancelled. (Feeding the reader an end-of-file, as
+        before, made the reader refuse the bytes still arriving: a traceback at every stop of a client whose
+        peer was talking.)
         """
-        if self.tracker is not None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CLOSE_BOUND
+        if self.tracker is None:
+            self._end()
+        else:
             self.tracker.begin_stop()
-        if not is_lingering(self.transport):
-            start_lingering_close(self.transport, LINGER)
+            reader = self.value[0] if isinstance(self.value, tuple) else None
+            grace = loop.time() + _HANDLER_GRACE
+            while not self.ended.done():
+                if _waits_for_input(reader) or loop.time() >= grace:
+                    self._end()
+                    break
+                await asyncio.wait([self.ended], timeout=_HANDLER_POLL)
         try:
-            await asyncio.wait_for(asyncio.shield(self.ended), 5)
+            await asyncio.wait_for(asyncio.shield(self.ended), max(0.0, deadline - loop.time()))
         except TimeoutError:
             if self.tracker is not None:
                 tasks = list(self.tracker.handler_tasks)
                 self.tracker.abort_all()
                 if tasks:
                     await asyncio.wait(tasks, timeout=1.0)
-            abort = getattr(self.transport, "abort", None)
-            if abort is not None:
-                abort()
+            self._abort()
+
+    def _end(self) -> None:
+        transport = self.transport
+        if transport.is_closing() or is_lingering(transport):
+            return
+        if not start_lingering_close(transport, LINGER):  # TLS: closed, waiting for the peer's close_notify
+            asyncio.get_running_loop().call_later(_TLS_CLOSE_WAIT, self._abort)
+
+    def _abort(self) -> None:
+        abort = getattr(self.transport, "abort", None)
+        if abort is not None and not self.ended.done():
+            abort()
+
+
+_CLOSE_BOUND = 5.0  # seconds a client's stop waits for its connection to end
+_HANDLER_POLL = 0.02  # how often the stop looks whether a handler now waits for input
+# Seconds a told handler that never waits for input (it consumes a stream that does not end) keeps the
+# connection open before the stop closes it under it anyway.
+_HANDLER_GRACE = _CLOSE_BOUND / 2
+_TLS_CLOSE_WAIT = 1.0  # seconds a TLS peer gets to answer our close_notify
+
+
+def _waits_for_input(reader: asyncio.StreamReader | None) -> bool:
+    """Whether a handler is blocked reading (StreamReader's private ``_waiter``; without it: assume so)."""
+    return reader is None or getattr(reader, "_waiter", True) is not None
 
 
 class _ForwarderBase(Generic[_Inner]):

@@ -214,6 +214,9 @@ class ConnectionTracker:
         # Handler tasks inside unless_stopping(), and those of them the stop has cancelled.
         self.waiting: set[asyncio.Task[Any]] = set()
         self.interrupted: set[asyncio.Task[Any]] = set()
+        # Connections taken from the listener's queue at the stop, until each is tracked above (or failed): a
+        # TLS one is here for its handshake. Counted as open, cancelled by abort_all.
+        self.adopting: set[asyncio.Task[Any]] = set()
         self._idle: asyncio.Event | None = None
         # Set by begin_stop. A connection accepted just before the listener closed can reach connection_made
         # after that: it is then told at once, or it would hold the stop until the shutdown timeout.
@@ -221,7 +224,7 @@ class ConnectionTracker:
 
     @property
     def open_count(self) -> int:
-        return len(self.connections) + len(self.handler_tasks) + len(self.lingering)
+        return len(self.connections) + len(self.handler_tasks) + len(self.lingering) + len(self.adopting)
 
     def wrap_protocol_factory(self, factory: ProtocolFactory) -> ProtocolFactory:
         """A factory whose protocols carry a log context and report their connection's life to this tracker."""
@@ -291,6 +294,22 @@ class ConnectionTracker:
 
         return run
 
+    def adopt(self, task: asyncio.Task[Any]) -> None:
+        """Count ``task`` (making one connection from the listener's queue) as open until it is done, and then
+        two loop turns more: a stream handler is tracked when its task first runs, a turn after connection_made.
+        """
+        self.adopting.add(task)
+        loop = task.get_loop()
+
+        def done(_: object) -> None:
+            loop.call_soon(loop.call_soon, self._adopted, task)
+
+        task.add_done_callback(done)
+
+    def _adopted(self, task: asyncio.Task[Any]) -> None:
+        self.adopting.discard(task)
+        self._maybe_idle()
+
     def _close_writer(self, writer: asyncio.StreamWriter) -> None:
         transport = writer.transport
         if transport.is_closing() or is_lingering(transport):
@@ -343,11 +362,8 @@ class ConnectionTracker:
         finally:
             log_context.reset(token)
 
-    async def wait_closed(self, timeout: float | None, bound: float | None = None) -> None:
-        """Wait until every connection is gone; on timeout or cancellation, abort what is left and log how many.
-
-        ``bound`` is the drain's whole limit, as the log line names it, when part of it was spent before.
-        """
+    async def wait_closed(self, timeout: float | None) -> None:
+        """Wait until every connection is gone; on timeout or cancellation, abort what is left and log how many."""
         if self.open_count == 0:
             return
         self._idle = asyncio.Event()
@@ -357,8 +373,7 @@ class ConnectionTracker:
         except TimeoutError:
             cancelled = list(self.handler_tasks)
             left = self.abort_all()
-            said = timeout if bound is None else bound
-            logger.warning("%s: aborted %d connection(s) still open after %s s", self.label, left, said)
+            logger.warning("%s: aborted %d connection(s) still open after %s s", self.label, left, timeout)
             if cancelled:  # let the handlers' own clean-up run before stop() returns
                 await asyncio.wait(cancelled)
         except asyncio.CancelledError:
@@ -382,6 +397,9 @@ class ConnectionTracker:
                 transport.close()
         self.connections.clear()
         self.lingering.clear()
+        for task in self.adopting:
+            task.cancel()  # a TLS handshake still going on at the deadline
+        self.adopting.clear()
         for task, writer in list(self.handler_tasks.items()):
             task.cancel()
             writer.transport.abort()

@@ -31,9 +31,13 @@ from typing import Any
 
 from tapster._endpoint_server import ProtocolFactory, listener_tls
 
-__all__ = ["close_listener"]
+__all__ = ["HANDSHAKE_AT_STOP", "close_listener"]
 
 logger = logging.getLogger("tapster.services")
+
+HANDSHAKE_AT_STOP = 5.0
+"""Seconds a TLS connection taken from the queue at the stop gets for its handshake (asyncio's default is 60): a
+client that connected and then says nothing must not hold the stop until the shutdown deadline."""
 
 
 async def close_listener(
@@ -92,7 +96,8 @@ def _hold(listener: Any, label: str) -> socket.socket | None:
         held = socket.socket(fileno=os.dup(listener.fileno()))
     except OSError as exc:
         logger.warning(
-            "%s: cannot keep the listener open to accept its queue at stop (%s): queued connections are reset",
+            "%s: cannot keep the listener open to accept its queue at stop (%s): queued connections are reset "
+            "unless another process holds the socket",
             label,
             exc.strerror or exc,
         )
@@ -115,7 +120,8 @@ def _accept_all(sock: socket.socket, label: str) -> list[socket.socket]:
             if exc.errno == errno.ECONNABORTED:
                 continue
             logger.warning(
-                "%s: accepted %d queued connection(s) at stop, then: %s; the rest are reset",
+                "%s: accepted %d queued connection(s) at stop, then: %s; the rest are reset unless another "
+                "process holds the socket",
                 label,
                 len(accepted),
                 exc.strerror or exc,
@@ -133,10 +139,15 @@ async def _adopt(
     label: str,
 ) -> None:
     try:
-        await loop.connect_accepted_socket(protocol_factory, connection, ssl=context)
+        if context is None:
+            await loop.connect_accepted_socket(protocol_factory, connection)
+        else:
+            await loop.connect_accepted_socket(
+                protocol_factory, connection, ssl=context, ssl_handshake_timeout=HANDSHAKE_AT_STOP
+            )
     except asyncio.CancelledError:
         connection.close()
         raise
-    except (OSError, ssl.SSLError, EOFError) as exc:
+    except (OSError, ssl.SSLError, EOFError, TimeoutError) as exc:
         connection.close()
         logger.info("%s: a connection accepted at stop failed: %s", label, exc)

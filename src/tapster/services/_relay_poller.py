@@ -108,6 +108,8 @@ def poller_for(loop: asyncio.AbstractEventLoop) -> Poller:
     Raises:
         OSError: no descriptor for the epoll (the limit): the caller copies instead.
     """
+    for closed in [other for other in _pollers if other.is_closed()]:  # a loop closed under a live relay
+        _pollers.pop(closed).epoll.close()
     poller = _pollers.get(loop)
     if poller is None:
         poller = _pollers[loop] = Poller(loop)

@@ -179,34 +179,13 @@ class StreamServer(Service):
         self._server = None
         # the listener first: nothing new arrives while the open connections drain; what its queue held is
         # accepted and drained with them (a close would reset it)
-        adopting = await close_listener(server, factory, self.label)
-        loop = asyncio.get_running_loop()
-        began = loop.time()
+        for task in await close_listener(server, factory, self.label):
+            tracker.adopt(task)
         try:
-            await _adopted(adopting, self.drain_timeout)
             if tracker.open_count:
                 logger.info("%s: stopping; draining %d open connection(s)", self.label, tracker.open_count)
             tracker.begin_stop()
-            bound = self.drain_timeout
-            left = None if bound is None else max(0.0, bound - (loop.time() - began))
-            await tracker.wait_closed(left, bound)
+            await tracker.wait_closed(self.drain_timeout)
         finally:
             logger.info("(%s on %s closed)", self.label, where)
         await server.wait_closed()
-
-
-async def _adopted(adopting: list[asyncio.Task[Any]], timeout: float | None) -> None:
-    """Wait until the connections taken from the queue at the close are tracked (a TLS one: handshake done).
-
-    Then two loop turns: a stream handler's task is tracked when it first runs. Cancelled (the shutdown
-    deadline), or past the drain's own bound, the adoptions still pending are cancelled.
-    """
-    if not adopting:
-        return
-    try:
-        await asyncio.wait(adopting, timeout=timeout)
-    finally:
-        for task in adopting:
-            task.cancel()
-    for _ in range(2):
-        await asyncio.sleep(0)
