@@ -630,3 +630,25 @@ def test_a_started_server_pickles_without_live_objects_and_serves_again() -> Non
         await app.stop()
 
     run(second_run)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_stop_cancelled_while_it_stops_accepting_still_closes_the_listener(loop: str) -> None:
+    """The shutdown deadline can cancel stop() during the loop turns it gives the last accepts: the listener is
+    closed all the same (it used to stay open, accepting for nobody, until the process exited)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    async def scenario() -> None:
+        server = await started(StreamServer(LOOPBACK, handle))
+        port = server.port
+        stopping = asyncio.ensure_future(server.stop())
+        await asyncio.sleep(0)  # the stop is now in its first loop turn of _stop_accepting
+        stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopping
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+
+    run(scenario, loop)

@@ -45,7 +45,11 @@ async def close_listener(
 ) -> list[asyncio.Task[Any]]:
     """Close ``server``; return the tasks adopting the connections its queue held (each ends once its protocol
     has ``connection_made``, or, for TLS, once the handshake is over or failed)."""
-    await _stop_accepting(server)
+    try:
+        await _stop_accepting(server)
+    except BaseException:  # cancelled (the shutdown deadline) during its loop turns: still close the listener
+        server.close()
+        raise
     held = [_hold(sock, label) for sock in getattr(server, "sockets", None) or ()]
     context = listener_tls(server)
     server.close()
