@@ -14,6 +14,7 @@ the second endpoint with the same description gets ``#2`` appended, and a descri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -110,12 +111,14 @@ class InheritedServerEndpoint(ServerEndpoint):
         try:
             loop = asyncio.get_running_loop()
             if sock.family == socket.AF_UNIX:
-                return await loop.create_unix_server(
+                unix = await loop.create_unix_server(
                     protocol_factory,
                     sock=sock,
                     backlog=backlog or socket.SOMAXCONN,
                     start_serving=start_serving,
                 )
+                _let_go_of_passed(self.fd_name)
+                return unix
             context = original._ssl_context() if isinstance(original, TCPServerEndpoint) else None
             server = await loop.create_server(
                 protocol_factory,
@@ -124,6 +127,7 @@ class InheritedServerEndpoint(ServerEndpoint):
                 ssl=context,
                 start_serving=start_serving,
             )
+            _let_go_of_passed(self.fd_name)
             return serving_tls(server, context)
         except BaseException as exc:
             sock.close()
@@ -140,3 +144,22 @@ class InheritedServerEndpoint(ServerEndpoint):
         except OSError as exc:
             sock.close()
             raise self._failed(exc) from exc
+
+
+def _let_go_of_passed(fd_name: str) -> None:
+    """Point the passed descriptor at /dev/null once the server has its own duplicate of the socket.
+
+    Kept, the passed descriptor would hold the listening socket open until the worker exits: after the server
+    closed at the stop, the kernel would go on completing handshakes on it (the master has closed its copy by
+    then), and those clients would be reset at the exit instead of refused. The number stays taken (by
+    /dev/null), so nothing else is given it while LISTEN_FDS still names it; listening on it again in the same
+    process fails with one line, "not a socket".
+    """
+    finder = SystemdServerEndpoint(description=fd_name, kind="systemd", domain="INET", name=fd_name)
+    with contextlib.suppress(ListenError, OSError):
+        fd = finder._fd()
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.dup2(null, fd, inheritable=False)
+        finally:
+            os.close(null)

@@ -80,3 +80,56 @@ def test_no_reload_during_the_drain(tapster, tmp_path: Path, receiver) -> None:
     status, out, _ = proc.finish(timeout=15)
     assert status == 0
     assert "worker 1 started" not in out.split("Draining for 600 s", 1)[1]  # no new worker was started
+
+
+SLOW_APP = """
+import asyncio, os
+from tapster import Application
+from tapster.services import StreamServer
+
+async def answer(reader, writer):
+    line = await reader.readline()
+    if line.startswith(b"slow"):
+        for _ in range(2000):  # until the test releases it (20 s at most)
+            if os.path.exists(os.environ["RELEASE"]):
+                break
+            await asyncio.sleep(0.01)
+    writer.write(b"answer " + line)
+    await writer.drain()
+
+application = Application("slow")
+StreamServer(f"tcp:{os.environ['PORT']}:interface=127.0.0.1", answer, name="echo").set_parent(application)
+"""
+
+
+def test_once_every_worker_closed_its_listener_new_connections_are_refused(tapster, tmp_path: Path) -> None:
+    """During the stop's drain a new client is refused, not accepted by the kernel and reset at the exit: the
+    workers let go of the socket the master passed them once their server has its own copy, so closing that
+    copy at the stop really closes the listener (the master closed its own first). The request in flight is
+    still answered."""
+    import re
+    import socket
+
+    port = free_port()
+    app = tmp_path / "slow.tac"
+    app.write_text(SLOW_APP)
+    release = tmp_path / "release"
+    proc = tapster(
+        ["-n", "--pidfile", "t.pid", "--workers", "2", "-y", str(app)],
+        env={"PORT": str(port), "RELEASE": str(release)},
+    )
+    proc.wait_for(r"worker 1: .*echo starting on")
+    proc.wait_for(r"worker 2: .*echo starting on")
+    slow = socket.create_connection(("127.0.0.1", port), timeout=20)
+    slow.sendall(b"slow\n")
+    proc.signal(signal.SIGTERM)
+    proc.wait_for(r"echo: stopping; draining 1 open connection")
+    proc.wait_for(r"worker \d+ \(pid \d+\) stopped")  # the idle worker is gone, its copy with it
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
+    release.touch()
+    assert slow.makefile("rb").readline() == b"answer slow\n"
+    slow.close()
+    status, out, err = proc.finish(timeout=20)
+    assert status == 0, out + err
+    assert not re.search(r"Traceback", out + err)
