@@ -22,6 +22,7 @@ from asyncio import AbstractServer, DatagramTransport
 from collections.abc import Callable, Iterable
 from typing import Final, TypeVar
 
+from tapster import _endpoint_systemd
 from tapster._endpoint_errors import listen_error, reason
 from tapster._endpoint_server import (
     ProtocolFactory,
@@ -33,7 +34,7 @@ from tapster._endpoint_server import (
 from tapster._endpoint_systemd import SystemdServerEndpoint
 from tapster.errors import ListenError
 
-__all__ = ["InheritedServerEndpoint", "listener_names"]
+__all__ = ["InheritedServerEndpoint", "listener_names", "release_passed_sockets"]
 
 _DP = TypeVar("_DP", bound=asyncio.DatagramProtocol)
 _MAX_NAME = 255
@@ -111,14 +112,12 @@ class InheritedServerEndpoint(ServerEndpoint):
         try:
             loop = asyncio.get_running_loop()
             if sock.family == socket.AF_UNIX:
-                unix = await loop.create_unix_server(
+                return await loop.create_unix_server(
                     protocol_factory,
                     sock=sock,
                     backlog=backlog or socket.SOMAXCONN,
                     start_serving=start_serving,
                 )
-                _let_go_of_passed(self.fd_name)
-                return unix
             context = original._ssl_context() if isinstance(original, TCPServerEndpoint) else None
             server = await loop.create_server(
                 protocol_factory,
@@ -127,7 +126,6 @@ class InheritedServerEndpoint(ServerEndpoint):
                 ssl=context,
                 start_serving=start_serving,
             )
-            _let_go_of_passed(self.fd_name)
             return serving_tls(server, context)
         except BaseException as exc:
             sock.close()
@@ -146,20 +144,23 @@ class InheritedServerEndpoint(ServerEndpoint):
             raise self._failed(exc) from exc
 
 
-def _let_go_of_passed(fd_name: str) -> None:
-    """Point the passed descriptor at /dev/null once the server has its own duplicate of the socket.
+def release_passed_sockets() -> None:
+    """At a worker's stop: point every descriptor the master passed at /dev/null.
 
-    Kept, the passed descriptor would hold the listening socket open until the worker exits: after the server
-    closed at the stop, the kernel would go on completing handshakes on it (the master has closed its copy by
-    then), and those clients would be reset at the exit instead of refused. The number stays taken (by
-    /dev/null), so nothing else is given it while LISTEN_FDS still names it; listening on it again in the same
-    process fails with one line, "not a socket".
+    Each server listens on a duplicate of its passed descriptor; kept, the passed one would hold the listening
+    socket open until the worker exits, so after the server closed at the stop the kernel would go on completing
+    handshakes on it (the master closes its own copies first) and those clients would be reset at the exit
+    instead of refused. Done only when the process stops, so a service stopped and started again while the
+    worker runs can still listen. The numbers stay taken (by /dev/null), so nothing else is given them.
     """
-    finder = SystemdServerEndpoint(description=fd_name, kind="systemd", domain="INET", name=fd_name)
-    with contextlib.suppress(ListenError, OSError):
-        fd = finder._fd()
+    passed = _endpoint_systemd._passed
+    if passed is None:
+        return
+    with contextlib.suppress(OSError):
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
-            os.dup2(null, fd, inheritable=False)
+            for fd in passed.fds:
+                with contextlib.suppress(OSError):
+                    os.dup2(null, fd, inheritable=False)
         finally:
             os.close(null)

@@ -133,3 +133,52 @@ def test_once_every_worker_closed_its_listener_new_connections_are_refused(tapst
     status, out, err = proc.finish(timeout=20)
     assert status == 0, out + err
     assert not re.search(r"Traceback", out + err)
+
+
+RELISTEN_APP = """
+import asyncio, logging, os
+from tapster import Application, Service
+from tapster.services import StreamServer
+
+async def echo(reader, writer):
+    writer.write(b"pid %d\\n" % os.getpid())
+    await writer.drain()
+
+class Toggle(Service):
+    async def start(self):
+        await super().start()
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.toggle()))
+
+    async def toggle(self):
+        await server.stop()
+        try:
+            await server.start()
+            logging.getLogger("toggle").info("toggle: listening again")
+        except Exception as exc:
+            logging.getLogger("toggle").info("toggle: failed: %r", exc)
+
+application = Application("relisten")
+server = StreamServer(f"tcp:{os.environ['PORT']}:interface=127.0.0.1", echo, name="echo")
+server.set_parent(application)
+Toggle().set_parent(application)
+"""
+
+
+def test_a_server_stopped_and_started_again_inside_a_running_worker_listens_again(
+    tapster, tmp_path: Path
+) -> None:
+    """The worker lets go of the passed sockets only when it stops: a service stopped and started again while
+    it runs (a child removed and added back) listens on the passed socket again and is answered."""
+    import socket
+
+    port = free_port()
+    app = tmp_path / "relisten.tac"
+    app.write_text(RELISTEN_APP)
+    proc = tapster(["-n", "--pidfile", "t.pid", "--workers", "1", "-y", str(app)], env={"PORT": str(port)})
+    proc.wait_for(r"toggle: (listening again|failed.*)$")
+    assert any("toggle: listening again" in line for line in proc.lines), proc.lines
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        assert client.makefile("rb").readline().startswith(b"pid ")
+    proc.signal(signal.SIGTERM)
+    status, out, err = proc.finish(timeout=20)
+    assert status == 0, out + err

@@ -171,6 +171,7 @@ def _run(env: WorkerEnvironment, control: ControlChannel) -> int:
 
 
 def _serve(config: RunConfig, root: Service, env: WorkerEnvironment, control: ControlChannel) -> int:
+    from tapster._endpoint_inherited import release_passed_sockets
     from tapster.runner._guard import ShutdownGuard
     from tapster.runner._proctitle import set_process_title
     from tapster.runner._run import _identity, _process_setup, _switch_user
@@ -193,6 +194,7 @@ def _serve(config: RunConfig, root: Service, env: WorkerEnvironment, control: Co
     hooks = Hooks(
         ready=on_ready,
         drop_privileges=functools.partial(_switch_user, identity, config.euid),
+        stopping=release_passed_sockets,  # the servers' own copies close at their stop: new clients refused
         guard=guard,
     )
     try:

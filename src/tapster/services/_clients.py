@@ -52,61 +52,57 @@ class _Session:
 
         A Protocol's connection gets the lingering close at once: the peer reads our end-of-file after what was
         buffered, what it still sends is discarded, and ``connection_lost`` comes when the connection really
-        ends. A handler is told first (``server_stopping()``, ``unless_stopping()``) and may finish the request
-        in hand: the lingering close begins once the handler returns or waits for input (so a plain ``await
-        reader.read()`` loop ends with the connection's real end), or after 2.5 s of neither. A TLS connection
-        cannot half-close: it is closed, and aborted if the peer has not answered our close within a second.
-        After 5 s what is left is aborted and the handler cancelled. (Feeding the reader an end-of-file, as
-        before, made the reader refuse the bytes still arriving: a traceback at every stop of a client whose
-        peer was talking.)
+        ends. A handler is told first (``server_stopping()``, ``unless_stopping()``) and may finish what it is
+        doing, the answer it awaits included: the lingering close begins when it returns, or after 2.5 s (a
+        handler reading a stream that does not end, or a plain ``await reader.read()`` that never asks
+        ``unless_stopping``), and its reads then end with the connection's real end. The stop also waits for
+        what the handler wrote to be sent. A TLS connection cannot half-close: it is closed, and aborted if the
+        peer has not answered our close within a second. After 5 s what is left is aborted and the handler
+        cancelled. (Feeding the reader an end-of-file, as before, made the reader refuse the bytes still
+        arriving: a traceback at every stop of a client whose peer was talking.)
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _CLOSE_BOUND
-        if self.tracker is None:
+        tracker = self.tracker
+        if tracker is None:
             self._end()
-        else:
-            self.tracker.begin_stop()
-            reader = self.value[0] if isinstance(self.value, tuple) else None
-            grace = loop.time() + _HANDLER_GRACE
-            while not self.ended.done():
-                if _waits_for_input(reader) or loop.time() >= grace:
-                    self._end()
-                    break
-                await asyncio.wait([self.ended], timeout=_HANDLER_POLL)
-        try:
-            await asyncio.wait_for(asyncio.shield(self.ended), max(0.0, deadline - loop.time()))
-        except TimeoutError:
-            if self.tracker is not None:
-                tasks = list(self.tracker.handler_tasks)
-                self.tracker.abort_all()
-                if tasks:
-                    await asyncio.wait(tasks, timeout=1.0)
-            self._abort()
+            try:
+                await asyncio.wait_for(asyncio.shield(self.ended), _CLOSE_BOUND)
+            except TimeoutError:
+                self._abort()
+            return
+        tracker.begin_stop()
+        await asyncio.wait([self.ended], timeout=_HANDLER_GRACE)
+        if not self.ended.done():
+            self._end()
+        # the handler's end, and its lingering close: what it wrote is still being sent
+        await tracker.wait_closed(max(0.0, deadline - loop.time()))
 
     def _end(self) -> None:
+        """The lingering close (tracked, for a handler); for TLS a close, aborted after a second."""
         transport = self.transport
         if transport.is_closing() or is_lingering(transport):
             return
-        if not start_lingering_close(transport, LINGER):  # TLS: closed, waiting for the peer's close_notify
-            asyncio.get_running_loop().call_later(_TLS_CLOSE_WAIT, self._abort)
+        tracker = self.tracker
+        if tracker is not None:
+            tracker.lingering.add(transport)
+            if start_lingering_close(transport, LINGER, tracker._linger_ended):
+                return
+            tracker.lingering.discard(transport)
+        elif start_lingering_close(transport, LINGER):
+            return
+        asyncio.get_running_loop().call_later(_TLS_CLOSE_WAIT, self._abort)
 
     def _abort(self) -> None:
         abort = getattr(self.transport, "abort", None)
-        if abort is not None and not self.ended.done():
-            abort()
+        if abort is not None:
+            abort()  # nothing happens if the connection is gone already
 
 
 _CLOSE_BOUND = 5.0  # seconds a client's stop waits for its connection to end
-_HANDLER_POLL = 0.02  # how often the stop looks whether a handler now waits for input
-# Seconds a told handler that never waits for input (it consumes a stream that does not end) keeps the
-# connection open before the stop closes it under it anyway.
+# Seconds a told handler may go on before the lingering close begins under it (it may be awaiting an answer).
 _HANDLER_GRACE = _CLOSE_BOUND / 2
 _TLS_CLOSE_WAIT = 1.0  # seconds a TLS peer gets to answer our close_notify
-
-
-def _waits_for_input(reader: asyncio.StreamReader | None) -> bool:
-    """Whether a handler is blocked reading (StreamReader's private ``_waiter``; without it: assume so)."""
-    return reader is None or getattr(reader, "_waiter", True) is not None
 
 
 class _ForwarderBase(Generic[_Inner]):
