@@ -635,7 +635,8 @@ def test_a_started_server_pickles_without_live_objects_and_serves_again() -> Non
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_stop_cancelled_while_it_stops_accepting_still_closes_the_listener(loop: str) -> None:
     """The shutdown deadline can cancel stop() during the loop turns it gives the last accepts: the listener is
-    closed all the same (it used to stay open, accepting for nobody, until the process exited)."""
+    closed all the same (it used to stay open, accepting for nobody, until the process exited), and the open
+    connections are aborted as at a drain's deadline."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()
@@ -643,6 +644,8 @@ def test_a_stop_cancelled_while_it_stops_accepting_still_closes_the_listener(loo
     async def scenario() -> None:
         server = await started(StreamServer(LOOPBACK, handle))
         port = server.port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await wait_until_async(lambda: server.open_connections == 1, 5, "the connection tracked")
         stopping = asyncio.ensure_future(server.stop())
         await asyncio.sleep(0)  # the stop is now in its first loop turn of _stop_accepting
         stopping.cancel()
@@ -650,5 +653,8 @@ def test_a_stop_cancelled_while_it_stops_accepting_still_closes_the_listener(loo
             await stopping
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", port)
+        # and what was open is aborted, as at the deadline of a drain: not left running after the stop
+        assert await asyncio.wait_for(reaches_eof(reader), 5)
+        writer.close()
 
     run(scenario, loop)

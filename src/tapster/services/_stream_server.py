@@ -179,9 +179,18 @@ class StreamServer(Service):
         self._server = None
         # the listener first: nothing new arrives while the open connections drain; what its queue held is
         # accepted and drained with them (a close would reset it)
-        for task in await close_listener(server, factory, self.label):
-            tracker.adopt(task)
         try:
+            try:
+                adopting = await close_listener(server, factory, self.label)
+            except asyncio.CancelledError:  # the shutdown deadline, before the drain began
+                left = tracker.abort_all()
+                if left:
+                    logger.warning(
+                        "%s: aborted %d connection(s) still open at the shutdown deadline", self.label, left
+                    )
+                raise
+            for task in adopting:
+                tracker.adopt(task)
             if tracker.open_count:
                 logger.info("%s: stopping; draining %d open connection(s)", self.label, tracker.open_count)
             tracker.begin_stop()
