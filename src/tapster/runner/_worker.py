@@ -187,6 +187,12 @@ def _serve(config: RunConfig, root: Service, env: WorkerEnvironment, control: Co
         control.send("ready")
         control.start_heartbeat(env.beat)
 
+    def release_when_serving() -> None:
+        # The servers listen on copies of their own, closed at their stop: new clients are refused then. Not
+        # before the tree has started: a stop during the start-up must not take a socket from a listen to come.
+        if ready:
+            release_passed_sockets()
+
     guard.install()
     if not config.originalname:
         set_process_title(f"tapster: {root.name or 'tapster'} worker {env.number}")
@@ -194,7 +200,7 @@ def _serve(config: RunConfig, root: Service, env: WorkerEnvironment, control: Co
     hooks = Hooks(
         ready=on_ready,
         drop_privileges=functools.partial(_switch_user, identity, config.euid),
-        stopping=release_passed_sockets,  # the servers' own copies close at their stop: new clients refused
+        stopping=release_when_serving,
         guard=guard,
     )
     try:

@@ -45,15 +45,21 @@ async def close_listener(
 ) -> list[asyncio.Task[Any]]:
     """Close ``server``; return the tasks adopting the connections its queue held (each ends once its protocol
     has ``connection_made``, or, for TLS, once the handshake is over or failed)."""
-    try:
-        await _stop_accepting(server)
-    except BaseException:  # cancelled (the shutdown deadline) during its loop turns: still close the listener
-        server.close()
-        raise
+    loop = asyncio.get_running_loop()
+    # asyncio's own loops accept through a reader that can be removed, and must not close the server before
+    # what they accepted is attached to it; uvloop accepts on its own until the server closes, and would take
+    # (and start TLS handshakes on) what is queued during those turns, before the tracker knows of it: there
+    # the server closes first and the turns come after.
+    native = isinstance(loop, asyncio.BaseEventLoop)
+    if native:
+        try:
+            await _stop_accepting(server)
+        except BaseException:  # cancelled (the shutdown deadline) during its loop turns: still close it
+            server.close()
+            raise
     held = [_hold(sock, label) for sock in getattr(server, "sockets", None) or ()]
     context = listener_tls(server)
     server.close()
-    loop = asyncio.get_running_loop()
     adopting: list[asyncio.Task[Any]] = []
     for sock in held:
         if sock is None:
@@ -61,6 +67,13 @@ async def close_listener(
         with sock:
             for accepted in _accept_all(sock, label):
                 adopting.append(loop.create_task(_adopt(loop, accepted, protocol_factory, context, label)))
+    if not native:
+        try:
+            await _turns()
+        except BaseException:
+            for task in adopting:
+                task.cancel()
+            raise
     return adopting
 
 
@@ -80,14 +93,20 @@ async def _stop_accepting(server: asyncio.AbstractServer) -> None:
     including an accept already queued for this turn (its handle is cancelled). Then three turns: the stop's
     step can run just before the transport task of the last accept in the same turn, so each link of the chain
     may need a turn of its own. uvloop makes the transport in the accept (no reader to remove; its accepting
-    ends when the server closes) but still calls ``connection_made`` and starts a handler's task later, so the
-    turns are taken there too: three ``sleep(0)`` at a stop cost nothing measurable.
+    ends when the server closes, so :func:`close_listener` closes it first there) but still calls
+    ``connection_made`` and starts a handler's task later, so the turns are taken after the close: three
+    ``sleep(0)`` at a stop cost nothing measurable.
     """
     loop = asyncio.get_running_loop()
     for sock in getattr(server, "sockets", None) or ():
         with contextlib.suppress(OSError, ValueError, NotImplementedError, RuntimeError):
             loop.remove_reader(sock.fileno())
-    # turn 1: the transport is made; 2: connection_made (a Protocol is tracked); 3: a handler's task runs
+    await _turns()
+
+
+async def _turns() -> None:
+    """Three loop turns. 1: the transport is made; 2: connection_made (a Protocol is tracked); 3: a handler's
+    task runs (and is tracked)."""
     for _ in range(3):
         await asyncio.sleep(0)
 
