@@ -14,7 +14,6 @@ the second endpoint with the same description gets ``#2`` appended, and a descri
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import socket
@@ -22,7 +21,6 @@ from asyncio import AbstractServer, DatagramTransport
 from collections.abc import Callable, Iterable
 from typing import Final, TypeVar
 
-from tapster import _endpoint_systemd
 from tapster._endpoint_errors import listen_error, reason
 from tapster._endpoint_server import (
     ProtocolFactory,
@@ -34,7 +32,7 @@ from tapster._endpoint_server import (
 from tapster._endpoint_systemd import SystemdServerEndpoint
 from tapster.errors import ListenError
 
-__all__ = ["InheritedServerEndpoint", "listener_names", "release_passed_sockets"]
+__all__ = ["InheritedServerEndpoint", "listener_names"]
 
 _DP = TypeVar("_DP", bound=asyncio.DatagramProtocol)
 _MAX_NAME = 255
@@ -142,25 +140,3 @@ class InheritedServerEndpoint(ServerEndpoint):
         except OSError as exc:
             sock.close()
             raise self._failed(exc) from exc
-
-
-def release_passed_sockets() -> None:
-    """At a worker's stop: point every descriptor the master passed at /dev/null.
-
-    Each server listens on a duplicate of its passed descriptor; kept, the passed one would hold the listening
-    socket open until the worker exits, so after the server closed at the stop the kernel would go on completing
-    handshakes on it (the master closes its own copies first) and those clients would be reset at the exit
-    instead of refused. Done only when the process stops, so a service stopped and started again while the
-    worker runs can still listen. The numbers stay taken (by /dev/null), so nothing else is given them.
-    """
-    passed = _endpoint_systemd._passed
-    if passed is None:
-        return
-    with contextlib.suppress(OSError):
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            for fd in passed.fds:
-                with contextlib.suppress(OSError):
-                    os.dup2(null, fd, inheritable=False)
-        finally:
-            os.close(null)

@@ -17,7 +17,7 @@ from tapster._endpoint_server import ProtocolFactory, ServerEndpoint, ServerKind
 from tapster._listen_backlog import listen_backlog
 from tapster.errors import ListenError
 
-__all__ = ["SystemdServerEndpoint", "claim_systemd_sockets"]
+__all__ = ["SystemdServerEndpoint", "claim_systemd_sockets", "release_passed_sockets"]
 
 logger = logging.getLogger("tapster")
 
@@ -140,3 +140,26 @@ class SystemdServerEndpoint(ServerEndpoint):
             if isinstance(exc, OSError) and not isinstance(exc, ListenError):
                 raise self._failed(exc) from exc
             raise
+
+
+def release_passed_sockets() -> None:
+    """At a ``--workers`` worker's stop: point every descriptor the master passed at /dev/null.
+
+    Each server (an inherited endpoint, _endpoint_inherited.py) listens on a duplicate of its passed descriptor;
+    kept, the passed one would hold the listening socket open until the worker exits, so after the server closed
+    at the stop the kernel would go on completing handshakes on it (the master closes its own copies first) and
+    those clients would be reset at the exit instead of refused. Done only when the process stops, so a service
+    stopped and started again while the worker runs can still listen. The numbers stay taken (by /dev/null), so
+    nothing else is given them.
+    """
+    passed = _passed
+    if passed is None:
+        return
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            for fd in passed.fds:
+                with contextlib.suppress(OSError):
+                    os.dup2(null, fd, inheritable=False)
+        finally:
+            os.close(null)

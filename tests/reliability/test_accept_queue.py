@@ -11,7 +11,6 @@ SIGTERM, on both loops, for a stream handler over tcp, unix and TLS, and for the
 from __future__ import annotations
 
 import os
-import re
 import resource
 import signal
 import socket
@@ -113,12 +112,11 @@ def run_gated(
     kind: str,
     endpoint: str,
     cert: Path | None = None,
-    while_held: Callable[[int], None] = lambda pid: None,
-    seen: list[str] | None = None,
+    while_held: Callable[[int, Any], None] = lambda pid, address: None,
     delay: float = 0.0,
 ) -> tuple[list[str], int, str]:
     """Start the gated tac, send SIGTERM, queue QUEUED clients with a request each while the loop is held
-    (``while_held(pid)`` runs first), let it go, and read every answer: (answers, exit status, output)."""
+    (``while_held(pid, address)`` runs first), let it go, and read every answer: (answers, exit status, output)."""
     root = short_dir / "site"
     root.mkdir()
     (root / "page.txt").write_text("a page\n")
@@ -132,13 +130,11 @@ def run_gated(
         address: object = str(short_dir / "echo.sock")
     else:
         address = ("127.0.0.1", process.port("echo"))
-    if seen is not None:
-        seen[:] = ["\n".join(process.lines)]
     family = socket.AF_UNIX if kind == "unix" else socket.AF_INET
 
     process.signal(signal.SIGTERM)
     process.wait_for(r"gate: holding the loop")
-    while_held(process.proc.pid)
+    while_held(process.proc.pid, address)
     # The loop is held: the kernel completes each handshake and queues the connection; nothing is accepted.
     queued = []
     for _ in range(QUEUED):
@@ -222,7 +218,7 @@ def test_out_of_descriptors_at_a_stop_the_queue_is_reset_with_one_line_and_nothi
     way: one warning line, exit 0, no traceback."""
     pytest.importorskip(reactor)
 
-    def tighten(pid: int) -> None:
+    def tighten(pid: int, address: object) -> None:
         hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit_leaving(pid, spare), hard))
 
@@ -261,16 +257,13 @@ def test_a_queued_tls_client_that_never_says_hello_holds_the_stop_only_for_the_h
     endpoint = endpoint_for("tls", short_dir, lambda: files)
     silent: list[socket.socket] = []
 
-    def connect_silent(pid: int) -> None:
-        address = ("127.0.0.1", int(re.search(r"echo starting on (\d+)", proc_output[0]).group(1)))
+    def connect_silent(pid: int, address: Any) -> None:
         silent.append(socket.create_connection(address))
 
-    proc_output: list[str] = []
     began = time.monotonic()
     results, status, output = run_gated(
-        tapster, short_dir, reactor, "tls", endpoint, files["cert"], while_held=connect_silent,
-        seen=proc_output,
-    )  # fmt: skip
+        tapster, short_dir, reactor, "tls", endpoint, files["cert"], while_held=connect_silent
+    )
     took = time.monotonic() - began
     for sock in silent:
         sock.close()

@@ -171,7 +171,7 @@ def _run(env: WorkerEnvironment, control: ControlChannel) -> int:
 
 
 def _serve(config: RunConfig, root: Service, env: WorkerEnvironment, control: ControlChannel) -> int:
-    from tapster._endpoint_inherited import release_passed_sockets
+    from tapster._endpoint_systemd import release_passed_sockets
     from tapster.runner._guard import ShutdownGuard
     from tapster.runner._proctitle import set_process_title
     from tapster.runner._run import _identity, _process_setup, _switch_user

@@ -187,7 +187,6 @@ async def _connect(endpoint: ClientEndpoint, factory: Factory, label: str, limit
     """
     loop = asyncio.get_running_loop()
     ended: asyncio.Future[None] = loop.create_future()
-    context = ConnectionContext(label, 1)
 
     def finished(_exc: object = None) -> None:
         if not ended.done():
@@ -209,6 +208,7 @@ async def _connect(endpoint: ClientEndpoint, factory: Factory, label: str, limit
         loop.create_task(run()).add_done_callback(finished)
         return _Session(transport, (reader, writer), ended, tracker)
 
+    context = ConnectionContext(label, 1)  # a handler's comes from its tracker
     built: list[asyncio.BaseProtocol] = []
     failed: list[Exception] = []
 
