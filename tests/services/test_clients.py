@@ -436,6 +436,34 @@ def test_stopping_a_tls_client_whose_peer_keeps_the_connection_ends_it_before_th
     assert 2.5 <= took < 4.5, f"the stop took {took:.1f} s"
 
 
+def test_a_client_handler_that_ignores_the_stop_is_cancelled_at_the_bound(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that neither reads nor returns (it waits on something of its own): the stop still returns
+    within its 5 s bound, the handler is cancelled (its own clean-up runs), and one line says so."""
+    ran: list[str] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ran.append("clean-up")
+
+    async def scenario() -> float:
+        async with client_with_peer(handler) as (client, _conn):
+            began = asyncio.get_running_loop().time()
+            await client.stop()
+            return asyncio.get_running_loop().time() - began
+
+    with caplog.at_level(logging.WARNING):
+        took = run(scenario)
+    assert 5 <= took < 6.5, f"the stop took {took:.1f} s"
+    assert ran == ["clean-up"]
+    assert [r.getMessage() for r in caplog.records if "aborted 1 connection(s)" in r.getMessage()], (
+        caplog.text
+    )
+
+
 def test_stream_client_start_raises_when_refused() -> None:
     """start() raises the OSError of a refused connection and the client is not running."""
 
